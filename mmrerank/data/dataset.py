@@ -1,0 +1,203 @@
+"""Datasets: items (texts or images) with ids, image-text datasets, and retrieval tasks.
+
+An image-text dataset gives two retrieval tasks: t2i (each caption queries the images) and i2t (each
+image queries the captions), with one set of judgements seen from both sides.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mmrerank.data.run import Qrels
+
+
+class ImageLoadError(OSError):
+    """An image that is missing or cannot be decoded; the message names the file."""
+
+
+@dataclass
+class Texts:
+    """Text items. `texts[i]` is the text with id `ids[i]`."""
+
+    ids: list[str]
+    texts: list[str]
+    modality: str = field(default="text", init=False)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> str:
+        return self.texts[i]
+
+    def subset(self, rows: Sequence[int]) -> Texts:
+        return Texts([self.ids[i] for i in rows], [self.texts[i] for i in rows])
+
+
+@dataclass
+class ImageArray:
+    """Images held in one `[N, H, W, 3]` uint8 array (the synthetic benchmark's form; memory-mappable)."""
+
+    ids: list[str]
+    pixels: np.ndarray
+    modality: str = field(default="image", init=False)
+
+    def __post_init__(self) -> None:
+        if self.pixels.ndim != 4 or self.pixels.shape[-1] != 3 or self.pixels.dtype != np.uint8:
+            raise ValueError(f"pixels must be uint8 [N, H, W, 3], got {self.pixels.dtype} {self.pixels.shape}")
+        if len(self.ids) != len(self.pixels):
+            raise ValueError(f"{len(self.ids)} ids for {len(self.pixels)} images")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        return Image.fromarray(np.asarray(self.pixels[i]))
+
+    def subset(self, rows: Sequence[int]) -> ImageArray:
+        return ImageArray([self.ids[i] for i in rows], self.pixels[list(rows)])
+
+
+@dataclass
+class ImageFiles:
+    """Images read lazily from files, or from encoded bytes (parquet / hub rows) with a name for errors.
+
+    Attributes:
+        ids: one id per image.
+        sources: a path per image, or `(name, bytes)` for an encoded image held in memory.
+    """
+
+    ids: list[str]
+    sources: list[str | Path | tuple[str, bytes]]
+    modality: str = field(default="image", init=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Image.Image:
+        source = self.sources[i]
+        name, data = (source if isinstance(source, tuple) else (str(source), None))
+        try:
+            with Image.open(io.BytesIO(data) if data is not None else source) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise ImageLoadError(f"cannot read image {name}: {err}") from err
+
+    def subset(self, rows: Sequence[int]) -> ImageFiles:
+        return ImageFiles([self.ids[i] for i in rows], [self.sources[i] for i in rows])
+
+    def unreadable(self) -> list[int]:
+        """Rows whose image is missing or does not decode (each file is opened and decoded once)."""
+        bad = []
+        for i in range(len(self)):
+            try:
+                self[i]
+            except ImageLoadError:
+                bad.append(i)
+        return bad
+
+
+Items = Texts | ImageArray | ImageFiles
+
+
+@dataclass
+class RetrievalTask:
+    """One ranking task: queries against a corpus, with judgements.
+
+    Attributes:
+        name: e.g. `synthetic/t2i`.
+        queries, corpus: the items; `qrels` is indexed by their rows (`qrels.query_ids == queries.ids`).
+    """
+
+    name: str
+    queries: Items
+    corpus: Items
+    qrels: Qrels
+
+    def __post_init__(self) -> None:
+        self.qrels = self.qrels.reindex(self.queries.ids, self.corpus.ids)
+
+    @property
+    def direction(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+@dataclass
+class ImageTextDataset:
+    """Images with captions, COCO-like: several captions per image.
+
+    Attributes:
+        name: the dataset's name (`synthetic`, `coco`, `flickr30k`).
+        images: the image items `[N]`.
+        captions: the caption items `[C]`.
+        caption_image: `[C]` long, the image each caption was written for.
+        extra_relevant: more (caption, image) pairs that are relevant, beyond `caption_image` (the synthetic
+            benchmark's captions that other images satisfy too); `None` when captions match only their image.
+    """
+
+    name: str
+    images: ImageArray | ImageFiles
+    captions: Texts
+    caption_image: Tensor
+    extra_relevant: Qrels | None = None
+
+    def __post_init__(self) -> None:
+        self.caption_image = torch.as_tensor(self.caption_image, dtype=torch.long)
+        if self.caption_image.shape != (len(self.captions),):
+            raise ValueError(f"caption_image must be [{len(self.captions)}], got {tuple(self.caption_image.shape)}")
+        if len(self.captions) and not 0 <= int(self.caption_image.min()) <= int(self.caption_image.max()) < len(
+                self.images):
+            raise ValueError("caption_image points outside the images")
+
+    def qrels(self) -> Qrels:
+        """t2i judgements (caption -> image), grade 1."""
+        own = Qrels.from_pairs(self.captions.ids, self.images.ids, torch.arange(len(self.captions)),
+                               self.caption_image)
+        if self.extra_relevant is None:
+            return own
+        extra = self.extra_relevant.reindex(self.captions.ids, self.images.ids)
+        pairs = torch.cat([torch.stack([own.query_index, own.doc_index]),
+                           torch.stack([extra.query_index, extra.doc_index])], dim=1).unique(dim=1)
+        return Qrels.from_pairs(self.captions.ids, self.images.ids, pairs[0], pairs[1])
+
+    def task(self, direction: str) -> RetrievalTask:
+        """The `t2i` or `i2t` retrieval task."""
+        if direction == "t2i":
+            return RetrievalTask(f"{self.name}/t2i", self.captions, self.images, self.qrels())
+        if direction == "i2t":
+            return RetrievalTask(f"{self.name}/i2t", self.images, self.captions, self.qrels().transpose())
+        raise ValueError(f"direction must be 't2i' or 'i2t', got {direction!r}")
+
+    def subset_images(self, rows: Sequence[int]) -> ImageTextDataset:
+        """The dataset restricted to some images and the captions written for them."""
+        rows = list(rows)
+        new_row = torch.full((len(self.images),), -1, dtype=torch.long)
+        new_row[rows] = torch.arange(len(rows))
+        keep = (new_row[self.caption_image] >= 0).nonzero().flatten().tolist()
+        return ImageTextDataset(self.name, self.images.subset(rows), self.captions.subset(keep),
+                                new_row[self.caption_image[keep]], self.extra_relevant)
+
+    def drop_unreadable(self, skip: bool) -> ImageTextDataset:
+        """Check every image file; raise on the first bad one, or (`skip=True`) warn and drop the bad ones."""
+        if not isinstance(self.images, ImageFiles):
+            return self
+        if not skip:
+            for i in range(len(self.images)):
+                self.images[i]  # raises ImageLoadError naming the file
+            return self
+        bad = set(self.images.unreadable())
+        if not bad:
+            return self
+        names = [str(self.images.sources[i] if not isinstance(self.images.sources[i], tuple)
+                     else self.images.sources[i][0]) for i in sorted(bad)]
+        warnings.warn(f"skipping {len(bad)} unreadable image(s) and their captions: {', '.join(names[:10])}"
+                      + (" ..." if len(names) > 10 else ""), stacklevel=2)
+        return self.subset_images([i for i in range(len(self.images)) if i not in bad])

@@ -1,0 +1,230 @@
+"""Runs and qrels: string ids at the edges, integer tensors inside.
+
+A `Run` holds each query's candidate list as rows of `[Q, K]` tensors; a `Qrels` holds graded judgements
+in coordinate form. Both read and write the TREC formats that ir-measures, ranx and trec_eval use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mmrerank.io import atomic_write_text
+
+PAD = -1  # candidate index of an empty slot (a query with fewer than K candidates)
+
+
+def _index_of(ids: Sequence[str]) -> dict[str, int]:
+    index = {doc_id: i for i, doc_id in enumerate(ids)}
+    if len(index) != len(ids):
+        raise ValueError("ids must be unique")
+    return index
+
+
+@dataclass
+class Run:
+    """Top-K candidates per query.
+
+    Attributes:
+        indices: `[Q, K]` long, rows into `doc_ids`; `PAD` (-1) marks an empty slot.
+        scores: `[Q, K]` float; empty slots hold `-inf`.
+        query_ids: `Q` query ids, one per row.
+        doc_ids: the `N` corpus ids that `indices` point into.
+
+    The ranking of a row is by score, descending; equal scores keep their column order (lower column wins).
+    """
+
+    indices: Tensor
+    scores: Tensor
+    query_ids: list[str]
+    doc_ids: list[str]
+
+    def __post_init__(self) -> None:
+        if self.indices.dim() != 2 or self.indices.shape != self.scores.shape:
+            raise ValueError(f"indices and scores must both be [Q, K]; got {tuple(self.indices.shape)} "
+                             f"and {tuple(self.scores.shape)}")
+        if self.indices.shape[0] != len(self.query_ids):
+            raise ValueError(f"{self.indices.shape[0]} rows but {len(self.query_ids)} query ids")
+        if self.indices.numel() and int(self.indices.max()) >= len(self.doc_ids):
+            raise ValueError(f"candidate index {int(self.indices.max())} out of range for {len(self.doc_ids)} docs")
+        self.indices = self.indices.long()
+        self.scores = self.scores.float().masked_fill(self.indices == PAD, -math.inf)
+
+    @property
+    def depth(self) -> int:
+        return self.indices.shape[1]
+
+    def __len__(self) -> int:
+        return self.indices.shape[0]
+
+    def to(self, device: torch.device | str) -> Run:
+        return Run(self.indices.to(device), self.scores.to(device), self.query_ids, self.doc_ids)
+
+    def sorted(self) -> Run:
+        """Each row ordered by score, descending; ties keep their column order; empty slots last."""
+        order = torch.sort(self.scores, dim=1, descending=True, stable=True).indices
+        return Run(self.indices.gather(1, order), self.scores.gather(1, order), self.query_ids, self.doc_ids)
+
+    def top(self, k: int) -> Run:
+        """The first `k` ranked candidates of each row (all of them when a row has fewer)."""
+        run = self.sorted()
+        return Run(run.indices[:, :k], run.scores[:, :k], self.query_ids, self.doc_ids)
+
+    def select(self, rows: Tensor | Sequence[int]) -> Run:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return Run(self.indices[rows.to(self.indices.device)], self.scores[rows.to(self.scores.device)],
+                   [self.query_ids[i] for i in rows.tolist()], self.doc_ids)
+
+    # --- edges: nested dicts and TREC files -------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        """`{query_id: {doc_id: score}}`, the ir-measures / pytrec_eval run format."""
+        out: dict[str, dict[str, float]] = {}
+        for qid, row, scores in zip(self.query_ids, self.indices.tolist(), self.scores.tolist()):
+            out[qid] = {self.doc_ids[d]: s for d, s in zip(row, scores) if d != PAD}
+        return out
+
+    @classmethod
+    def from_dict(cls, run: Mapping[str, Mapping[str, float]], doc_ids: Sequence[str] | None = None) -> Run:
+        """Build a run from `{query_id: {doc_id: score}}`; candidate order within a query is the dict's order.
+
+        Args:
+            run: the nested dict.
+            doc_ids: the corpus ids to index into; by default every doc id in `run`, in order of appearance.
+        """
+        if doc_ids is None:
+            doc_ids = list(dict.fromkeys(d for cands in run.values() for d in cands))
+        doc_index = _index_of(doc_ids)
+        depth = max((len(c) for c in run.values()), default=0)
+        indices = torch.full((len(run), depth), PAD, dtype=torch.long)
+        scores = torch.full((len(run), depth), -math.inf)
+        for row, cands in enumerate(run.values()):
+            try:
+                idx = [doc_index[d] for d in cands]
+            except KeyError as err:
+                raise KeyError(f"run names doc {err.args[0]!r}, which is not in doc_ids") from None
+            indices[row, : len(idx)] = torch.tensor(idx, dtype=torch.long)
+            scores[row, : len(idx)] = torch.tensor(list(cands.values()), dtype=torch.float)
+        return cls(indices, scores, list(run), list(doc_ids))
+
+    def write_trec(self, path: str | Path, tag: str = "mmrerank") -> None:
+        """Write the 6-column TREC run format (`qid Q0 docid rank score tag`), ranks from 1, atomically."""
+        run = self.sorted()
+        lines = []
+        for qid, row, scores in zip(run.query_ids, run.indices.tolist(), run.scores.tolist()):
+            rank = 0
+            for d, s in zip(row, scores):
+                if d != PAD:
+                    rank += 1
+                    lines.append(f"{qid} Q0 {run.doc_ids[d]} {rank} {s:.8g} {tag}\n")
+        atomic_write_text(path, "".join(lines))
+
+    @classmethod
+    def read_trec(cls, path: str | Path, doc_ids: Sequence[str] | None = None) -> Run:
+        """Read a 6-column TREC run file; rows are queries in order of first appearance."""
+        run: dict[str, dict[str, float]] = {}
+        for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 6:
+                raise ValueError(f"{path}:{lineno}: a TREC run line has 6 columns, got {len(parts)}: {line!r}")
+            qid, _, docid, _, score, _ = parts
+            run.setdefault(qid, {})[docid] = float(score)
+        return cls.from_dict(run, doc_ids)
+
+
+@dataclass
+class Qrels:
+    """Graded relevance judgements in coordinate form.
+
+    Attributes:
+        query_ids: the query id space; doc_ids: the doc id space.
+        query_index, doc_index, grade: `[R]` long each, one entry per judged (query, doc) pair.
+    """
+
+    query_ids: list[str]
+    doc_ids: list[str]
+    query_index: Tensor
+    doc_index: Tensor
+    grade: Tensor
+
+    def __post_init__(self) -> None:
+        self.query_index, self.doc_index, self.grade = (t.long() for t in (self.query_index, self.doc_index, self.grade))
+        if not (self.query_index.shape == self.doc_index.shape == self.grade.shape) or self.grade.dim() != 1:
+            raise ValueError("query_index, doc_index and grade must be 1-D tensors of one length")
+
+    def __len__(self) -> int:
+        return self.grade.numel()
+
+    @classmethod
+    def from_pairs(cls, query_ids: Sequence[str], doc_ids: Sequence[str], query_index: Tensor,
+                   doc_index: Tensor, grade: Tensor | None = None) -> Qrels:
+        """Judgements from index pairs (grade 1 each unless given)."""
+        grade = torch.ones_like(torch.as_tensor(query_index)) if grade is None else grade
+        return cls(list(query_ids), list(doc_ids), torch.as_tensor(query_index), torch.as_tensor(doc_index),
+                   torch.as_tensor(grade))
+
+    @classmethod
+    def from_dict(cls, qrels: Mapping[str, Mapping[str, int]], query_ids: Sequence[str] | None = None,
+                  doc_ids: Sequence[str] | None = None) -> Qrels:
+        """From `{query_id: {doc_id: grade}}`; pairs naming ids outside given id spaces are dropped."""
+        query_ids = list(qrels) if query_ids is None else list(query_ids)
+        if doc_ids is None:
+            doc_ids = list(dict.fromkeys(d for judged in qrels.values() for d in judged))
+        q_index, d_index = _index_of(query_ids), _index_of(doc_ids)
+        triples = [(q_index[q], d_index[d], int(g)) for q, judged in qrels.items() if q in q_index
+                   for d, g in judged.items() if d in d_index]
+        q, d, g = (torch.tensor(col, dtype=torch.long) for col in zip(*triples)) if triples else (
+            torch.empty(0, dtype=torch.long),) * 3
+        return cls(query_ids, list(doc_ids), q, d, g)
+
+    def to_dict(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for q, d, g in zip(self.query_index.tolist(), self.doc_index.tolist(), self.grade.tolist()):
+            out.setdefault(self.query_ids[q], {})[self.doc_ids[d]] = g
+        return out
+
+    def write_trec(self, path: str | Path) -> None:
+        """Write the 4-column TREC qrels format (`qid 0 docid grade`), atomically."""
+        lines = [f"{self.query_ids[q]} 0 {self.doc_ids[d]} {g}\n"
+                 for q, d, g in zip(self.query_index.tolist(), self.doc_index.tolist(), self.grade.tolist())]
+        atomic_write_text(path, "".join(lines))
+
+    @classmethod
+    def read_trec(cls, path: str | Path, query_ids: Sequence[str] | None = None,
+                  doc_ids: Sequence[str] | None = None) -> Qrels:
+        qrels: dict[str, dict[str, int]] = {}
+        for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 4:
+                raise ValueError(f"{path}:{lineno}: a TREC qrels line has 4 columns, got {len(parts)}: {line!r}")
+            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+        return cls.from_dict(qrels, query_ids, doc_ids)
+
+    def transpose(self) -> Qrels:
+        """The same judgements with queries and docs swapped (t2i qrels -> i2t qrels)."""
+        return Qrels(self.doc_ids, self.query_ids, self.doc_index, self.query_index, self.grade)
+
+    def reindex(self, query_ids: Sequence[str], doc_ids: Sequence[str]) -> Qrels:
+        """These judgements in other id spaces (a run's); pairs whose ids are missing there are dropped."""
+        if list(query_ids) == self.query_ids and list(doc_ids) == self.doc_ids:
+            return self
+        q_map = _remap(self.query_ids, query_ids)
+        d_map = _remap(self.doc_ids, doc_ids)
+        q, d = q_map[self.query_index], d_map[self.doc_index]
+        keep = (q >= 0) & (d >= 0)
+        return Qrels(list(query_ids), list(doc_ids), q[keep], d[keep], self.grade[keep])
+
+
+def _remap(old_ids: Sequence[str], new_ids: Sequence[str]) -> Tensor:
+    """`[len(old_ids)]` long: each old id's row in `new_ids`, or -1."""
+    new_index = _index_of(new_ids)
+    return torch.tensor([new_index.get(i, -1) for i in old_ids], dtype=torch.long)
