@@ -155,7 +155,8 @@ class Qrels:
     grade: Tensor
 
     def __post_init__(self) -> None:
-        self.query_index, self.doc_index, self.grade = (t.long() for t in (self.query_index, self.doc_index, self.grade))
+        self.query_index, self.doc_index = self.query_index.long(), self.doc_index.long()
+        self.grade = self.grade.long()
         if not (self.query_index.shape == self.doc_index.shape == self.grade.shape) or self.grade.dim() != 1:
             raise ValueError("query_index, doc_index and grade must be 1-D tensors of one length")
 

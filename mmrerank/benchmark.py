@@ -1,0 +1,158 @@
+"""`mmrerank benchmark`: one command from a dataset to a report, the embedded default included.
+
+With no arguments it benchmarks the built-in synthetic test split (1,000 images, 5,000 captions) with the
+tiny first stage, training that first stage on the synthetic train split the first time and reusing the
+saved weights afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+
+from mmrerank.data.dataset import ImageTextDataset
+from mmrerank.data.synthetic import SyntheticConfig, load_synthetic
+from mmrerank.encoders.clip import CLIPEncoder, resolve_device
+from mmrerank.evaluation import DEFAULT_MEASURES, Report, evaluate_task
+
+DATASETS = ("synthetic", "coco", "flickr30k", "karpathy", "table")
+
+
+@dataclass
+class DatasetConfig:
+    """Which image-text dataset to benchmark.
+
+    Attributes:
+        name: `synthetic` (built in), `flickr30k` (hub `nlphuji/flickr30k`), `coco` (hub `yerevann/coco-karpathy`
+            captions + images under `image_root`), `karpathy` (a local `dataset_*.json` + `image_root`), or
+            `table` (a local parquet file / imagefolder at `path`).
+        split: `train`, `val` or `test`.
+        synthetic: size and seed of the synthetic benchmark.
+        karpathy_json, image_root, path: local files for the non-hub sources.
+        skip_corrupt: drop unreadable images (with a warning) instead of stopping at the first one.
+    """
+
+    name: str = "synthetic"
+    split: str = "test"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    karpathy_json: str | None = None
+    image_root: str | None = None
+    path: str | None = None
+    skip_corrupt: bool = False
+
+    def load(self) -> ImageTextDataset:
+        if self.name == "synthetic":
+            return load_synthetic(self.split, self.synthetic)
+        from mmrerank.data import loaders  # datasets / pyarrow: only for real data
+
+        if self.name == "flickr30k":
+            return loaders.load_hub_flickr30k(self.split, skip_corrupt=self.skip_corrupt)
+        if self.name == "coco":
+            return loaders.load_hub_coco(_required(self.image_root, "image_root"), self.split,
+                                         skip_corrupt=self.skip_corrupt)
+        if self.name == "karpathy":
+            return loaders.load_karpathy_json(_required(self.karpathy_json, "karpathy_json"),
+                                              _required(self.image_root, "image_root"), self.split,
+                                              skip_corrupt=self.skip_corrupt)
+        if self.name == "table":
+            return loaders.load_captions_table(_required(self.path, "path"), skip_corrupt=self.skip_corrupt)
+        raise ValueError(f"unknown dataset {self.name!r}; choose one of {DATASETS}")
+
+
+def _required(value: str | None, name: str) -> str:
+    if not value:
+        raise ValueError(f"this dataset needs `{name}`")
+    return value
+
+
+@dataclass
+class FirstStageConfig:
+    """The first-stage dual encoder.
+
+    Attributes:
+        model_name: open_clip model name or a local config from `configs/open_clip/`.
+        pretrained: open_clip pretrained tag (real use; needs the network once).
+        checkpoint: weights to load (safetensors or a `CLIPModule` Lightning checkpoint). When it does not exist
+            and `pretrained` is unset, the model is trained on the synthetic train split and saved there.
+        train_steps, batch_size, lr: that training's budget.
+        seed: seed of that training.
+    """
+
+    model_name: str = "mmrerank-tiny-vit"
+    pretrained: str | None = None
+    checkpoint: str | None = "checkpoints/first_stage/mmrerank-tiny-vit-synthetic.safetensors"
+    train_steps: int = 300
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+
+    def build(self, synthetic: SyntheticConfig, progress: bool = True) -> CLIPEncoder:
+        if self.pretrained:
+            return CLIPEncoder(self.model_name, self.pretrained)
+        if self.checkpoint and Path(self.checkpoint).is_file():
+            encoder = CLIPEncoder(self.model_name)
+            encoder.load_weights(self.checkpoint)
+            return encoder
+        return self.train(synthetic, progress)
+
+    def train(self, synthetic: SyntheticConfig, progress: bool = True) -> CLIPEncoder:
+        """Train the first stage on the synthetic train split (Lightning), save it to `checkpoint`."""
+        from mmrerank.data.datamodules import SyntheticDataModule
+        from mmrerank.encoders.module import CLIPModule
+
+        L.seed_everything(self.seed, verbose=False)
+        module = CLIPModule(self.model_name, lr=self.lr)
+        trainer = L.Trainer(max_steps=self.train_steps, accelerator="auto", devices=1, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                            limit_val_batches=0)
+        trainer.fit(module, datamodule=SyntheticDataModule(synthetic, batch_size=self.batch_size))
+        if self.checkpoint:
+            module.encoder.save_weights(self.checkpoint)
+        return module.encoder
+
+
+def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfig | None = None,
+              directions: list[str] | None = None, depth: int = 100, rerank_depth: int = 16,
+              measures: list[str] | None = None, output_dir: str = "outputs/benchmark", device: str = "auto",
+              batch_size: int = 256, progress: bool = True) -> Report:
+    """Run the benchmark and write `report.json`, `report.md` and `success_at_k.png` to `output_dir`.
+
+    Args:
+        dataset: the image-text dataset (default: the synthetic test split).
+        first_stage: the dual encoder that retrieves the top `depth` candidates.
+        directions: `t2i` and/or `i2t`.
+        depth: candidates retrieved per query (the run's K).
+        rerank_depth: candidates each reranker rescores.
+        measures: ir-measures-style names, reported per direction.
+        output_dir: where the report goes.
+        device: `auto` (GPU when present), `cpu` or `cuda`.
+    """
+    dataset, first_stage = dataset or DatasetConfig(), first_stage or FirstStageConfig()
+    directions, measures = directions or ["t2i", "i2t"], measures or list(DEFAULT_MEASURES)
+    config = {"dataset": asdict(dataset), "first_stage": asdict(first_stage), "directions": directions,
+              "depth": depth, "rerank_depth": rerank_depth, "measures": measures}
+    report = Report(f"{dataset.name} {dataset.split}: first stage {first_stage.model_name}", config=config)
+
+    start = time.perf_counter()
+    data = dataset.load()
+    report.timings["data"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    encoder = first_stage.build(dataset.synthetic, progress).to(resolve_device(device))
+    report.timings["first stage ready"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    image_emb = encoder.encode(data.images, batch_size, progress)
+    text_emb = encoder.encode(data.captions, batch_size, progress)
+    report.timings["encoding"] = time.perf_counter() - start
+    report.config["sizes"] = {"images": len(data.images), "captions": len(data.captions)}
+
+    for direction in directions:
+        task = data.task(direction)
+        queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
+        evaluate_task(report, task, queries, corpus, None, depth, rerank_depth, measures, batch_size, progress)
+    report.save(output_dir)
+    return report

@@ -1,0 +1,59 @@
+"""The `mmrerank` console script: Lightning's `fit | validate | test | predict` plus `benchmark`.
+
+Training goes through one `LightningCLI` subclass (`mmrerank fit --config configs/clip/synthetic.yaml`); the
+extra subcommands parse their own arguments with jsonargparse, from the same kind of YAML files.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import lightning as L
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.cli import LightningCLI
+
+from mmrerank.benchmark import benchmark
+
+
+class MMRerankCLI(LightningCLI):
+    """Lightning's CLI over every mmrerank `LightningModule` and `LightningDataModule` (by `class_path`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
+                         subclass_mode_data=True, **kwargs)
+
+
+def benchmark_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="mmrerank benchmark", description=benchmark.__doc__.split("\n\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these arguments")
+    parser.add_function_arguments(benchmark, as_group=False)
+    return parser
+
+
+def run_benchmark(argv: list[str]) -> None:
+    parser = benchmark_parser()
+    config = parser.parse_args(argv)
+    kwargs = parser.instantiate_classes(config).as_dict()
+    kwargs.pop("config", None)
+    start = time.perf_counter()
+    report = benchmark(**kwargs)
+    print(report.to_markdown())
+    print(f"Wrote {kwargs['output_dir']}/report.json, report.md and success_at_k.png "
+          f"({time.perf_counter() - start:.0f} s in all).")
+
+
+SUBCOMMANDS = {"benchmark": run_benchmark}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in SUBCOMMANDS:
+        SUBCOMMANDS[argv[0]](argv[1:])
+    else:
+        MMRerankCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

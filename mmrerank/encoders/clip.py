@@ -1,0 +1,116 @@
+"""The first stage: open_clip dual encoders, by name or from local JSON model configs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mmrerank import distributed
+from mmrerank.data.dataset import Items
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "open_clip"
+
+
+@cache
+def register_model_configs(folder: str = str(MODEL_CONFIG_DIR)) -> None:
+    """Make the JSON model configs in `folder` (tiny offline models) known to open_clip by file name."""
+    if Path(folder).is_dir():
+        open_clip.add_model_config(folder)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class CLIPEncoder(nn.Module):
+    """An open_clip model with its image transform and tokenizer.
+
+    Args:
+        model_name: an open_clip model name (`ViT-B-32`, ...) or a local config in `configs/open_clip/`
+            (`mmrerank-tiny-vit`).
+        pretrained: open_clip pretrained tag or checkpoint path (needs the network the first time); `None` for
+            a random init, to be trained here or loaded with `load_weights`.
+    """
+
+    def __init__(self, model_name: str = "mmrerank-tiny-vit", pretrained: str | None = None) -> None:
+        super().__init__()
+        register_model_configs()
+        if model_name not in open_clip.list_models():
+            raise ValueError(f"unknown open_clip model {model_name!r}; local configs live in {MODEL_CONFIG_DIR}")
+        self.model_name, self.pretrained = model_name, pretrained
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def logit_scale(self) -> Tensor:
+        return self.model.logit_scale.exp()
+
+    def image_tensor(self, images: Sequence[Image.Image]) -> Tensor:
+        """`[B, 3, S, S]` model inputs from PIL images."""
+        return torch.stack([self.preprocess(img) for img in images])
+
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """`[B, 3, S, S]` -> `[B, d]`, L2-normalised."""
+        return F.normalize(self.model.encode_image(pixels.to(self.device)), dim=-1)
+
+    def encode_texts(self, texts: Sequence[str]) -> Tensor:
+        """`B` strings -> `[B, d]`, L2-normalised."""
+        return F.normalize(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)), dim=-1)
+
+    @torch.no_grad()
+    def encode(self, items: Items, batch_size: int = 256, progress: bool = True) -> Tensor:
+        """Embed every item (texts or images) in batches: `[N, d]` float32 on this encoder's device.
+
+        Under `torch.distributed` each rank embeds every world_size-th batch and the results are gathered, so
+        all ranks return the same full matrix.
+        """
+        was_training = self.training
+        self.eval()
+        out = []
+        for start in tqdm(distributed.shard(range(0, len(items), batch_size)), desc=f"encoding {items.modality}s",
+                          disable=not progress, leave=False):
+            rows = [items[i] for i in range(start, min(start + batch_size, len(items)))]
+            emb = self.encode_texts(rows) if items.modality == "text" else self.encode_images(self.image_tensor(rows))
+            out.append(emb.float())
+        self.train(was_training)
+        return distributed.gather_shards(out, self.device)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load weights saved by `save_weights` (safetensors), or a Lightning checkpoint of `CLIPModule`."""
+        self.model.load_state_dict(load_state_dict(path, prefix="encoder.model."))
+
+    def save_weights(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        from mmrerank.io import atomic_write
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"model_name": self.model_name}))
+
+
+def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
+    """A state dict from safetensors or a Lightning checkpoint, loaded without unpickling code.
+
+    For a Lightning checkpoint the keys under `prefix` are taken, with the prefix stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

@@ -1,0 +1,56 @@
+"""`CLIPModule`: trains a first-stage dual encoder with the contrastive loss (Lightning)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.losses import symmetric_info_nce
+
+
+class CLIPModule(L.LightningModule):
+    """Contrastive training of an open_clip dual encoder on (image, caption) batches.
+
+    Args:
+        model_name, pretrained: as for `CLIPEncoder`.
+        lr, weight_decay: AdamW settings; the LR warms up linearly for `warmup_steps`, then follows a cosine to 0.
+    """
+
+    def __init__(self, model_name: str = "mmrerank-tiny-vit", pretrained: str | None = None, lr: float = 1e-3,
+                 weight_decay: float = 0.1, warmup_steps: int = 50) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = CLIPEncoder(model_name, pretrained)
+
+    def _loss(self, batch) -> torch.Tensor:
+        images, texts = batch
+        image_emb = self.encoder.encode_images(self.encoder.image_tensor(images))
+        text_emb = self.encoder.encode_texts(texts)
+        return symmetric_info_nce(image_emb, text_emb, self.encoder.logit_scale)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[1]))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=len(batch[1]), sync_dist=True)
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
+        no_decay = [p for n, p in self.named_parameters() if p.ndim < 2 or "logit_scale" in n]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = min(self.hparams.warmup_steps, total // 2)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

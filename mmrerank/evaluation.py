@@ -1,0 +1,143 @@
+"""The evaluation loop: encode -> index -> retrieve top-K -> (rerank) -> metrics -> Report.
+
+This is the one path data takes through mmrerank; every family's benchmark rows come out of `evaluate_task`.
+Under `torch.distributed` each rank encodes and reranks a share of the work and the results are gathered,
+so every rank ends with the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from mmrerank import distributed
+from mmrerank.data.dataset import RetrievalTask
+from mmrerank.data.run import Run
+from mmrerank.index import RetrievalIndex
+from mmrerank.io import atomic_write, atomic_write_json, atomic_write_text
+from mmrerank.metrics import evaluate
+from mmrerank.rerankers.base import Reranker
+
+DEFAULT_MEASURES = ("Success@1", "Success@5", "Success@10", "nDCG@10")
+FIRST_STAGE = "first stage"
+
+
+def retrieve(query_emb: Tensor, corpus_emb: Tensor, task: RetrievalTask, depth: int,
+             index_kind: str = "flat") -> Run:
+    """First-stage run: the top `depth` corpus items per query by inner product.
+
+    Args:
+        query_emb: `[Q, d]`, corpus_emb: `[N, d]` (L2-normalised).
+    """
+    index = RetrievalIndex(corpus_emb.shape[1], kind=index_kind)
+    index.add(corpus_emb, task.corpus.ids)
+    return index.search(query_emb, depth, task.queries.ids)
+
+
+def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, depth: int, batch_size: int,
+                   progress: bool = True) -> Run:
+    """`reranker.rerank` with the queries split over distributed ranks, then gathered in order."""
+    rank, size = distributed.world()
+    if size == 1:
+        return reranker.rerank(run, task, depth, batch_size, progress)
+    rows = distributed.shard(range(len(run)))
+    part = reranker.rerank(run.select(rows), task, depth, batch_size, progress)
+    indices = distributed.gather_shards(list(part.indices.split(1)))
+    scores = distributed.gather_shards(list(part.scores.split(1)))
+    return Run(indices, scores, run.query_ids, run.doc_ids)
+
+
+def success_curve(run: Run, task: RetrievalTask) -> list[float]:
+    """Success@k for k = 1 .. depth (the recall-vs-k curve of image-text papers)."""
+    scores = evaluate(run, task.qrels, [f"Success@{k}" for k in range(1, run.depth + 1)])
+    return [scores[f"Success@{k}"] for k in range(1, run.depth + 1)]
+
+
+@dataclass
+class Report:
+    """Every number of a benchmark, with the config that produced it.
+
+    Attributes:
+        title: what was benchmarked.
+        rows: system name (`first stage`, `edje`, ...) -> `{"t2i/Success@1": value, ...}`.
+        curves: system name -> direction -> Success@k for k = 1 .. depth.
+        config: the settings that produced the numbers.
+        timings: seconds per step of the pipeline.
+    """
+
+    title: str
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add(self, system: str, direction: str, metrics: Mapping[str, float], curve: Sequence[float]) -> None:
+        self.rows.setdefault(system, {}).update({f"{direction}/{k}": v for k, v in metrics.items()})
+        self.curves.setdefault(system, {})[direction] = list(curve)
+
+    def to_markdown(self) -> str:
+        columns = list(dict.fromkeys(c for row in self.rows.values() for c in row))
+        lines = [f"| system | {' | '.join(columns)} |", "| --- |" + " ---: |" * len(columns)]
+        for system, row in self.rows.items():
+            lines.append(f"| {system} | " + " | ".join(f"{row[c]:.4f}" if c in row else "" for c in columns) + " |")
+        timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
+        return f"### {self.title}\n\n" + "\n".join(lines) + (f"\n\nTimings: {timing}\n" if timing else "\n")
+
+    def save(self, folder: str | Path) -> list[Path]:
+        """Write `report.json`, `report.md` and `success_at_k.png` into `folder` (atomically, each)."""
+        folder = Path(folder)
+        atomic_write_json(folder / "report.json", {"title": self.title, "rows": self.rows, "curves": self.curves,
+                                                   "config": self.config, "timings": self.timings})
+        atomic_write_text(folder / "report.md", self.to_markdown())
+        atomic_write(folder / "success_at_k.png", lambda tmp: self.plot(tmp))
+        return [folder / "report.json", folder / "report.md", folder / "success_at_k.png"]
+
+    def plot(self, path: Path) -> None:
+        """Success@k against k, one panel per direction, one line per system."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        directions = list(dict.fromkeys(d for curves in self.curves.values() for d in curves))
+        fig, axes = plt.subplots(1, max(len(directions), 1), figsize=(5 * max(len(directions), 1), 4), squeeze=False)
+        for ax, direction in zip(axes[0], directions):
+            for system, curves in self.curves.items():
+                if direction in curves:
+                    ks = range(1, len(curves[direction]) + 1)
+                    ax.plot(ks, curves[direction], marker=".", label=system)
+            ax.set(xscale="log", xlabel="k", ylabel="Success@k", title=direction, ylim=(0, 1.02))
+            ax.grid(alpha=0.3)
+            ax.legend()
+        fig.suptitle(self.title)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=120)
+        plt.close(fig)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Report:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def evaluate_task(report: Report, task: RetrievalTask, query_emb: Tensor, corpus_emb: Tensor,
+                  rerankers: Mapping[str, Reranker] | None = None, depth: int = 100, rerank_depth: int = 16,
+                  measures: Sequence[str] = DEFAULT_MEASURES, batch_size: int = 256, progress: bool = True) -> None:
+    """Retrieve, rerank with each reranker, score, and add one report row per system for this task."""
+    device = query_emb.device
+    start = time.perf_counter()
+    run = retrieve(query_emb, corpus_emb, task, depth).to(device)
+    report.timings[f"{task.direction} retrieval"] = time.perf_counter() - start
+    systems = {FIRST_STAGE: run}
+    for name, reranker in (rerankers or {}).items():
+        start = time.perf_counter()
+        systems[name] = rerank_sharded(reranker, run, task, rerank_depth, batch_size, progress)
+        report.timings[f"{task.direction} {name}"] = time.perf_counter() - start
+    qrels = task.qrels
+    for name, system_run in systems.items():
+        report.add(name, task.direction, evaluate(system_run, qrels, measures), success_curve(system_run, task))
