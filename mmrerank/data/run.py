@@ -116,12 +116,13 @@ class Run:
         """Write the 6-column TREC run format (`qid Q0 docid rank score tag`), ranks from 1, atomically."""
         run = self.sorted()
         lines = []
-        for qid, row, scores in zip(run.query_ids, run.indices.tolist(), run.scores.tolist()):
+        # str() of a float32 is its shortest exact decimal: files round-trip without noise digits
+        for qid, row, scores in zip(run.query_ids, run.indices.tolist(), run.scores.cpu().numpy()):
             rank = 0
             for d, s in zip(row, scores):
                 if d != PAD:
                     rank += 1
-                    lines.append(f"{qid} Q0 {run.doc_ids[d]} {rank} {s:.8g} {tag}\n")
+                    lines.append(f"{qid} Q0 {run.doc_ids[d]} {rank} {str(s)} {tag}\n")
         atomic_write_text(path, "".join(lines))
 
     @classmethod
