@@ -73,7 +73,8 @@ def test_fit_single_and_ddp_take_the_same_steps(tiny_config, tmp_path):
 
 def test_benchmark_command_writes_report(tiny_config, tmp_path):
     out = tmp_path / "report"
-    run_cli(["benchmark", f"--dataset.synthetic.root={tiny_config.root}", f"--dataset.synthetic.seed={tiny_config.seed}",
+    run_cli(["benchmark", f"--dataset.synthetic.root={tiny_config.root}",
+             f"--dataset.synthetic.seed={tiny_config.seed}",
              f"--dataset.synthetic.train_images={tiny_config.train_images}",
              f"--dataset.synthetic.val_images={tiny_config.val_images}",
              f"--dataset.synthetic.test_images={tiny_config.test_images}",

@@ -62,7 +62,8 @@ def test_relevance_matches_naive_checker(tiny_config, tiny_test_split):
     folder = tiny_config.split_dir("test")
     scenes = load_scenes(folder)
     specs = np.load(folder / "specs.npy").tolist()
-    expected = {(c, n) for c, spec in enumerate(specs) for n, scene in enumerate(scenes) if naive_satisfies(spec, scene)}
+    expected = {(c, n) for c, spec in enumerate(specs) for n, scene in enumerate(scenes)
+                if naive_satisfies(spec, scene)}
     qrels = tiny_test_split.qrels()
     got = set(zip(qrels.query_index.tolist(), qrels.doc_index.tolist()))
     assert got == expected
@@ -95,7 +96,8 @@ def test_near_duplicate_pairs_share_their_objects(tiny_config):
         if len(a) > 1:
             assert sorted(o.colour for o in a) == sorted(o.colour for o in b)
             assert sorted(o.shape for o in a) == sorted(o.shape for o in b)
-        changed = sum((x.colour, x.shape, x.size, x.x, x.y) != (y.colour, y.shape, y.size, y.x, y.y) for x, y in zip(a, b))
+        changed = sum((x.colour, x.shape, x.size, x.x, x.y) != (y.colour, y.shape, y.size, y.x, y.y)
+                      for x, y in zip(a, b))
         assert changed >= 1
 
 
