@@ -84,9 +84,9 @@ class FirstStageConfig:
     model_name: str = "mmrerank-tiny-vit"
     pretrained: str | None = None
     checkpoint: str | None = "checkpoints/first_stage/mmrerank-tiny-vit-synthetic.safetensors"
-    train_steps: int = 300
-    batch_size: int = 256
-    lr: float = 1e-3
+    train_steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-3
     seed: int = 0
 
     def build(self, synthetic: SyntheticConfig, progress: bool = True) -> CLIPEncoder:

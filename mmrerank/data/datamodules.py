@@ -29,7 +29,7 @@ def collate_pairs(rows):
 
 
 class SyntheticDataModule(L.LightningDataModule):
-    """(image, caption) pairs of the built-in synthetic benchmark's train and val splits.
+    """(image, caption) pairs of the built-in synthetic benchmark's train, val and test splits.
 
     Args:
         config: the benchmark's size and seed.
@@ -43,12 +43,19 @@ class SyntheticDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def prepare_data(self) -> None:
-        for split in ("train", "val"):
+        for split in ("train", "val", "test"):
             load_synthetic(split, self.config, relevance=False)
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = CaptionPairs(load_synthetic("train", self.config, relevance=False, progress=False))
-        self.val_set = CaptionPairs(load_synthetic("val", self.config, relevance=False, progress=False))
+        def pairs(split: str) -> CaptionPairs:
+            return CaptionPairs(load_synthetic(split, self.config, relevance=False, progress=False))
+
+        if stage in (None, "fit"):
+            self.train_set = pairs("train")
+        if stage in (None, "fit", "validate"):
+            self.val_set = pairs("val")
+        if stage in (None, "test"):
+            self.test_set = pairs("test")
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
@@ -59,3 +66,6 @@ class SyntheticDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

@@ -39,6 +39,9 @@ class CLIPModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=len(batch[1]), sync_dist=True)
 
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.log("test/loss", self._loss(batch), batch_size=len(batch[1]), sync_dist=True)
+
     def configure_optimizers(self):
         decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
         no_decay = [p for n, p in self.named_parameters() if p.ndim < 2 or "logit_scale" in n]
