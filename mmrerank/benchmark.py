@@ -81,10 +81,10 @@ class FirstStageConfig:
         seed: seed of that training.
     """
 
-    model_name: str = "mmrerank-tiny-vit"
+    model_name: str = "mmrerank-tiny-resnet"
     pretrained: str | None = None
-    checkpoint: str | None = "checkpoints/first_stage/mmrerank-tiny-vit-synthetic.safetensors"
-    train_steps: int = 1000
+    checkpoint: str | None = "checkpoints/first_stage/mmrerank-tiny-resnet-synthetic.safetensors"
+    train_steps: int = 600
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0
@@ -116,7 +116,7 @@ class FirstStageConfig:
 
 def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfig | None = None,
               directions: list[str] | None = None, depth: int = 100, rerank_depth: int = 16,
-              measures: list[str] | None = None, output_dir: str = "outputs/benchmark", device: str = "auto",
+              measures: list[str] | None = None, output_dir: str | None = None, device: str = "auto",
               batch_size: int = 256, progress: bool = True) -> Report:
     """Run the benchmark and write `report.json`, `report.md` and `success_at_k.png` to `output_dir`.
 
@@ -127,11 +127,12 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         depth: candidates retrieved per query (the run's K).
         rerank_depth: candidates each reranker rescores.
         measures: ir-measures-style names, reported per direction.
-        output_dir: where the report goes.
+        output_dir: where the report goes (default `outputs/benchmark/<dataset name>`).
         device: `auto` (GPU when present), `cpu` or `cuda`.
     """
     dataset, first_stage = dataset or DatasetConfig(), first_stage or FirstStageConfig()
     directions, measures = directions or ["t2i", "i2t"], measures or list(DEFAULT_MEASURES)
+    output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
     config = {"dataset": asdict(dataset), "first_stage": asdict(first_stage), "directions": directions,
               "depth": depth, "rerank_depth": rerank_depth, "measures": measures}
     report = Report(f"{dataset.name} {dataset.split}: first stage {first_stage.model_name}", config=config)
@@ -154,5 +155,6 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         task = data.task(direction)
         queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
         evaluate_task(report, task, queries, corpus, None, depth, rerank_depth, measures, batch_size, progress)
+    report.config["output_dir"] = output_dir
     report.save(output_dir)
     return report

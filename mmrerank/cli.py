@@ -40,7 +40,7 @@ def run_benchmark(argv: list[str]) -> None:
     start = time.perf_counter()
     report = benchmark(**kwargs)
     print(report.to_markdown())
-    print(f"Wrote {kwargs['output_dir']}/report.json, report.md and success_at_k.png "
+    print(f"Wrote {report.config['output_dir']}/report.json, report.md and success_at_k.png "
           f"({time.perf_counter() - start:.0f} s in all).")
 
 

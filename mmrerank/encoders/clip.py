@@ -37,12 +37,12 @@ class CLIPEncoder(nn.Module):
 
     Args:
         model_name: an open_clip model name (`ViT-B-32`, ...) or a local config in `configs/open_clip/`
-            (`mmrerank-tiny-vit`).
+            (`mmrerank-tiny-resnet`, `mmrerank-tiny-vit`).
         pretrained: open_clip pretrained tag or checkpoint path (needs the network the first time); `None` for
             a random init, to be trained here or loaded with `load_weights`.
     """
 
-    def __init__(self, model_name: str = "mmrerank-tiny-vit", pretrained: str | None = None) -> None:
+    def __init__(self, model_name: str = "mmrerank-tiny-resnet", pretrained: str | None = None) -> None:
         super().__init__()
         register_model_configs()
         if model_name not in open_clip.list_models():

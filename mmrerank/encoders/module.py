@@ -19,7 +19,7 @@ class CLIPModule(L.LightningModule):
         lr, weight_decay: AdamW settings; the LR warms up linearly for `warmup_steps`, then follows a cosine to 0.
     """
 
-    def __init__(self, model_name: str = "mmrerank-tiny-vit", pretrained: str | None = None, lr: float = 1e-3,
+    def __init__(self, model_name: str = "mmrerank-tiny-resnet", pretrained: str | None = None, lr: float = 1e-3,
                  weight_decay: float = 0.1, warmup_steps: int = 50) -> None:
         super().__init__()
         self.save_hyperparameters()
