@@ -14,9 +14,12 @@ from pathlib import Path
 import lightning as L
 
 from mmrerank.data.dataset import ImageTextDataset
+from mmrerank.data.revisited import RevisitedDataset, load_revisited
 from mmrerank.data.synthetic import SyntheticConfig, load_synthetic
+from mmrerank.data.synthetic.instances import InstanceConfig, load_instances
 from mmrerank.encoders.clip import CLIPEncoder, resolve_device
-from mmrerank.evaluation import DEFAULT_MEASURES, Report, evaluate_task
+from mmrerank.evaluation import DEFAULT_MEASURES, Report, evaluate_instances, evaluate_task
+from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
 
 DATASETS = ("synthetic", "coco", "flickr30k", "karpathy", "table")
 
@@ -114,8 +117,57 @@ class FirstStageConfig:
         return module.encoder
 
 
+@dataclass
+class SuperGlobalConfig:
+    """SuperGlobal rows of a benchmark: image-to-image retrieval under the revisited protocol.
+
+    Attributes:
+        dataset: `synthetic` (built in, see `InstanceConfig`), `roxford5k` or `rparis6k` (files under `root`).
+        root: the folder holding `gnd_<dataset>.pkl` and `jpg/` (real benchmarks).
+        instances: size and seed of the synthetic image-to-image benchmark.
+        backbone: `first_stage` (this benchmark's first-stage CNN image tower) or a timm model name.
+        pretrained: timm pretrained weights for a named backbone (needs the network once).
+        pooling: SuperGlobal's pooling; the `GeM` row uses single-scale GeM (p = 3) on the same backbone.
+        top_m, k, beta: the reranking settings.
+    """
+
+    dataset: str = "synthetic"
+    root: str | None = None
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
+    backbone: str = "first_stage"
+    pretrained: bool = False
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    top_m: int = 400
+    k: int = 9
+    beta: float = 0.15
+
+    def load(self) -> RevisitedDataset:
+        if self.dataset == "synthetic":
+            return load_instances(self.instances)
+        return load_revisited(_required(self.root, "superglobal.root"), self.dataset)
+
+    def run(self, report: Report, first_stage: FirstStageConfig, progress: bool = True) -> None:
+        """Add the rows GeM, SuperGlobal pooling, and SuperGlobal pooling + reranking to `report`."""
+        data = self.load()
+        queries = [data.query_image(i) for i in range(data.num_queries)]
+        database = [data.db_image(j) for j in range(data.num_db)]
+        backbone, checkpoint = self.backbone, None
+        if backbone == "first_stage":
+            backbone, checkpoint = f"first_stage:{first_stage.model_name}", first_stage.checkpoint
+        for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):
+            extractor = SuperGlobalExtractor(backbone, pooling, pretrained=self.pretrained, checkpoint=checkpoint)
+            start = time.perf_counter()
+            query_desc = extractor.extract(queries, progress=progress)
+            db_desc = extractor.extract(database, progress=progress)
+            report.timings[f"i2i {system} descriptors"] = time.perf_counter() - start
+            evaluate_instances(report, data, query_desc, db_desc, system)
+        evaluate_instances(report, data, query_desc, db_desc, "SuperGlobal pooling + rerank",
+                           {"top_m": self.top_m, "k": self.k, "beta": self.beta})
+
+
 def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfig | None = None,
-              directions: list[str] | None = None, depth: int = 100, rerank_depth: int = 16,
+              superglobal: SuperGlobalConfig | None = None, directions: list[str] | None = None, depth: int = 100,
+              rerank_depth: int = 16,
               measures: list[str] | None = None, output_dir: str | None = None, device: str = "auto",
               batch_size: int = 256, progress: bool = True) -> Report:
     """Run the benchmark and write `report.json`, `report.md` and `success_at_k.png` to `output_dir`.
@@ -123,7 +175,8 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
     Args:
         dataset: the image-text dataset (default: the synthetic test split).
         first_stage: the dual encoder that retrieves the top `depth` candidates.
-        directions: `t2i` and/or `i2t`.
+        superglobal: also report SuperGlobal image-to-image rows (off by default).
+        directions: `t2i` and/or `i2t` (an empty list skips image-text retrieval).
         depth: candidates retrieved per query (the run's K).
         rerank_depth: candidates each reranker rescores.
         measures: ir-measures-style names, reported per direction.
@@ -131,30 +184,35 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         device: `auto` (GPU when present), `cpu` or `cuda`.
     """
     dataset, first_stage = dataset or DatasetConfig(), first_stage or FirstStageConfig()
-    directions, measures = directions or ["t2i", "i2t"], measures or list(DEFAULT_MEASURES)
+    directions = ["t2i", "i2t"] if directions is None else directions
+    measures = measures or list(DEFAULT_MEASURES)
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
-    config = {"dataset": asdict(dataset), "first_stage": asdict(first_stage), "directions": directions,
+    config = {"dataset": asdict(dataset), "first_stage": asdict(first_stage),
+              "superglobal": asdict(superglobal) if superglobal else None, "directions": directions,
               "depth": depth, "rerank_depth": rerank_depth, "measures": measures}
-    report = Report(f"{dataset.name} {dataset.split}: first stage {first_stage.model_name}", config=config)
-
-    start = time.perf_counter()
-    data = dataset.load()
-    report.timings["data"] = time.perf_counter() - start
+    parts = [f"{dataset.name} {dataset.split}"] if directions else []
+    parts += [f"{superglobal.dataset} image-to-image"] if superglobal else []
+    report = Report(f"{', '.join(parts)}: first stage {first_stage.model_name}", config=config)
 
     start = time.perf_counter()
     encoder = first_stage.build(dataset.synthetic, progress).to(resolve_device(device))
     report.timings["first stage ready"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    image_emb = encoder.encode(data.images, batch_size, progress)
-    text_emb = encoder.encode(data.captions, batch_size, progress)
-    report.timings["encoding"] = time.perf_counter() - start
-    report.config["sizes"] = {"images": len(data.images), "captions": len(data.captions)}
-
-    for direction in directions:
-        task = data.task(direction)
-        queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
-        evaluate_task(report, task, queries, corpus, None, depth, rerank_depth, measures, batch_size, progress)
+    if directions:
+        start = time.perf_counter()
+        data = dataset.load()
+        report.timings["data"] = time.perf_counter() - start
+        start = time.perf_counter()
+        image_emb = encoder.encode(data.images, batch_size, progress)
+        text_emb = encoder.encode(data.captions, batch_size, progress)
+        report.timings["encoding"] = time.perf_counter() - start
+        report.config["sizes"] = {"images": len(data.images), "captions": len(data.captions)}
+        for direction in directions:
+            task = data.task(direction)
+            queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
+            evaluate_task(report, task, queries, corpus, None, depth, rerank_depth, measures, batch_size, progress)
+    if superglobal is not None:
+        superglobal.run(report, first_stage, progress)
     report.config["output_dir"] = output_dir
     report.save(output_dir)
     return report

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from mmrerank import distributed
 from mmrerank.data.dataset import RetrievalTask
+from mmrerank.data.revisited import RevisitedDataset, revisited_map
 from mmrerank.data.run import Run
 from mmrerank.index import RetrievalIndex
 from mmrerank.io import atomic_write, atomic_write_json, atomic_write_text
@@ -77,17 +78,23 @@ class Report:
     config: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def add(self, system: str, direction: str, metrics: Mapping[str, float], curve: Sequence[float]) -> None:
+    def add(self, system: str, direction: str, metrics: Mapping[str, float], curve: Sequence[float] = ()) -> None:
         self.rows.setdefault(system, {}).update({f"{direction}/{k}": v for k, v in metrics.items()})
-        self.curves.setdefault(system, {})[direction] = list(curve)
+        if curve:
+            self.curves.setdefault(system, {})[direction] = list(curve)
 
     def to_markdown(self) -> str:
-        columns = list(dict.fromkeys(c for row in self.rows.values() for c in row))
-        lines = [f"| system | {' | '.join(columns)} |", "| --- |" + " ---: |" * len(columns)]
+        """One table per set of columns (image-text rows and image-to-image rows measure different things)."""
+        tables: dict[tuple[str, ...], list[str]] = {}
         for system, row in self.rows.items():
-            lines.append(f"| {system} | " + " | ".join(f"{row[c]:.4f}" if c in row else "" for c in columns) + " |")
+            tables.setdefault(tuple(row), []).append(system)
+        parts = [f"### {self.title}"]
+        for columns, systems in tables.items():
+            lines = [f"| system | {' | '.join(columns)} |", "| --- |" + " ---: |" * len(columns)]
+            lines += [f"| {s} | " + " | ".join(f"{self.rows[s][c]:.4f}" for c in columns) + " |" for s in systems]
+            parts.append("\n".join(lines))
         timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
-        return f"### {self.title}\n\n" + "\n".join(lines) + (f"\n\nTimings: {timing}\n" if timing else "\n")
+        return "\n\n".join(parts) + (f"\n\nTimings: {timing}\n" if timing else "\n")
 
     def save(self, folder: str | Path) -> list[Path]:
         """Write `report.json`, `report.md` and `success_at_k.png` into `folder` (atomically, each)."""
@@ -106,6 +113,8 @@ class Report:
         import matplotlib.pyplot as plt
 
         directions = list(dict.fromkeys(d for curves in self.curves.values() for d in curves))
+        if not directions:  # nothing to plot (an image-to-image-only report): still write a valid, empty figure
+            directions = ["(no curves)"]
         fig, axes = plt.subplots(1, max(len(directions), 1), figsize=(5 * max(len(directions), 1), 4), squeeze=False)
         for ax, direction in zip(axes[0], directions):
             for system, curves in self.curves.items():
@@ -114,7 +123,8 @@ class Report:
                     ax.plot(ks, curves[direction], marker=".", label=system)
             ax.set(xscale="log", xlabel="k", ylabel="Success@k", title=direction, ylim=(0, 1.02))
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.lines:
+                ax.legend()
         fig.suptitle(self.title)
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=120)
@@ -141,3 +151,32 @@ def evaluate_task(report: Report, task: RetrievalTask, query_emb: Tensor, corpus
     qrels = task.qrels
     for name, system_run in systems.items():
         report.add(name, task.direction, evaluate(system_run, qrels, measures), success_curve(system_run, task))
+
+
+def evaluate_instances(report: Report, dataset: RevisitedDataset, query_desc: Tensor, db_desc: Tensor, system: str,
+                       rerank: Mapping[str, Any] | None = None, protocols: Sequence[str] = ("medium", "hard")) -> None:
+    """Image-to-image retrieval under the revisited protocol: rank the database, optionally rerank with
+    SuperGlobal, and add one row (`medium/mAP`, `hard/mAP`, ...) to the report.
+
+    Args:
+        query_desc: `[Q, d]`, db_desc: `[N, d]` unit-norm descriptors.
+        rerank: SuperGlobal settings (`top_m`, `k`, `beta`), or None for the descriptor ranking alone.
+    """
+    from mmrerank.rerankers.superglobal import rerank as superglobal_rerank
+
+    start = time.perf_counter()
+    if rerank is None:
+        run = retrieve_all(query_desc, db_desc, dataset)
+        ranks = run.indices
+    else:
+        ranks = superglobal_rerank(query_desc, db_desc, **rerank)
+    report.timings[f"i2i {system}"] = time.perf_counter() - start
+    scores = revisited_map(ranks, dataset, protocols)
+    report.add(system, "i2i", {f"{p}/mAP": scores[p]["mAP"] for p in protocols})
+
+
+def retrieve_all(query_desc: Tensor, db_desc: Tensor, dataset: RevisitedDataset) -> Run:
+    """The full database ranking per query by inner product, through the RetrievalIndex."""
+    index = RetrievalIndex(db_desc.shape[1], kind="flat")
+    index.add(db_desc, dataset.db_names)
+    return index.search(query_desc, len(dataset.db_names), dataset.query_names)

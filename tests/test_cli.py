@@ -15,8 +15,8 @@ import torch
 from mmrerank.cli import MMRerankCLI, benchmark_parser
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "benchmark")
-BENCHMARKS = sorted((CONFIGS / "benchmark").glob("*.yaml"))
+TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("benchmark", "superglobal"))
+BENCHMARKS = sorted([*(CONFIGS / "benchmark").glob("*.yaml"), *(CONFIGS / "superglobal").glob("*.yaml")])
 
 
 def test_configs_exist():

@@ -14,7 +14,11 @@ cosine (`s0`, ranked best first):
 
 Ties, everywhere (the cosine ranking, each item's neighbours, the top `K + 1` by `s1`, the final order), go to the
 item that comes first in the cosine ranking; equal cosines are ordered by lower database index. Both `rerank` and
-`reference_rerank` follow this rule, so their rankings agree exactly, duplicates included.
+`reference_rerank` follow this rule. They compute the same scores in different orders, so they round differently:
+in float64 the differences (~1e-16) practically never reorder distinct items, and exact duplicates tie bit for bit
+in both (each item's members are summed in a fixed order), so the rankings agree exactly. That last point assumes
+the BLAS products round identical rows identically, true of the float64 kernels tested; float32 matrix-vector
+kernels may not. In float32, items whose scores differ by rounding only may swap between the two.
 
 `reference_rerank` is a straightforward per-query loop over these steps, the tests' oracle and the speed
 baseline. `rerank` computes the same ranking for a batch of queries at once and avoids materialising every refined
@@ -65,8 +69,9 @@ def _check_inputs(queries: Tensor, database: Tensor, top_m: int, k: int) -> int:
 def reference_rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta: float = 0.15) -> Tensor:
     """SuperGlobal reranking, one query at a time, written step by step from the method's description.
 
-    It forms every refined descriptor explicitly (gathering `[M, K + 1, d]` members per query), as the original
-    implementation does; it is the oracle `rerank` is tested against and the baseline it is timed against.
+    It forms every refined descriptor explicitly (gathering `[M, K + 1, d]` members per query) and scores them
+    against the query and the expanded query; it is the oracle `rerank` is tested against and the baseline it is
+    timed against.
 
     Args:
         queries: unit-norm query descriptors `[Q, d]`.
@@ -144,10 +149,10 @@ def _nearest_others(sims: Tensor, k: int) -> tuple[Tensor, Tensor]:
     # k it may list tied items out of position order. The rule wants the lowest positions, and a fixed order makes
     # tied duplicates sum their members in the same order, so their scores tie bit for bit. Such rows are rare
     # (duplicates, quantised data) and are redone with a stable sort.
-    tied = (values[:, :, 1:] == values[:, :, :-1]).any(dim=2)  # [b, M]
+    tied = values[:, :, 1:] == values[:, :, :-1]  # [b, M, k]
     values, positions = values[:, :, :k], positions[:, :, :k]
     if tied.any():
-        rows = tied.nonzero(as_tuple=True)
+        rows = tied.any(dim=2).nonzero(as_tuple=True)
         redone_values, redone_positions = torch.sort(sims[rows], dim=1, descending=True, stable=True)
         values[rows] = redone_values[:, :k]
         positions[rows] = redone_positions[:, :k]

@@ -1,0 +1,145 @@
+"""SuperGlobal descriptors: a CNN's last feature map -> Regional-GeM -> GeM+ -> L2 -> (head) per scale -> Scale-GeM.
+
+The backbone is any timm CNN by name (its last stage through `forward_features`), or the convolutional image
+tower of an mmrerank first stage (`first_stage:<open_clip model name>` with that stage's checkpoint), which is
+how the synthetic image-to-image benchmark gets descriptors that mean something without a download.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from mmrerank.rerankers.superglobal.pooling import gem_plus, regional_gem, scale_gem
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class PoolingConfig:
+    """How a feature map becomes a descriptor. The defaults are SuperGlobal's; `plain_gem()` is the baseline.
+
+    Attributes:
+        scales: input resize factors.
+        gem_p: GeM exponent (GeM+: 4.6; classic GeM: 3).
+        regional: apply Regional-GeM (`regional_p`, `regional_size`) before pooling.
+        scale_p: Scale-GeM exponent over scales (`inf`: max of the L2-normalised per-scale descriptors).
+    """
+
+    scales: tuple[float, ...] = (0.7071, 1.0, 1.4142)
+    gem_p: float = 4.6
+    regional: bool = True
+    regional_p: float = 2.5
+    regional_size: int = 5
+    scale_p: float = math.inf
+
+    @classmethod
+    def plain_gem(cls) -> PoolingConfig:
+        """Single-scale GeM with p = 3, no Regional-GeM: the usual global descriptor."""
+        return cls(scales=(1.0,), gem_p=3.0, regional=False)
+
+
+def build_backbone(name: str, pretrained: bool = False, checkpoint: str | None = None) -> tuple[nn.Module, tuple]:
+    """A CNN whose `forward_features` gives the last feature map `[B, C, h, w]`, and its input normalisation.
+
+    Args:
+        name: a timm model name (`resnet50`, ...) or `first_stage:<open_clip model>` for the image tower of a
+            first stage (a timm trunk inside open_clip), loaded from `checkpoint`.
+        pretrained: timm pretrained weights (needs the network once).
+        checkpoint: weights to load: a first stage's checkpoint, or a timm state dict (safetensors / weights-only).
+    """
+    if name.startswith("first_stage:"):
+        from mmrerank.encoders.clip import CLIPEncoder
+
+        encoder = CLIPEncoder(name.split(":", 1)[1])
+        if checkpoint:
+            encoder.load_weights(checkpoint)
+        trunk = getattr(encoder.model.visual, "trunk", None)
+        if trunk is None:  # a ViT tower
+            raise ValueError(f"{name}: the first stage's image tower is not a timm CNN (SuperGlobal needs a CNN)")
+        return trunk, (CLIP_MEAN, CLIP_STD)
+    if name not in timm.list_models():
+        raise ValueError(f"unknown timm model {name!r}")
+    trunk = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
+    if checkpoint:
+        from mmrerank.encoders.clip import load_state_dict
+
+        trunk.load_state_dict(load_state_dict(checkpoint), strict=False)
+    mean = trunk.pretrained_cfg.get("mean", IMAGENET_MEAN)
+    std = trunk.pretrained_cfg.get("std", IMAGENET_STD)
+    return trunk, (tuple(mean), tuple(std))
+
+
+class SuperGlobalExtractor(nn.Module):
+    """Global descriptors for images, batched, on the module's device.
+
+    Args:
+        backbone: see `build_backbone`.
+        pooling: the pooling pipeline.
+        head_dim: add a linear head (CVNet-shaped backbones: 2048 -> 2048) applied per scale after L2.
+        pretrained, checkpoint: see `build_backbone`.
+        min_side: images whose short side is smaller are upsampled to it first (small query crops would give
+            feature maps too small for Regional-GeM's 5 x 5 window).
+    """
+
+    def __init__(self, backbone: str = "resnet50", pooling: PoolingConfig | None = None, head_dim: int | None = None,
+                 pretrained: bool = False, checkpoint: str | None = None, min_side: int = 128) -> None:
+        super().__init__()
+        self.min_side = min_side
+        self.trunk, (mean, std) = build_backbone(backbone, pretrained, checkpoint)
+        self.pooling = pooling or PoolingConfig()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        channels = self.trunk.num_features
+        self.head = nn.Linear(channels, head_dim) if head_dim else None
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        """`[B, 3, H, W]` in [0, 1] -> `[B, D]` unit-norm descriptors."""
+        pixels = (pixels - self.mean) / self.std
+        if min(pixels.shape[-2:]) < self.min_side:
+            pixels = F.interpolate(pixels, scale_factor=self.min_side / min(pixels.shape[-2:]), mode="bilinear",
+                                   align_corners=False)
+        per_scale = []
+        for scale in self.pooling.scales:
+            x = pixels if scale == 1.0 else F.interpolate(pixels, scale_factor=scale, mode="bilinear",
+                                                          align_corners=False, antialias=scale < 1)
+            fmap = self.trunk.forward_features(x)
+            if self.pooling.regional:
+                fmap = regional_gem(fmap, p=self.pooling.regional_p, size=self.pooling.regional_size)
+            desc = F.normalize(gem_plus(fmap, p=self.pooling.gem_p), dim=-1)
+            per_scale.append(self.head(desc) if self.head is not None else desc)
+        combined = per_scale[0] if len(per_scale) == 1 else scale_gem(torch.stack(per_scale), p=self.pooling.scale_p)
+        return F.normalize(combined, dim=-1)
+
+    @torch.no_grad()
+    def extract(self, images: Sequence[Image.Image], batch_size: int = 32, progress: bool = True) -> Tensor:
+        """Descriptors `[N, D]` for PIL images; images of one batch are padded to a common size only if they
+        share it, so batches group equal sizes (query crops differ in size and go one by one)."""
+        self.eval()
+        device = self.mean.device
+        out: list[Tensor | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(images):
+            by_size.setdefault(img.size, []).append(i)
+        batches = [rows[s:s + batch_size] for rows in by_size.values() for s in range(0, len(rows), batch_size)]
+        for rows in tqdm(batches, desc="superglobal descriptors", disable=not progress, leave=False):
+            pixels = torch.stack([_to_tensor(images[i]) for i in rows]).to(device)
+            for i, desc in zip(rows, self(pixels)):
+                out[i] = desc
+        return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _to_tensor(img: Image.Image) -> Tensor:
+    """PIL RGB -> `[3, H, W]` float in [0, 1]."""
+    import numpy as np
+
+    return torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
