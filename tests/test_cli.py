@@ -33,8 +33,10 @@ def test_training_config_parses(path, tmp_path):
 def test_benchmark_config_parses(path):
     parser = benchmark_parser()
     config = parser.instantiate_classes(parser.parse_args(["--config", str(path)]))
-    assert config.dataset.name in {"synthetic", "coco", "flickr30k", "karpathy", "table"}
+    assert config.dataset is None or config.dataset.name in {"synthetic", "coco", "flickr30k", "karpathy", "table"}
     assert config.depth >= config.rerank_depth
+    if path.parent.name == "superglobal":
+        assert config.directions == [] and config.superglobal.dataset in {"synthetic", "roxford5k", "rparis6k"}
 
 
 def fit_args(tiny_config, root: Path, *extra: str) -> list[str]:
