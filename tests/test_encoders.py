@@ -43,7 +43,7 @@ def test_weights_round_trip_safetensors_and_lightning(encoder, tmp_path):
     other.load_weights(tmp_path / "w.safetensors")
     assert torch.allclose(other.encode_texts(texts), expected, atol=1e-6)
 
-    module = CLIPModule()
+    module = CLIPModule("mmrerank-tiny-vit")
     module.encoder.model.load_state_dict(encoder.model.state_dict())
     torch.save({"state_dict": module.state_dict(), "global_step": 3}, tmp_path / "m.ckpt")
     third = CLIPEncoder("mmrerank-tiny-vit")
