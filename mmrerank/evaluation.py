@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from mmrerank import distributed
@@ -160,16 +161,17 @@ def evaluate_instances(report: Report, dataset: RevisitedDataset, query_desc: Te
 
     Args:
         query_desc: `[Q, d]`, db_desc: `[N, d]` unit-norm descriptors.
-        rerank: SuperGlobal settings (`top_m`, `k`, `beta`), or None for the descriptor ranking alone.
+        rerank: SuperGlobal settings (`top_m`, `k`, `beta`), or None for the descriptor ranking alone. The
+            first-stage ranking always comes from the `RetrievalIndex`; SuperGlobal reorders its top `top_m`.
     """
-    from mmrerank.rerankers.superglobal import rerank as superglobal_rerank
+    from mmrerank.rerankers.superglobal import rerank_candidates
 
     start = time.perf_counter()
-    if rerank is None:
-        run = retrieve_all(query_desc, db_desc, dataset)
-        ranks = run.indices
-    else:
-        ranks = superglobal_rerank(query_desc, db_desc, **rerank)
+    ranks = retrieve_all(query_desc, db_desc, dataset).indices.to(query_desc.device)
+    if rerank is not None:  # SuperGlobal reorders the first stage's top M; the rest keep their order
+        m = min(rerank.get("top_m", 400), ranks.shape[1])
+        head = rerank_candidates(query_desc, db_desc, ranks[:, :m], rerank.get("k", 9), rerank.get("beta", 0.15))
+        ranks = torch.cat([head, ranks[:, m:]], dim=1)
     report.timings[f"i2i {system}"] = time.perf_counter() - start
     scores = revisited_map(ranks, dataset, protocols)
     report.add(system, "i2i", {f"{p}/mAP": scores[p]["mAP"] for p in protocols})

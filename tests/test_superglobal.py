@@ -306,3 +306,25 @@ def test_rerank_on_gpu_matches_cpu():
     got = rerank(queries.cuda(), database.cuda(), top_m=100, k=9, batch_size=8)
     assert got.device.type == "cuda"
     assert torch.equal(got.cpu(), expected)
+
+
+def test_rerank_candidates_equals_rerank_on_the_cosine_shortlist():
+    """Given each query's cosine top-M (as a flat RetrievalIndex run gives it), the shortlist's new order is
+    the head of `rerank`'s full ranking."""
+    from mmrerank.index import RetrievalIndex
+    from mmrerank.rerankers.superglobal import rerank_candidates
+
+    g = torch.Generator().manual_seed(5)
+    centres = torch.nn.functional.normalize(torch.randn(6, 16, generator=g, dtype=torch.float64), dim=1)
+    database = torch.nn.functional.normalize(centres[torch.arange(90) % 6] + 0.4 * torch.randn(
+        90, 16, generator=g, dtype=torch.float64), dim=1)
+    queries = torch.nn.functional.normalize(database[:7] + 0.3 * torch.randn(7, 16, generator=g, dtype=torch.float64),
+                                            dim=1)
+    index = RetrievalIndex(16)
+    index.add(database.float())
+    shortlist = index.search(queries.float(), 30).indices
+    assert torch.equal(shortlist, (queries @ database.T).argsort(dim=1, descending=True)[:, :30])
+    got = rerank_candidates(queries, database, shortlist, k=4, beta=0.15, batch_size=3)
+    assert torch.equal(got, rerank(queries, database, top_m=30, k=4, beta=0.15)[:, :30])
+    with pytest.raises(ValueError, match="without padding"):
+        rerank_candidates(queries, database, torch.full((7, 30), -1), k=4)

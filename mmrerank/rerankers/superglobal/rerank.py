@@ -188,17 +188,20 @@ class _Workspace:
         self.sims = torch.empty(b, m, m, dtype=dtype, device=device)
 
 
-def _rerank_batch(queries: Tensor, database: Tensor, m: int, k: int, beta: float, work: _Workspace,
-                  out: Tensor) -> None:
-    """`rerank` for one batch `[b, d]` of queries, written into `out` (`[b, N]` rows of the result)."""
-    b, d = queries.shape
-    device, dtype = queries.device, queries.dtype
-    cosines = torch.mm(queries, database.T, out=work.cosines[:b])  # [b, N]
-    s0 = torch.sort(cosines, dim=1, descending=True, stable=True, out=(work.sorted_cosines[:b], out))[0][:, :m]
-    top = out[:, :m]  # [b, M] database indices in cosine order (ties: lower index first)
-    x = work.x[:b]
-    torch.index_select(database, 0, top.reshape(-1), out=x.view(b * m, d))  # [b, M, d]
-    sims = torch.bmm(x, x.transpose(1, 2), out=work.sims[:b])  # [b, M, M], the dominant cost
+def _reorder(x: Tensor, s0: Tensor, k: int, beta: float, sims_buffer: Tensor) -> Tensor:
+    """Steps 1-4 for a batch of shortlists: the new order of each query's `M` shortlisted items.
+
+    Args:
+        x: `[b, M, d]` the shortlisted descriptors, in first-stage order (which breaks ties).
+        s0: `[b, M]` their inner products with the query.
+        sims_buffer: `[b, M, M]` storage for their similarities.
+
+    Returns:
+        `[b, M]` positions into the shortlist, best first.
+    """
+    b, m, d = x.shape
+    device, dtype = x.device, x.dtype
+    sims = torch.bmm(x, x.transpose(1, 2), out=sims_buffer)  # [b, M, M], the dominant cost
 
     positions = torch.arange(m, device=device)[:, None].expand(b, m, 1)
     if k:
@@ -220,7 +223,19 @@ def _rerank_batch(queries: Tensor, database: Tensor, m: int, k: int, beta: float
     expanded = refined_best.amax(dim=1)  # [b, d]
     s2 = _weighted_mean(torch.bmm(x, expanded[:, :, None]).squeeze(2), members, weights, norm)
 
-    new_order = torch.sort((s1 + s2) / 2, dim=1, descending=True, stable=True).indices  # [b, M]
+    return torch.sort((s1 + s2) / 2, dim=1, descending=True, stable=True).indices  # [b, M]
+
+
+def _rerank_batch(queries: Tensor, database: Tensor, m: int, k: int, beta: float, work: _Workspace,
+                  out: Tensor) -> None:
+    """`rerank` for one batch `[b, d]` of queries, written into `out` (`[b, N]` rows of the result)."""
+    b, d = queries.shape
+    cosines = torch.mm(queries, database.T, out=work.cosines[:b])  # [b, N]
+    s0 = torch.sort(cosines, dim=1, descending=True, stable=True, out=(work.sorted_cosines[:b], out))[0][:, :m]
+    top = out[:, :m]  # [b, M] database indices in cosine order (ties: lower index first)
+    x = work.x[:b]
+    torch.index_select(database, 0, top.reshape(-1), out=x.view(b * m, d))  # [b, M, d]
+    new_order = _reorder(x, s0, k, beta, work.sims[:b])
     out[:, :m] = top.gather(1, new_order)  # gather builds a new tensor before `top`'s storage is overwritten
 
 
@@ -263,3 +278,34 @@ def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta
         _rerank_batch(queries[start:start + batch_size], database, m, k, beta, work,
                       ranking[start:start + batch_size])
     return ranking
+
+
+def rerank_candidates(queries: Tensor, database: Tensor, candidates: Tensor, k: int = 9, beta: float = 0.15,
+                      batch_size: int = 64) -> Tensor:
+    """SuperGlobal reranking of given shortlists, such as a `RetrievalIndex` run's top `M`.
+
+    With `candidates` equal to each query's top `M` by cosine this gives `rerank(...)[:, :M]`; the shortlist's
+    order stands in for the cosine ranking in every tie rule.
+
+    Args:
+        queries: `[Q, d]`, database: `[N, d]`, unit-norm, same dtype and device.
+        candidates: `[Q, M]` database indices, each row the query's shortlist best first (no padding).
+        k, beta: as for `rerank`.
+        batch_size: queries per batch.
+
+    Returns:
+        `[Q, M]` the same database indices, reordered.
+    """
+    m = _check_inputs(queries, database, candidates.shape[1], k)
+    if candidates.shape != (queries.shape[0], m) or int(candidates.min()) < 0:
+        raise ValueError(f"candidates must be [{queries.shape[0]}, M] database indices without padding, "
+                         f"got {tuple(candidates.shape)}")
+    candidates = candidates.to(database.device)
+    out = torch.empty_like(candidates)
+    for start in range(0, len(candidates), batch_size):
+        top = candidates[start:start + batch_size]
+        x = database[top]  # [b, M, d]
+        s0 = torch.bmm(x, queries[start:start + batch_size, :, None]).squeeze(2)  # [b, M]
+        sims = torch.empty(len(top), m, m, dtype=database.dtype, device=database.device)
+        out[start:start + batch_size] = top.gather(1, _reorder(x, s0, k, beta, sims))
+    return out
