@@ -72,3 +72,43 @@ def test_benchmark_rows(tmp_path, tiny_config):
         assert set(row) == {"i2i/medium/mAP", "i2i/hard/mAP"}
         assert all(0.0 <= v <= 100.0 for v in row.values())
     assert (tmp_path / "out" / "report.md").read_text().count("| SuperGlobal pooling") == 2
+
+
+def to_cvnet_names(timm_state: dict) -> dict:
+    """The inverse renaming, written out per key kind (pycls names as CVNet stores them)."""
+    out = {}
+    for key, value in timm_state.items():
+        parts = key.split(".")
+        if parts[0] in ("conv1", "bn1"):
+            new = ["stem", "conv" if parts[0] == "conv1" else "bn", *parts[1:]]
+        elif parts[0].startswith("layer"):
+            stage, block, kind = parts[0][5:], int(parts[1]) + 1, parts[2]
+            if kind == "downsample":
+                new = [f"s{stage}", f"b{block}", "proj" if parts[3] == "0" else "bn", *parts[4:]]
+            else:
+                letter = "abc"[int(kind[-1]) - 1]
+                new = [f"s{stage}", f"b{block}", "f", letter if kind.startswith("conv") else f"{letter}_bn", *parts[3:]]
+        else:
+            continue  # timm's classifier
+        out["encoder_q." + ".".join(new)] = value
+    return out
+
+
+def test_cvnet_weights_load_into_timm_trunk(tmp_path):
+    torch.manual_seed(0)
+    source = SuperGlobalExtractor("resnet26", PoolingConfig.plain_gem(), head_dim=2048, min_side=32)
+    source.trunk.eval()
+    state = to_cvnet_names(source.trunk.state_dict())
+    state |= {"encoder_q.head.fc.weight": source.head.weight.detach(),
+              "encoder_q.head.fc.bias": source.head.bias.detach()}
+    torch.save({"model_state": state}, tmp_path / "cvnet.pth")
+    loaded = SuperGlobalExtractor("resnet26", PoolingConfig.plain_gem(), head_dim=2048, min_side=32,
+                                  cvnet_checkpoint=str(tmp_path / "cvnet.pth"))
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval()(pixels), source.eval()(pixels), atol=1e-5)
+    with pytest.raises(ValueError, match="head_dim"):
+        SuperGlobalExtractor("resnet26", cvnet_checkpoint=str(tmp_path / "cvnet.pth"))
+    with pytest.raises(ValueError, match="not a CVNet global model"):
+        torch.save({"model_state": {"encoder_q.stem.conv.weight": torch.zeros(1)}}, tmp_path / "bad.pth")
+        SuperGlobalExtractor("resnet26", cvnet_checkpoint=str(tmp_path / "bad.pth"))

@@ -8,6 +8,7 @@ how the synthetic image-to-image benchmark gets descriptors that mean something 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,44 @@ class PoolingConfig:
     def plain_gem(cls) -> PoolingConfig:
         """Single-scale GeM with p = 3, no Regional-GeM: the usual global descriptor."""
         return cls(scales=(1.0,), gem_p=3.0, regional=False)
+
+
+# CVNet (and the SuperGlobal release) store a pycls-style ResNet under `encoder_q.` plus a 2048 -> 2048 linear head;
+# timm's ResNet names the same tensors differently. The mapping, with {i} the stage 1-4 and {j} the 1-based block:
+#   encoder_q.stem.conv / .stem.bn           -> conv1 / bn1
+#   encoder_q.s{i}.b{j}.f.a / .f.a_bn         -> layer{i}.{j-1}.conv1 / .bn1   (1x1 reduce)
+#   encoder_q.s{i}.b{j}.f.b / .f.b_bn         -> layer{i}.{j-1}.conv2 / .bn2   (3x3, carries the stride)
+#   encoder_q.s{i}.b{j}.f.c / .f.c_bn         -> layer{i}.{j-1}.conv3 / .bn3   (1x1 expand)
+#   encoder_q.s{i}.b{j}.proj / .bn            -> layer{i}.{j-1}.downsample.0 / .downsample.1
+#   encoder_q.head.fc                         -> head (our per-scale linear head)
+_CVNET_RULES = [
+    (re.compile(r"^stem\.conv\."), lambda m: "conv1."),
+    (re.compile(r"^stem\.bn\."), lambda m: "bn1."),
+    (re.compile(r"^s(\d)\.b(\d+)\.f\.([abc])(_bn)?\."),
+     lambda m: f"layer{m[1]}.{int(m[2]) - 1}.{'bn' if m[4] else 'conv'}{'abc'.index(m[3]) + 1}."),
+    (re.compile(r"^s(\d)\.b(\d+)\.proj\."), lambda m: f"layer{m[1]}.{int(m[2]) - 1}.downsample.0."),
+    (re.compile(r"^s(\d)\.b(\d+)\.bn\."), lambda m: f"layer{m[1]}.{int(m[2]) - 1}.downsample.1."),
+]
+
+
+def cvnet_to_timm(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Split a CVNet-style global-model state dict into a timm ResNet trunk's and the linear head's (see above).
+
+    Returns:
+        `(trunk_state, head_state)`; keys outside the mapping (CVNet's reranking modules) are dropped.
+    """
+    trunk, head = {}, {}
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("encoder_q.")
+        if key.startswith("head.fc."):
+            head[key.removeprefix("head.fc.")] = value
+            continue
+        for pattern, rename in _CVNET_RULES:
+            match = pattern.match(key)
+            if match:
+                trunk[rename(match) + key[match.end():]] = value
+                break
+    return trunk, head
 
 
 def build_backbone(name: str, pretrained: bool = False, checkpoint: str | None = None) -> tuple[nn.Module, tuple]:
@@ -92,7 +131,8 @@ class SuperGlobalExtractor(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", pooling: PoolingConfig | None = None, head_dim: int | None = None,
-                 pretrained: bool = False, checkpoint: str | None = None, min_side: int = 128) -> None:
+                 pretrained: bool = False, checkpoint: str | None = None, min_side: int = 128,
+                 cvnet_checkpoint: str | None = None) -> None:
         super().__init__()
         self.min_side = min_side
         self.trunk, (mean, std) = build_backbone(backbone, pretrained, checkpoint)
@@ -101,6 +141,33 @@ class SuperGlobalExtractor(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         channels = self.trunk.num_features
         self.head = nn.Linear(channels, head_dim) if head_dim else None
+        if cvnet_checkpoint:
+            self.load_cvnet(cvnet_checkpoint)
+
+    def load_cvnet(self, path: str) -> None:
+        """Load CVNet-style global-model weights (trunk and head) from a local file, mapped by `cvnet_to_timm`.
+
+        Raises:
+            ValueError: the file's tensors do not cover this trunk (names or shapes), or it has a head and this
+                extractor none.
+        """
+        from mmrerank.encoders.clip import load_state_dict
+
+        raw = load_state_dict(path) if path.endswith(".safetensors") else _weights_only(path)
+        trunk_state, head_state = cvnet_to_timm(raw)
+        try:
+            missing, unexpected = self.trunk.load_state_dict(trunk_state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"{path}: not a CVNet global model for this trunk: {err}") from None
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise ValueError(f"{path}: not a CVNet global model for this trunk; missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        if head_state:
+            if self.head is None:
+                raise ValueError(f"{path} has a linear head: build the extractor with head_dim="
+                                 f"{head_state['weight'].shape[0]}")
+            self.head.load_state_dict(head_state)
 
     def forward(self, pixels: Tensor) -> Tensor:
         """`[B, 3, H, W]` in [0, 1] -> `[B, D]` unit-norm descriptors."""
@@ -136,6 +203,12 @@ class SuperGlobalExtractor(nn.Module):
             for i, desc in zip(rows, self(pixels)):
                 out[i] = desc
         return torch.stack(out)  # type: ignore[arg-type]
+
+
+def _weights_only(path: str) -> dict[str, Tensor]:
+    """A `.pth` state dict (CVNet saves `{"model_state": ...}`), unpickled with `weights_only=True`."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("model_state", state.get("state_dict", state))
 
 
 def _to_tensor(img: Image.Image) -> Tensor:
