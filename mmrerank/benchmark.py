@@ -127,6 +127,8 @@ class SuperGlobalConfig:
         instances: size and seed of the synthetic image-to-image benchmark.
         backbone: `first_stage` (this benchmark's first-stage CNN image tower) or a timm model name.
         pretrained: timm pretrained weights for a named backbone (needs the network once).
+        head_dim, cvnet_checkpoint: a linear head per scale and CVNet-style global-model weights from a local file
+            (the paper's R101 setting: `backbone: resnet101`, `head_dim: 2048`).
         pooling: SuperGlobal's pooling; the `GeM` row uses single-scale GeM (p = 3) on the same backbone.
         top_m, k, beta: the reranking settings.
     """
@@ -136,6 +138,8 @@ class SuperGlobalConfig:
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     backbone: str = "first_stage"
     pretrained: bool = False
+    head_dim: int | None = None
+    cvnet_checkpoint: str | None = None
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     top_m: int = 400
     k: int = 9
@@ -155,7 +159,8 @@ class SuperGlobalConfig:
         if backbone == "first_stage":
             backbone, checkpoint = f"first_stage:{first_stage.model_name}", first_stage.checkpoint
         for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):
-            extractor = SuperGlobalExtractor(backbone, pooling, pretrained=self.pretrained, checkpoint=checkpoint)
+            extractor = SuperGlobalExtractor(backbone, pooling, self.head_dim, self.pretrained, checkpoint,
+                                             cvnet_checkpoint=self.cvnet_checkpoint)
             start = time.perf_counter()
             query_desc = extractor.extract(queries, progress=progress)
             db_desc = extractor.extract(database, progress=progress)
