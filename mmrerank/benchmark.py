@@ -150,7 +150,7 @@ class SuperGlobalConfig:
             return load_instances(self.instances)
         return load_revisited(_required(self.root, "superglobal.root"), self.dataset)
 
-    def run(self, report: Report, first_stage: FirstStageConfig, progress: bool = True) -> None:
+    def run(self, report: Report, first_stage: FirstStageConfig, device: str = "auto", progress: bool = True) -> None:
         """Add the rows GeM, SuperGlobal pooling, and SuperGlobal pooling + reranking to `report`."""
         data = self.load()
         queries = [data.query_image(i) for i in range(data.num_queries)]
@@ -160,7 +160,7 @@ class SuperGlobalConfig:
             backbone, checkpoint = f"first_stage:{first_stage.model_name}", first_stage.checkpoint
         for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):
             extractor = SuperGlobalExtractor(backbone, pooling, self.head_dim, self.pretrained, checkpoint,
-                                             cvnet_checkpoint=self.cvnet_checkpoint)
+                                             cvnet_checkpoint=self.cvnet_checkpoint).to(resolve_device(device))
             start = time.perf_counter()
             query_desc = extractor.extract(queries, progress=progress)
             db_desc = extractor.extract(database, progress=progress)
@@ -217,7 +217,7 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
             queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
             evaluate_task(report, task, queries, corpus, None, depth, rerank_depth, measures, batch_size, progress)
     if superglobal is not None:
-        superglobal.run(report, first_stage, progress)
+        superglobal.run(report, first_stage, device, progress)
     report.config["output_dir"] = output_dir
     report.save(output_dir)
     return report
