@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -130,3 +131,31 @@ def safe_unpickle(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryv
 def load_pickle(path: str | os.PathLike) -> Any:
     """`safe_unpickle` of a file path."""
     return safe_unpickle(Path(path))
+
+
+def cache_root() -> Path:
+    """Where generated data is cached: `$MMRERANK_CACHE`, or `~/.cache/mmrerank`."""
+    return Path(os.environ.get("MMRERANK_CACHE", Path.home() / ".cache" / "mmrerank"))
+
+
+def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], None]) -> Path:
+    """Return `final`, first filling it with `generate(tmp_folder)` unless `final / marker` exists.
+
+    The folder is generated beside its final place and renamed into it in one step, so a reader never sees a
+    half-written folder; if another process finished the same folder first, its (identical) copy is kept.
+    """
+    final = Path(final)
+    if (final / marker).exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    try:
+        generate(tmp)
+        try:
+            tmp.rename(final)
+        except OSError:  # `final` appeared meanwhile
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -385,3 +385,188 @@ def _table_from_dicts(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str
     grades = torch.zeros((n_queries, depth), dtype=torch.long)
     grades[pair_row[hits], hit_col] = pair_grade[hits]
     return _Table(scores, grades, pair_row, pair_grade, n_missing)
+
+
+# --- MMDocIR: per-domain page metrics and layout recall ---------------------------------------------------------
+#
+# MMDocIR (Dong et al. 2025) reports its numbers per domain and averaged two ways, from per-question records in
+# which each question scores only the pages of its own document. These functions take those records as they are
+# (plain dicts, lists of floats) rather than a `Run`: the benchmark's own definitions differ from the trec_eval ones
+# above in two places, MAP@k (divided by the relevant pages retrieved in the top k, not by all relevant ones) and
+# P@k (divided by k even when the document has fewer than k pages, which trec_eval does too), and in its tie rule.
+
+MMDOCIR_PAGE_METRICS = ("recall", "precision", "ndcg", "map", "mrr")
+
+__all__ += ["MMDOCIR_PAGE_METRICS", "mmdocir_layout_recall", "mmdocir_page_metrics"]
+
+
+def _mmdocir_ranking(scores: Sequence[float], where: str) -> list[int]:
+    """Page numbers by score, descending; equal scores rank the lower page number first."""
+    values = [float(s) for s in scores]
+    if any(math.isnan(s) for s in values):
+        raise ValueError(f"{where}: scores_page holds NaN, which has no rank")
+    return sorted(range(len(values)), key=lambda page: (-values[page], page))
+
+
+def _mmdocir_page_values(gold: set[int], ranking: Sequence[int], k: int) -> dict[str, float]:
+    """The five measures of one question from its ranking (page numbers) and gold pages."""
+    hit_ranks = [rank for rank, page in enumerate(ranking[:k], 1) if page in gold]  # 1-based ranks of gold pages
+    hits = len(hit_ranks)
+    # the ideal ranking puts min(k, |gold|) gold pages first; a gold page beyond the document still counts in |gold|
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(k, len(gold)) + 1))
+    dcg = sum(1.0 / math.log2(rank + 1) for rank in hit_ranks)
+    return {
+        "recall": hits / len(gold) if gold else 0.0,
+        "precision": hits / k,
+        "ndcg": dcg / ideal if ideal > 0 else 0.0,
+        # precision at the i-th hit is i / its rank; the benchmark averages over the hits, not over |gold|
+        "map": sum(i / rank for i, rank in enumerate(hit_ranks, 1)) / hits if hits else 0.0,
+        "mrr": 1.0 / hit_ranks[0] if hits else 0.0,
+    }
+
+
+def _mmdocir_average(values: Sequence[float], domains: Sequence[str]) -> dict[str, object]:
+    """`{"domains": {domain: mean}, "macro": mean of the domain means, "micro": mean over questions}`."""
+    by_domain: dict[str, list[float]] = {}
+    for value, domain in zip(values, domains):
+        by_domain.setdefault(domain, []).append(value)
+    means = {domain: sum(v) / len(v) for domain, v in by_domain.items()}
+    return {"domains": means,
+            "macro": sum(means.values()) / len(means) if means else math.nan,
+            "micro": sum(values) / len(values) if values else math.nan}
+
+
+def _mmdocir_check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+
+
+def mmdocir_page_metrics(records: Sequence[Mapping[str, object]], k: int) -> dict[str, dict[str, object]]:
+    """MMDocIR page retrieval: recall, precision, nDCG, MAP and MRR at k, per domain and averaged.
+
+    Each question ranks its own document's pages by `scores_page`, descending; equal scores rank the lower page
+    number first (so a model that scores every page alike returns the document in page order). With `top` the
+    first k pages of that ranking (all of them when the document has fewer) and `gold` the set of gold pages:
+
+    - recall@k = |top ∩ gold| / |gold|;
+    - precision@k = |top ∩ gold| / k, k even when the document has fewer pages;
+    - nDCG@k: binary gains, discount log2(rank + 1); the ideal DCG has min(k, |gold|) relevant pages at ranks 1..;
+    - MAP@k: the sum over gold pages in the top k of the precision at their rank, divided by the number of gold
+      pages retrieved in the top k (not by |gold|), 0 when none is;
+    - MRR@k: 1 / rank of the first gold page in the top k, 0 when none is.
+
+    A question without gold pages scores 0 on every measure. Repeated gold page numbers count once.
+
+    Args:
+        records: one dict per question with `domain` (str), `page_id` (gold 0-based page numbers) and
+            `scores_page` (one float per page of the question's document, in page order).
+        k: the cutoff, a positive integer.
+
+    Returns:
+        `{measure: {"domains": {domain: mean over its questions}, "macro": mean of the domain means, "micro": mean
+        over all questions}}` for each measure in `MMDOCIR_PAGE_METRICS`, as fractions in [0, 1]; domains in order
+        of first appearance; `macro` and `micro` are NaN when there are no records.
+
+    Raises:
+        ValueError: k is not a positive integer, or a record lacks a key or holds NaN scores.
+    """
+    _mmdocir_check_k(k)
+    per_question: dict[str, list[float]] = {name: [] for name in MMDOCIR_PAGE_METRICS}
+    domains = []
+    for i, record in enumerate(records):
+        missing = [key for key in ("domain", "page_id", "scores_page") if key not in record]
+        if missing:
+            raise ValueError(f"record {i} has no {', '.join(map(repr, missing))}; its keys are {sorted(record)}")
+        ranking = _mmdocir_ranking(record["scores_page"], f"record {i}")
+        values = _mmdocir_page_values({int(p) for p in record["page_id"]}, ranking, k)
+        for name in MMDOCIR_PAGE_METRICS:
+            per_question[name].append(values[name])
+        domains.append(str(record["domain"]))
+    return {name: _mmdocir_average(per_question[name], domains) for name in MMDOCIR_PAGE_METRICS}
+
+
+_Box = tuple[float, float, float, float]
+
+
+def _union_area(boxes: Sequence[_Box]) -> float:
+    """Exact area covered by the union of axis-aligned boxes `(x1, y1, x2, y2)`.
+
+    The x edges cut the plane into vertical slabs; within a slab every box either spans it or misses it, so the
+    covered height is the length of the union of the spanning boxes' y intervals (sorted and merged).
+    """
+    boxes = [b for b in boxes if b[2] > b[0] and b[3] > b[1]]
+    edges = sorted({x for b in boxes for x in (b[0], b[2])})
+    area = 0.0
+    for left, right in zip(edges, edges[1:]):
+        spans = sorted((b[1], b[3]) for b in boxes if b[0] <= left and b[2] >= right)
+        covered, top, bottom = 0.0, -math.inf, -math.inf
+        for y1, y2 in spans:
+            if y1 > bottom:  # a new run of overlapping intervals starts
+                covered += bottom - top if bottom > top else 0.0
+                top, bottom = y1, y2
+            else:
+                bottom = max(bottom, y2)
+        covered += bottom - top if bottom > top else 0.0
+        area += (right - left) * covered
+    return area
+
+
+def _as_box(raw: Mapping[str, object], where: str) -> tuple[int, _Box]:
+    try:
+        page = int(raw["page"])
+        x1, y1, x2, y2 = (float(v) for v in raw["bbox"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{where} must be a dict with 'page' and 'bbox' [x1, y1, x2, y2], got {raw!r:.120}") from err
+    return page, (x1, y1, x2, y2)
+
+
+def mmdocir_layout_recall(records: Sequence[Mapping[str, object]], k: int, *, gold_key: str = "layout_mapping",
+                          retrieved_key: str = "retrieved_layouts") -> dict[str, object]:
+    """MMDocIR layout retrieval: the share of the gold area that the top-k retrieved boxes cover.
+
+    The retrieved boxes are ranked by `score`, descending (equal scores keep their list order), and the first k
+    kept. For each gold box g, the covered area is the area of the UNION of g's intersections with the kept boxes on
+    g's page, so a region that several retrieved boxes overlap is counted once, and nothing outside g counts.
+    A question's recall is the sum of these covered areas over its gold boxes divided by the sum of the gold boxes'
+    areas, clipped to 1 (a bound that per-box clipping already guarantees). Where gold boxes overlap each other,
+    the shared region counts once per gold box, in the covered area and in the total alike. Areas are computed
+    exactly (no rasterising) in the boxes' own page coordinates. A question whose gold boxes have no area scores 0.
+
+    Args:
+        records: one dict per question with `domain`, the gold boxes under `gold_key` (the annotation file's
+            `layout_mapping`: dicts with `page` and `bbox` `[x1, y1, x2, y2]`) and the retrieved boxes under
+            `retrieved_key` (dicts with `page`, `bbox` and `score`).
+        k: how many retrieved boxes count, a positive integer.
+        gold_key, retrieved_key: the record keys of the two box lists.
+
+    Returns:
+        `{"domains": {domain: mean recall}, "macro": mean of the domain means, "micro": mean over questions}`, as
+        fractions; `macro` and `micro` are NaN when there are no records.
+    """
+    _mmdocir_check_k(k)
+    values, domains = [], []
+    for i, record in enumerate(records):
+        missing = [key for key in ("domain", gold_key, retrieved_key) if key not in record]
+        if missing:
+            raise ValueError(f"record {i} has no {', '.join(map(repr, missing))}; its keys are {sorted(record)}")
+        retrieved = list(record[retrieved_key])
+        scores = []
+        for j, box in enumerate(retrieved):
+            score = float(box.get("score", math.nan)) if isinstance(box, Mapping) else math.nan
+            if math.isnan(score):
+                raise ValueError(f"record {i}: {retrieved_key}[{j}] has no numeric 'score'")
+            scores.append(score)
+        order = sorted(range(len(retrieved)), key=lambda j: -scores[j])  # sorted() is stable: ties keep list order
+        kept: dict[int, list[_Box]] = {}
+        for j in order[:k]:
+            page, box = _as_box(retrieved[j], f"record {i}: {retrieved_key}[{j}]")
+            kept.setdefault(page, []).append(box)
+        covered = total = 0.0
+        for j, raw in enumerate(record[gold_key]):
+            page, (x1, y1, x2, y2) = _as_box(raw, f"record {i}: {gold_key}[{j}]")
+            total += max(0.0, x2 - x1) * max(0.0, y2 - y1)
+            clipped = [(max(x1, b[0]), max(y1, b[1]), min(x2, b[2]), min(y2, b[3])) for b in kept.get(page, [])]
+            covered += _union_area(clipped)
+        values.append(min(1.0, covered / total) if total > 0 else 0.0)
+        domains.append(str(record["domain"]))
+    return _mmdocir_average(values, domains)

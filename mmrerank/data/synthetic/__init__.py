@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from mmrerank.data.dataset import ImageArray, ImageTextDataset, Texts
 from mmrerank.data.run import Qrels
 from mmrerank.data.synthetic.render import render
 from mmrerank.data.synthetic.scenes import Obj, caption_scene, near_duplicate, sample_scene, satisfies, scene_arrays
+from mmrerank.io import cache_root, generate_folder_once
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when generation changes, so stale caches are not reused
@@ -56,8 +54,7 @@ class SyntheticConfig:
         return getattr(self, f"{split}_images")
 
     def split_dir(self, split: str) -> Path:
-        root = Path(self.root) if self.root else Path(os.environ.get(
-            "MMRERANK_CACHE", Path.home() / ".cache" / "mmrerank")) / "synthetic"
+        root = Path(self.root) if self.root else cache_root() / "synthetic"
         key = {k: v for k, v in asdict(self).items() if k != "root"} | {"version": FORMAT_VERSION}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         return root / f"{digest}-{split}-{self.num_images(split)}"
@@ -87,22 +84,9 @@ def generate_split(config: SyntheticConfig, split: str, out: Path, progress: boo
 
 
 def ensure_split(config: SyntheticConfig, split: str, progress: bool = True) -> Path:
-    """The split's cache folder, generated first if absent (written to a temp folder, then renamed)."""
-    final = config.split_dir(split)
-    if (final / "captions.json").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        generate_split(config, split, tmp, progress)
-        try:
-            tmp.rename(final)
-        except OSError:  # another process finished the same split first; theirs is identical
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    """The split's cache folder, generated first if absent (atomically: see `generate_folder_once`)."""
+    return generate_folder_once(config.split_dir(split), "captions.json",
+                                lambda tmp: generate_split(config, split, tmp, progress))
 
 
 def load_scenes(folder: Path) -> list[list[Obj]]:

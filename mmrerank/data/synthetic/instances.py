@@ -13,10 +13,7 @@ scenes. It is written in the benchmark's own layout (`jpg/<name>.jpg` and `gnd_<
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from tqdm.auto import tqdm
 from mmrerank.data.revisited import RevisitedDataset, load_revisited
 from mmrerank.data.synthetic.render import render
 from mmrerank.data.synthetic.scenes import COLOURS, RADIUS, SHAPES, Obj, _fits, near_duplicate, sample_scene
+from mmrerank.io import cache_root, generate_folder_once
 
 NAME = "synthetic"
 
@@ -54,8 +52,7 @@ class InstanceConfig:
     root: str | None = None
 
     def folder(self) -> Path:
-        root = Path(self.root) if self.root else Path(os.environ.get(
-            "MMRERANK_CACHE", Path.home() / ".cache" / "mmrerank")) / "synthetic-i2i"
+        root = Path(self.root) if self.root else cache_root() / "synthetic-i2i"
         return root / (f"s{self.seed}-q{self.queries}-e{self.easy}-h{self.hard}-j{self.junk}-d{self.distractors}"
                        f"-px{self.image_size}")
 
@@ -151,17 +148,5 @@ def generate(config: InstanceConfig, out: Path, progress: bool = True) -> None:
 def load_instances(config: InstanceConfig | None = None, progress: bool = True) -> RevisitedDataset:
     """The synthetic image-to-image benchmark, generated once into its cache folder (atomically)."""
     config = config or InstanceConfig()
-    final = config.folder()
-    if not (final / f"gnd_{NAME}.pkl").exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-        try:
-            generate(config, tmp, progress)
-            try:
-                tmp.rename(final)
-            except OSError:  # generated concurrently by another process: keep theirs
-                shutil.rmtree(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return load_revisited(final, NAME)
+    return load_revisited(generate_folder_once(config.folder(), f"gnd_{NAME}.pkl",
+                                               lambda tmp: generate(config, tmp, progress)), NAME)

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
+
+from mmrerank.io import cache_root, generate_folder_once
 
 DOMAINS = ["Academic paper", "Financial report", "Government", "Laws", "Research report / Introduction",
            "Guidebook", "Tutorial/Workshop", "Brochure", "Administration/Industry file", "News"]
@@ -79,8 +78,7 @@ class PagesConfig:
     root: str | None = None
 
     def folder(self) -> Path:
-        root = Path(self.root) if self.root else Path(os.environ.get(
-            "MMRERANK_CACHE", Path.home() / ".cache" / "mmrerank")) / "synthetic-pages"
+        root = Path(self.root) if self.root else cache_root() / "synthetic-pages"
         return root / f"s{self.seed}-d{self.documents}-p{self.pages[0]}-{self.pages[1]}-q{self.questions}"
 
 
@@ -227,17 +225,4 @@ def generate(config: PagesConfig, out: Path) -> None:
 def ensure_pages(config: PagesConfig | None = None) -> Path:
     """The folder holding the three files, generated once (atomically) if absent."""
     config = config or PagesConfig()
-    final = config.folder()
-    if not (final / "MMDocIR_annotations.jsonl").exists():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-        try:
-            generate(config, tmp)
-            try:
-                tmp.rename(final)
-            except OSError:  # another process generated it first
-                shutil.rmtree(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
+    return generate_folder_once(config.folder(), "MMDocIR_annotations.jsonl", lambda tmp: generate(config, tmp))
