@@ -19,11 +19,12 @@ from torch import Tensor
 
 from mmrerank import distributed
 from mmrerank.data.dataset import RetrievalTask
+from mmrerank.data.mmdocir import MMDocIRDataset
 from mmrerank.data.revisited import RevisitedDataset, revisited_map
 from mmrerank.data.run import Run
 from mmrerank.index import RetrievalIndex
 from mmrerank.io import atomic_write, atomic_write_json, atomic_write_text
-from mmrerank.metrics import evaluate
+from mmrerank.metrics import evaluate, mmdocir_page_metrics
 from mmrerank.rerankers.base import Reranker
 
 DEFAULT_MEASURES = ("Success@1", "Success@5", "Success@10", "nDCG@10")
@@ -182,3 +183,32 @@ def retrieve_all(query_desc: Tensor, db_desc: Tensor, dataset: RevisitedDataset)
     index = RetrievalIndex(db_desc.shape[1], kind="flat")
     index.add(db_desc, dataset.db_names)
     return index.search(query_desc, len(dataset.db_names), dataset.query_names)
+
+
+def bm25_page_scores(dataset: MMDocIRDataset) -> list[Tensor]:
+    """The BM25 first stage for document pages: each question's scores over its own document's pages (OCR text)."""
+    from mmrerank.encoders.bm25 import bm25_scores
+
+    if dataset.ocr_text is None:
+        raise ValueError("BM25 over pages needs their OCR text: load the dataset with its pages parquet")
+    by_doc: dict[int, list[int]] = {}
+    for q, question in enumerate(dataset.annotations.questions):
+        by_doc.setdefault(question.doc_index, []).append(q)
+    scores: list[Tensor | None] = [None] * len(dataset.questions)
+    for questions in by_doc.values():
+        pages = dataset.candidates(questions[0])
+        doc_scores = bm25_scores([dataset.questions[q] for q in questions], [dataset.ocr_text[p] for p in pages])
+        for q, row in zip(questions, doc_scores):
+            scores[q] = row
+    return scores  # type: ignore[return-value]
+
+
+def evaluate_pages(report: Report, dataset: MMDocIRDataset, scores_by_question: Sequence[Tensor], system: str,
+                   ks: Sequence[int] = (1, 3, 5)) -> None:
+    """MMDocIR page-level recall@k, macro (over domains) and micro (over questions), as one report row."""
+    records = dataset.page_records(scores_by_question)
+    row = {}
+    for k in ks:
+        recall = mmdocir_page_metrics(records, k)["recall"]
+        row[f"macro/R@{k}"], row[f"micro/R@{k}"] = recall["macro"], recall["micro"]
+    report.add(system, "pages", row)
