@@ -1,0 +1,159 @@
+"""`MLLMRerankerModule`: fine-tunes an `MLLMReranker` (optionally through LoRA) on groups of one positive and
+n negatives per query (Lightning).
+
+Losses (`loss=`):
+
+- `"sft"`: the MonoQwen2-VL recipe -- next-token cross-entropy on the answer, positive pair -> positive label,
+  negative pair -> negative label, with the softmax restricted to the two label logits;
+- `"contrastive"`: InfoNCE over each group, the positive label's logit (or the head's score) as the score;
+- `"pairwise"`: RankNet over each group with the same score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmrerank.losses import listwise_softmax, pairwise_ranknet, pointwise_bce
+from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT, MLLMReranker, PairOutput, import_peft
+
+LOSS_NAMES = ("sft", "contrastive", "pairwise")
+
+
+def collate_groups(groups: Sequence[tuple[str, Sequence[Any]]]) -> dict[str, Any]:
+    """Batch `B` groups `(query, [positive, negative, ...])`, each with the same number `n` of candidates.
+
+    Returns:
+        `{"queries": [B] str, "candidates": [B * n] candidates, row-major (group by group), "labels": [B, n]
+        float with 1 in column 0 (the positive) and 0 elsewhere}`.
+    """
+    sizes = {len(cands) for _, cands in groups}
+    if len(sizes) != 1:
+        raise ValueError(f"every group needs the same number of candidates, got sizes {sorted(sizes)}")
+    n = sizes.pop()
+    if n < 1:
+        raise ValueError("a group needs at least its positive")
+    labels = torch.zeros(len(groups), n)
+    labels[:, 0] = 1
+    return {"queries": [q for q, _ in groups], "candidates": [c for _, cands in groups for c in cands],
+            "labels": labels}
+
+
+def sft_loss(label_logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy on the answer token, restricted to the two label logits.
+
+    Args:
+        label_logits: `[N, 2]` logits of the (positive, negative) label tokens.
+        labels: `[N]` relevance; > 0 means the answer should be the positive label (class 0).
+    """
+    target = (labels.reshape(-1) <= 0).long()  # positive pair -> class 0 ("True"), negative -> class 1 ("False")
+    return F.cross_entropy(label_logits.float(), target)
+
+
+class MLLMRerankerModule(L.LightningModule):
+    """Trains an `MLLMReranker` on `collate_groups` batches.
+
+    Args:
+        model_name_or_path, prompt, labels, use_ocr, head: as for `MLLMReranker`.
+        adapter: an existing LoRA adapter to keep training (loaded trainable); takes precedence over `lora_r`.
+        loss: `"sft"`, `"contrastive"` or `"pairwise"`. With a head, `"sft"` adds a pointwise BCE on the head's
+            score (the head has no other training signal), and the group losses rank with the head's score.
+        lora_r: LoRA rank; 0 trains the full language model instead.
+        lora_alpha, lora_dropout, lora_target_modules: the LoRA settings (the default targets are the language
+            model's attention projections; the vision tower's are named `qkv`/`proj` and stay frozen).
+        freeze_vision: without LoRA, keep the vision tower fixed.
+        lr, weight_decay: AdamW settings (no decay on biases and norms).
+        temperature: divides the scores in the group losses.
+        dtype: the model's weights' dtype (use Lightning's `precision` for mixed precision).
+    """
+
+    def __init__(self, model_name_or_path: str, adapter: str | None = None, loss: str = "sft",
+                 prompt: str = DEFAULT_PROMPT, labels: Sequence[str] = ("True", "False"), use_ocr: bool = False,
+                 head: str | None = None, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
+                 lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+                 freeze_vision: bool = True, lr: float = 1e-4, weight_decay: float = 0.0, temperature: float = 1.0,
+                 dtype: str = "float32") -> None:
+        super().__init__()
+        if loss not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss!r}")
+        self.save_hyperparameters()
+        # Built on CPU; Lightning moves the module (and so the model) to the training device.
+        self.reranker = MLLMReranker(model_name_or_path, prompt=prompt, labels=labels, use_ocr=use_ocr, head=head,
+                                     device="cpu", dtype=dtype)
+        if adapter is not None or lora_r > 0:
+            peft = import_peft()
+
+            if adapter is not None:
+                self.reranker.model = peft.PeftModel.from_pretrained(self.reranker.model, adapter, is_trainable=True)
+            else:
+                config = peft.LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                    target_modules=list(lora_target_modules))
+                self.reranker.model = peft.get_peft_model(self.reranker.model, config)
+        elif freeze_vision:
+            self.reranker.model.model.visual.requires_grad_(False)
+        # from_pretrained leaves the model in eval mode, and Lightning keeps the modes it finds (LoRA dropout).
+        self.reranker.train()
+
+    def group_scores(self, out: PairOutput, shape: torch.Size) -> Tensor:
+        """The ranking score of each pair, `[B, n]`: the head's output or the positive label's logit."""
+        scores = out.head if out.head is not None else out.label_logits[:, 0]
+        return scores.reshape(shape) / self.hparams.temperature
+
+    def loss_from(self, out: PairOutput, labels: Tensor) -> Tensor:
+        """The configured loss for one batch's forward output and its `[B, n]` labels."""
+        if self.hparams.loss == "sft":
+            loss = sft_loss(out.label_logits, labels)
+            if out.head is not None:
+                loss = loss + pointwise_bce(out.head, labels.reshape(-1))
+            return loss
+        scores = self.group_scores(out, labels.shape)
+        if self.hparams.loss == "contrastive":
+            return listwise_softmax(scores, labels)
+        return pairwise_ranknet(scores, labels)
+
+    def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        labels = batch["labels"].to(self.device)
+        n = labels.shape[1]
+        queries = [q for q in batch["queries"] for _ in range(n)]  # one query per candidate, row-major like labels
+        out = self.reranker.logits_for(queries, batch["candidates"])
+        loss = self.loss_from(out, labels)
+        # Reciprocal rank of the positive (column 0) within its group, by the same score the losses rank with;
+        # ties count against the positive, so an untrained constant scorer does not look perfect.
+        scores = self.group_scores(out, labels.shape).detach()
+        rank = (scores[:, 1:] >= scores[:, :1]).sum(dim=1) + 1
+        return loss, (1.0 / rank.float()).mean()
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss, mrr = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["queries"]))
+        self.log("train/mrr", mrr, batch_size=len(batch["queries"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, mrr = self._step(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["queries"]), sync_dist=True)
+        self.log("val/mrr", mrr, prog_bar=True, batch_size=len(batch["queries"]), sync_dist=True)
+
+    def configure_optimizers(self):
+        params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if p.ndim >= 2]
+        no_decay = [p for n, p in params if p.ndim < 2]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+
+    def save_reranker(self, folder: str | Path) -> Path:
+        """Save what `MLLMReranker` needs to load the trained model: the LoRA adapter (load it with
+        `adapter=folder` on the base model) or the full model with its processor, plus `head.pt` if any."""
+        folder = Path(folder)
+        self.reranker.model.save_pretrained(folder)
+        if not hasattr(self.reranker.model, "peft_config"):
+            self.reranker.processor.save_pretrained(folder)
+        if self.reranker.head is not None:
+            self.reranker.save_head(folder / "head.pt")
+        return folder

@@ -1,0 +1,271 @@
+"""`MLLMReranker`: a vision-language model asked "is this image relevant to the query? True/False" (MonoQwen2-VL).
+
+Each (query, candidate) pair becomes one chat turn -- the candidate image, then the prompt with the query -- and
+the model's next-token distribution after the assistant generation prompt is read at the two label tokens.
+There is no generation: one forward pass per batch, left-padded so every sequence ends at the last position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor, nn
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mmrerank.rerankers.base import Reranker
+
+# MonoQwen2-VL-v0.1's prompt (lightonai); `{query}` is filled in per pair.
+DEFAULT_PROMPT = ("Assert the relevance of the previous image document to the following query, answer True or False. "
+                  "The query is: {query}")
+# With `use_ocr=True` this goes before the prompt, so the model reads the page text right after the page image.
+DEFAULT_OCR_PREFIX = "The document text is: {ocr}\n"
+
+
+@dataclass
+
+def import_peft():
+    """The optional `peft` package (LoRA adapters), or an error that names the extra to install."""
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError("LoRA adapters need peft: pip install 'mmrerank[lora]'") from err
+    return peft
+
+class Page:
+    """A document page: its image and, optionally, its OCR text (used only when the reranker has `use_ocr=True`)."""
+
+    image: Image.Image
+    text: str = ""
+
+
+def as_page(candidate: Any) -> Page:
+    """Normalise a candidate to a `Page`.
+
+    Accepted forms: a `Page`; a PIL image; an `(image, ocr_text)` pair; a mapping with `"image"` and optionally
+    `"text"` or `"ocr"`.
+    """
+    if isinstance(candidate, Page):
+        page = candidate
+    elif isinstance(candidate, Image.Image):
+        page = Page(candidate)
+    elif isinstance(candidate, Mapping):
+        page = Page(candidate["image"], candidate.get("text") or candidate.get("ocr") or "")
+    elif isinstance(candidate, (tuple, list)) and len(candidate) == 2:
+        page = Page(candidate[0], candidate[1] or "")
+    else:
+        raise TypeError("a candidate must be a PIL image, a Page, an (image, text) pair or a dict; "
+                        f"got {type(candidate)}")
+    if not isinstance(page.image, Image.Image):
+        raise TypeError(f"a candidate's image must be a PIL image, got {type(page.image)}")
+    return page
+
+
+def resolve_label_ids(tokenizer, labels: Sequence[str]) -> list[int]:
+    """Token ids of the (positive, negative) answer labels, e.g. ("True", "False").
+
+    Each label must encode, without special tokens, to exactly one token: the score is read from a single
+    next-token distribution, so a label spread over several tokens cannot be scored this way.
+
+    Raises:
+        ValueError: not two labels, a label that is not a single token (the message names the label and
+            shows its tokenization), or two labels with the same token.
+    """
+    if len(labels) != 2:
+        raise ValueError(f"labels must be (positive, negative), got {labels!r}")
+    ids = []
+    for label in labels:
+        encoded = tokenizer.encode(label, add_special_tokens=False)
+        if len(encoded) != 1:
+            pieces = tokenizer.convert_ids_to_tokens(encoded)
+            raise ValueError(f"label {label!r} must be a single token, but the tokenizer splits it into "
+                             f"{len(encoded)} tokens: {pieces} (ids {encoded})")
+        ids.append(encoded[0])
+    if ids[0] == ids[1]:
+        raise ValueError(f"labels {labels!r} map to the same token id {ids[0]}")
+    return ids
+
+
+class PairOutput(NamedTuple):
+    """What one forward pass gives for `B` pairs.
+
+    Attributes:
+        label_logits: `[B, 2]` float32, the next-token logits of the (positive, negative) label tokens.
+        head: `[B]` float32, the ranking head's score, or None without a head.
+        hidden: `[B, d]` the last layer's hidden state at the last position.
+    """
+
+    label_logits: Tensor
+    head: Tensor | None
+    hidden: Tensor
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        # bf16 is what Qwen2-VL is trained in; on CPU fp32 is both faster and exact.
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class MLLMReranker(Reranker, nn.Module):
+    """Pointwise reranker from a vision-language model's True/False answer (MonoQwen2-VL style).
+
+    For each pair the model sees one user turn -- the candidate image, then `prompt` with the query (and, with
+    `use_ocr`, the page's OCR text first, as `ocr_prefix`) -- followed by the assistant generation prompt.
+    The relevance score is read at the last position:
+
+    - `score="logprob"`: log P(positive label) after a softmax restricted to the two label logits;
+    - `score="logit_diff"`: logit(positive) - logit(negative) (same ranking, unbounded);
+    - with `head="mlp"`: the scalar of an MLP on the last hidden state (jina-reranker-m0 style), which
+      replaces the label-based score.
+
+    Candidates are PIL images, `Page`s, `(image, ocr_text)` pairs or dicts (see `as_page`).
+
+    Args:
+        model_name_or_path: a Qwen2-VL-style checkpoint (e.g. `Qwen/Qwen2-VL-2B-Instruct`) or a local folder.
+        adapter: a peft LoRA adapter (path or hub name, e.g. `lightonai/MonoQwen2-VL-v0.1`) applied to the model.
+        prompt: user text after the image; must contain `{query}`.
+        labels: the (positive, negative) answer words, each a single token.
+        score: `"logprob"` or `"logit_diff"`.
+        use_ocr: put the candidate's OCR text in the prompt.
+        head: None or `"mlp"`.
+        head_path: a state dict saved by `save_head`, loaded into the head.
+        batch_size: pairs per forward pass in `score`.
+        device: `"auto"` (CUDA if available), or a device.
+        dtype: `"auto"` (bf16 on CUDA, fp32 on CPU), a name such as `"float16"`, or a `torch.dtype`.
+        processor_name_or_path: where the processor comes from when it differs from the model's folder.
+        processor_kwargs: extra `AutoProcessor.from_pretrained` arguments (e.g. `min_pixels`, `max_pixels`).
+        merge_adapter: fold the LoRA weights into the model (faster inference; not for training).
+        ocr_prefix: the OCR text template, containing `{ocr}`.
+        max_ocr_chars: OCR text is cut to this many characters, to bound the sequence length.
+    """
+
+    def __init__(self, model_name_or_path: str | Path, adapter: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
+                 labels: Sequence[str] = ("True", "False"), score: str = "logprob", use_ocr: bool = False,
+                 head: str | None = None, head_path: str | Path | None = None, batch_size: int = 8,
+                 device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+                 processor_name_or_path: str | Path | None = None, processor_kwargs: dict | None = None,
+                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int = 2000) -> None:
+        super().__init__()
+        if score not in ("logprob", "logit_diff"):
+            raise ValueError(f"score must be 'logprob' or 'logit_diff', got {score!r}")
+        if head not in (None, "mlp"):
+            raise ValueError(f"head must be None or 'mlp', got {head!r}")
+        if "{query}" not in prompt:
+            raise ValueError("prompt must contain '{query}'")
+        self.prompt, self.score_mode, self.use_ocr = prompt, score, use_ocr
+        self.ocr_prefix, self.max_ocr_chars, self.batch_size = ocr_prefix, max_ocr_chars, batch_size
+        self.labels = tuple(labels)
+        device = _resolve_device(device)
+        self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,
+                                                       **(processor_kwargs or {}))
+        # Left padding puts every sequence's final token at position -1, so one index reads all the answers.
+        self.processor.tokenizer.padding_side = "left"
+        self.label_ids = resolve_label_ids(self.processor.tokenizer, self.labels)
+        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device))
+        if adapter is not None:
+            model = import_peft().PeftModel.from_pretrained(model, str(adapter))
+            if merge_adapter:
+                model = model.merge_and_unload()
+        self.model = model.to(device).eval()
+        hidden = self.model.config.get_text_config().hidden_size
+        # The head works in fp32 whatever the model's dtype: it is small, and its scores are compared across pairs.
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(device) \
+            if head == "mlp" else None
+        if head_path is not None:
+            if self.head is None:
+                raise ValueError("head_path given but head is None")
+            self.head.load_state_dict(torch.load(head_path, map_location=device))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def save_head(self, path: str | Path) -> None:
+        """Save the ranking head's weights (load them back with `head_path`)."""
+        if self.head is None:
+            raise ValueError("this reranker has no head")
+        torch.save(self.head.state_dict(), path)
+
+    def prompt_text(self, query: str, page: Page) -> str:
+        """The user text for one pair (after the image): the prompt with the query, OCR text first if used."""
+        text = self.prompt.format(query=query)
+        if self.use_ocr and page.text:
+            text = self.ocr_prefix.format(ocr=page.text[:self.max_ocr_chars]) + text
+        return text
+
+    def chat_text(self, query: str, page: Page) -> str:
+        """The full chat-formatted input for one pair, ending with the assistant generation prompt."""
+        messages = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": self.prompt_text(query, page)}]}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, queries: Sequence[str], candidates: Sequence[Any]):
+        """Processor inputs for `B` pairs: left-padded `input_ids`/`attention_mask`/`mm_token_type_ids` `[B, L]`,
+        `pixel_values` `[sum of patches, C*T*P*P]` and `image_grid_thw` `[B, 3]`, on the model's device."""
+        if len(queries) != len(candidates):
+            raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
+        pages = [as_page(c) for c in candidates]
+        texts = [self.chat_text(q, p) for q, p in zip(queries, pages)]
+        images = [p.image.convert("RGB") for p in pages]
+        return self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
+
+    def _language_model_parts(self):
+        """(backbone returning hidden states, lm_head) of the model, looking through a peft wrapper."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return model.model, model.get_output_embeddings()
+
+    def forward(self, queries: Sequence[str], candidates: Sequence[Any]) -> PairOutput:
+        """One forward pass over `B` pairs (with gradients unless the caller disables them).
+
+        Only the last position goes through the LM head: it is the one the answer is read from, and the full
+        `[B, L, V]` logits would dominate memory for a real vocabulary.
+
+        Returns:
+            `PairOutput` with `label_logits` `[B, 2]`, `head` `[B]` or None, `hidden` `[B, d]`.
+        """
+        inputs = self.encode(queries, candidates)
+        backbone, lm_head = self._language_model_parts()
+        hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, -1]  # [B, d]
+        label_logits = lm_head(hidden)[:, self.label_ids].float()  # [B, 2]
+        head = self.head(hidden.float()).squeeze(-1) if self.head is not None else None
+        return PairOutput(label_logits, head, hidden)
+
+    def logits_for(self, queries: Sequence[str], candidates: Sequence[Any]) -> PairOutput:
+        """Training entry point: `forward` under a name that says what it returns."""
+        return self(queries, candidates)
+
+    def scores_from(self, output: PairOutput) -> Tensor:
+        """The relevance score `[B]` from a forward pass's output, as configured (`score`, `head`)."""
+        if output.head is not None:
+            return output.head
+        if self.score_mode == "logprob":
+            return F.log_softmax(output.label_logits, dim=-1)[:, 0]
+        return output.label_logits[:, 0] - output.label_logits[:, 1]
+
+    @torch.no_grad()
+    def score(self, queries: Sequence[str], candidates: Sequence[Any]) -> Tensor:
+        """Relevance of each pair `queries[i]`, `candidates[i]` -> `[B]` float32 on CPU, `batch_size` pairs a pass."""
+        if len(queries) != len(candidates):
+            raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
+        was_training = self.training
+        self.eval()  # LoRA dropout must be off when scoring, even mid-training (e.g. validation)
+        try:
+            out = [self.scores_from(self(queries[i:i + self.batch_size], candidates[i:i + self.batch_size])).cpu()
+                   for i in range(0, len(queries), self.batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0)
