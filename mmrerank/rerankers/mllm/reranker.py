@@ -27,8 +27,6 @@ DEFAULT_PROMPT = ("Assert the relevance of the previous image document to the fo
 DEFAULT_OCR_PREFIX = "The document text is: {ocr}\n"
 
 
-@dataclass
-
 def import_peft():
     """The optional `peft` package (LoRA adapters), or an error that names the extra to install."""
     try:
@@ -37,6 +35,8 @@ def import_peft():
         raise ImportError("LoRA adapters need peft: pip install 'mmrerank[lora]'") from err
     return peft
 
+
+@dataclass
 class Page:
     """A document page: its image and, optionally, its OCR text (used only when the reranker has `use_ocr=True`)."""
 
