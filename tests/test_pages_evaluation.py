@@ -43,3 +43,22 @@ def test_oracle_scores_reach_full_recall(pages):
     report = Report("pages")
     evaluate_pages(report, pages, oracle, "oracle")
     assert all(v == pytest.approx(1.0) for v in report.rows["oracle"].values())
+
+
+def test_page_groups_hold_gold_then_bm25_hard_negatives(pages):
+    from mmrerank.data.datamodules import PageGroups
+
+    groups = PageGroups(pages, negatives=2)
+    scores = bm25_page_scores(pages)
+    assert len(groups) > 0
+    for q, rows in groups.groups:
+        question, doc_pages = pages.annotations.questions[q], list(pages.candidates(q))
+        gold = [doc_pages[g] for g in question.gold_pages]
+        assert rows[0] == gold[0] and not set(rows[1:]) & set(gold) and set(rows) <= set(doc_pages)
+        negative_scores = [float(scores[q][doc_pages.index(r)]) for r in rows[1:]]
+        others = [float(scores[q][i]) for i, r in enumerate(doc_pages) if r not in gold and r not in rows]
+        assert negative_scores == sorted(negative_scores, reverse=True)
+        assert all(negative_scores[-1] >= s for s in others)  # the hardest negatives were taken
+    text, candidates = groups[0]
+    assert text == pages.questions[groups.groups[0][0]] and len(candidates) == 3
+    assert candidates[0].text == pages.ocr_text[groups.groups[0][1][0]]

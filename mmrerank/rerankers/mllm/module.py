@@ -22,6 +22,7 @@ from torch import Tensor
 
 from mmrerank.losses import listwise_softmax, pairwise_ranknet, pointwise_bce
 from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT, MLLMReranker, PairOutput, import_peft
+from mmrerank.rerankers.mllm.tiny import build_tiny_vlm
 
 LOSS_NAMES = ("sft", "contrastive", "pairwise")
 
@@ -71,6 +72,8 @@ class MLLMRerankerModule(L.LightningModule):
         lr, weight_decay: AdamW settings (no decay on biases and norms).
         temperature: divides the scores in the group losses.
         dtype: the model's weights' dtype (use Lightning's `precision` for mixed precision).
+        build_tiny: if `model_name_or_path` is a folder that does not exist yet, build the tiny offline Qwen2-VL
+            there first (`build_tiny_vlm`), so configs run without a download.
     """
 
     def __init__(self, model_name_or_path: str, adapter: str | None = None, loss: str = "sft",
@@ -78,8 +81,10 @@ class MLLMRerankerModule(L.LightningModule):
                  head: str | None = None, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
                  lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
                  freeze_vision: bool = True, lr: float = 1e-4, weight_decay: float = 0.0, temperature: float = 1.0,
-                 dtype: str = "float32") -> None:
+                 dtype: str = "float32", build_tiny: bool = False) -> None:
         super().__init__()
+        if build_tiny and not Path(model_name_or_path).exists():  # the offline default: a tiny random Qwen2-VL
+            build_tiny_vlm(model_name_or_path)
         if loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss!r}")
         self.save_hyperparameters()

@@ -1,0 +1,40 @@
+"""EDJE (Taraday et al. 2025): offline token compression, a memory-mapped token store, an online joint encoder.
+
+- `TokenCompressionAdapter`: patch tokens `[B, P, D_v]` -> m compressed tokens `[B, m, d]` (offline, once per image).
+- `TokenStore` / `TokenStoreWriter` / `precompute`: the compressed tokens on disk, `m * d * 2` bytes per image.
+- `JointEncoder`: a compact BERT over `[CLS] caption [SEP] <image> x m [SEP]` -> one logit per pair (online).
+"""
+
+from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
+from mmrerank.rerankers.edje.joint import (
+    MINILM,
+    JointEncoder,
+    build_wordpiece_tokenizer,
+    minilm_config,
+    tokenize,
+)
+from mmrerank.rerankers.edje.store import (
+    IncompleteTokenStoreError,
+    TokenStore,
+    TokenStoreError,
+    TokenStoreWriter,
+    canonical_dtype,
+    footprint,
+    precompute,
+)
+
+__all__ = [
+    "MINILM",
+    "IncompleteTokenStoreError",
+    "JointEncoder",
+    "TokenCompressionAdapter",
+    "TokenStore",
+    "TokenStoreError",
+    "TokenStoreWriter",
+    "build_wordpiece_tokenizer",
+    "canonical_dtype",
+    "footprint",
+    "minilm_config",
+    "precompute",
+    "tokenize",
+]

@@ -1,0 +1,67 @@
+"""EDJE's token-compression adapter: m learned queries summarise a vision tower's patch tokens.
+
+The adapter runs offline, once per image; its m output tokens (already in the joint encoder's width) are what the
+token store keeps. Paper configuration: 576 patch tokens of width 1024 -> 64 tokens of width 384.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class TokenCompressionAdapter(nn.Module):
+    """Cross-attention pooling of patch tokens into `num_queries` tokens, then an MLP block and a projection.
+
+    Layout (all in `in_dim` until the last step):
+
+    1. m learned queries (LayerNorm-ed) attend over the LayerNorm-ed patch tokens with multi-head attention; the
+       attention's key/value projections act on the patch tokens. The attention output is added to the queries, so a
+       query starts from its learned value and gathers image content on top of it.
+    2. A residual pre-LayerNorm MLP block, `in_dim -> mlp_ratio * in_dim -> in_dim` with GELU.
+    3. A linear projection `in_dim -> out_dim` (the joint encoder's width).
+
+    Args:
+        in_dim: width of the vision tower's patch tokens (1024 for ViT-L).
+        num_queries: m, the number of output tokens (64 in the paper).
+        out_dim: width of the joint encoder (384 for MiniLM-L12-H384).
+        num_heads: attention heads; must divide `in_dim`.
+        mlp_ratio: hidden width of the MLP block as a multiple of `in_dim` (8 in the paper: 1024 -> 8192 -> 1024).
+        dropout: dropout on attention weights and inside the MLP (0 for the frozen offline use).
+    """
+
+    def __init__(self, in_dim: int, num_queries: int, out_dim: int, num_heads: int, mlp_ratio: int = 8,
+                 dropout: float = 0.0):
+        super().__init__()
+        if in_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide in_dim={in_dim}")
+        self.in_dim, self.num_queries, self.out_dim = in_dim, num_queries, out_dim
+        # Small init, as for ViT position embeddings, so that early on the queries do not dominate the residual.
+        self.queries = nn.Parameter(torch.randn(num_queries, in_dim) * 0.02)
+        self.norm_q = nn.LayerNorm(in_dim)
+        self.norm_kv = nn.LayerNorm(in_dim)
+        self.attn = nn.MultiheadAttention(in_dim, num_heads, dropout=dropout, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(in_dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, mlp_ratio * in_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_ratio * in_dim, in_dim)
+        )
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, patches: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Compress patch tokens.
+
+        Args:
+            patches: `[B, P, in_dim]` patch tokens of a frozen vision tower.
+            padding_mask: optional `[B, P]` bool, True where a patch is padding (ignored by the attention).
+
+        Returns:
+            `[B, num_queries, out_dim]` compressed tokens.
+        """
+        if patches.dim() != 3 or patches.shape[-1] != self.in_dim:
+            raise ValueError(f"expected patches [B, P, {self.in_dim}], got {tuple(patches.shape)}")
+        q = self.queries.to(patches.dtype).unsqueeze(0).expand(patches.shape[0], -1, -1)  # [B, m, in_dim]
+        kv = self.norm_kv(patches)
+        attended, _ = self.attn(self.norm_q(q), kv, kv, key_padding_mask=padding_mask, need_weights=False)
+        x = q + attended  # [B, m, in_dim]
+        x = x + self.mlp(self.norm_mlp(x))
+        return self.proj(x)
