@@ -21,7 +21,7 @@ from mmrerank import distributed
 from mmrerank.data.dataset import RetrievalTask
 from mmrerank.data.mmdocir import MMDocIRDataset
 from mmrerank.data.revisited import RevisitedDataset, revisited_map
-from mmrerank.data.run import Run
+from mmrerank.data.run import PAD, Run
 from mmrerank.index import RetrievalIndex
 from mmrerank.io import atomic_write, atomic_write_json, atomic_write_text
 from mmrerank.metrics import evaluate, mmdocir_page_metrics
@@ -212,3 +212,42 @@ def evaluate_pages(report: Report, dataset: MMDocIRDataset, scores_by_question: 
         recall = mmdocir_page_metrics(records, k)["recall"]
         row[f"macro/R@{k}"], row[f"micro/R@{k}"] = recall["macro"], recall["micro"]
     report.add(system, "pages", row)
+
+
+@dataclass
+class PageItems:
+    """A document-page corpus as reranker items: item i is page i's `Page` (image and OCR text)."""
+
+    dataset: MMDocIRDataset
+    modality: str = field(default="page", init=False)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.dataset.page_ids
+
+    def __len__(self) -> int:
+        return len(self.dataset.page_ids)
+
+    def __getitem__(self, i: int):
+        from mmrerank.rerankers.mllm import Page
+
+        return Page(self.dataset.images[i], self.dataset.ocr_text[i] if self.dataset.ocr_text is not None else "")
+
+
+def rerank_pages(reranker: Reranker, dataset: MMDocIRDataset, first_stage: Sequence[Tensor], depth: int,
+                 batch_size: int = 16, progress: bool = True) -> list[Tensor]:
+    """Rerank each question's top `depth` first-stage pages; returns per-question scores in page order.
+
+    The reranked pages get the reranker's scores; the others keep their first-stage order below them.
+    """
+    run = dataset.per_document_run(first_stage)
+    task = RetrievalTask("pages", dataset.questions, PageItems(dataset), dataset.qrels)
+    reranked = rerank_sharded(reranker, run, task, depth, batch_size, progress)
+    out = []
+    for q, (rows, scores) in enumerate(zip(reranked.indices, reranked.scores)):
+        start = dataset.candidates(q).start
+        page_scores = torch.empty(len(first_stage[q]))
+        valid = rows != PAD
+        page_scores[rows[valid] - start] = scores[valid]
+        out.append(page_scores)
+    return out
