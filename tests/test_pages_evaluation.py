@@ -62,3 +62,22 @@ def test_page_groups_hold_gold_then_bm25_hard_negatives(pages):
     text, candidates = groups[0]
     assert text == pages.questions[groups.groups[0][0]] and len(candidates) == 3
     assert candidates[0].text == pages.ocr_text[groups.groups[0][1][0]]
+
+
+def test_rerank_pages_reorders_only_the_head(pages):
+    from mmrerank.evaluation import rerank_pages
+    from mmrerank.rerankers.base import Reranker
+
+    class TextLength(Reranker):
+        def score(self, queries, candidates):
+            return torch.tensor([float(len(page.text)) for page in candidates])
+
+    first = bm25_page_scores(pages)
+    depth = 2
+    reranked = rerank_pages(TextLength(), pages, first, depth, progress=False)
+    for q, (before, after) in enumerate(zip(first, reranked)):
+        texts = [pages.ocr_text[p] for p in pages.candidates(q)]
+        order = torch.sort(before, descending=True, stable=True).indices.tolist()
+        head = sorted(order[:depth], key=lambda p: -len(texts[p]))  # stable: ties keep BM25 order
+        expected = head + order[depth:]
+        assert torch.sort(after, descending=True, stable=True).indices.tolist() == expected
