@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import cpu_model  # scripts/common.py (scripts/ is on sys.path)
 from torch import Tensor, nn
 
 from mmrerank.rerankers.edje import JointEncoder, TokenStore, TokenStoreWriter, footprint, minilm_config, precompute
@@ -43,18 +43,6 @@ from mmrerank.rerankers.edje import JointEncoder, TokenStore, TokenStoreWriter, 
 WORDS = ("a man woman dog cat red blue green small large old young walks runs sits stands near under over "
          "beside the street park beach table window car bike tree house water snow grass field city road").split()
 PATCHES, VIT_WIDTH, WIDTH, M_EDJE, IMAGE_PX = 576, 1024, 384, 64, 384
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo where there is one, else what `platform` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_vit() -> nn.Module:

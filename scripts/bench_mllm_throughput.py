@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -25,21 +24,10 @@ import time
 import numpy as np
 import torch
 import transformers
+from common import cpu_model  # scripts/common.py (scripts/ is on sys.path)
 from PIL import Image
 
 from mmrerank.rerankers.mllm import MLLMReranker, build_tiny_vlm
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo where there is one, else what `platform` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_pairs(n: int, seed: int) -> tuple[list[str], list[Image.Image]]:

@@ -17,54 +17,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
-import platform
 import shlex
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
+from common import clustered_corpus, cpu_model  # scripts/common.py (scripts/ is on sys.path)
 from torch import Tensor
 
 from mmrerank.rerankers.superglobal import reference_rerank, rerank
 from mmrerank.rerankers.superglobal.rerank import DEFAULT_MEMORY_BUDGET, auto_batch_size
-
-
-def clustered_data(n: int, dim: int, n_queries: int, n_clusters: int, noise: float, query_noise: float,
-                   seed: int) -> tuple[Tensor, Tensor]:
-    """Unit vectors scattered around random unit centres, and queries near random database vectors.
-
-    Args:
-        n: database size; dim: dimension; n_queries: number of queries; n_clusters: number of centres.
-        noise: expected norm of a database vector's Gaussian jitter around its centre (before normalisation).
-        query_noise: expected norm of the jitter added to the database vector a query copies.
-        seed: makes the data reproducible.
-
-    Returns:
-        `([n_queries, dim] queries, [n, dim] database)`, float32, rows L2-normalised.
-    """
-    g = torch.Generator().manual_seed(seed)
-    centres = F.normalize(torch.randn(n_clusters, dim, generator=g), dim=1)
-    assign = torch.randint(0, n_clusters, (n,), generator=g)
-    # Dividing by sqrt(dim) makes the jitter's expected norm independent of the dimension.
-    database = F.normalize(centres[assign] + noise * torch.randn(n, dim, generator=g) / math.sqrt(dim), dim=1)
-    sources = torch.randint(0, n, (n_queries,), generator=g)
-    jitter = query_noise * torch.randn(n_queries, dim, generator=g) / math.sqrt(dim)
-    return F.normalize(database[sources] + jitter, dim=1), database
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo where there is one, else what `platform` says."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, *args, **kwargs) -> tuple[Tensor, float, float]:
@@ -93,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    queries, database = clustered_data(args.n, args.dim, args.queries, args.clusters, args.noise,
+    database, queries = clustered_corpus(args.n, args.dim, args.clusters, args.queries, args.noise,
                                        args.query_noise, args.seed)
     settings = {"top_m": args.top_m, "k": args.k, "beta": args.beta}
     load_before = os.getloadavg()
