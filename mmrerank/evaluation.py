@@ -31,16 +31,16 @@ DEFAULT_MEASURES = ("Success@1", "Success@5", "Success@10", "nDCG@10")
 FIRST_STAGE = "first stage"
 
 
-def retrieve(query_emb: Tensor, corpus_emb: Tensor, task: RetrievalTask, depth: int,
+def retrieve(query_emb: Tensor, corpus_emb: Tensor, query_ids: Sequence[str], corpus_ids: Sequence[str], depth: int,
              index_kind: str = "flat") -> Run:
-    """First-stage run: the top `depth` corpus items per query by inner product.
+    """First-stage run through the RetrievalIndex: the top `depth` corpus items per query by inner product.
 
     Args:
-        query_emb: `[Q, d]`, corpus_emb: `[N, d]` (L2-normalised).
+        query_emb: `[Q, d]`, corpus_emb: `[N, d]` (L2-normalised), with their ids.
     """
     index = RetrievalIndex(corpus_emb.shape[1], kind=index_kind)
-    index.add(corpus_emb, task.corpus.ids)
-    return index.search(query_emb, depth, task.queries.ids)
+    index.add(corpus_emb, corpus_ids)
+    return index.search(query_emb, depth, query_ids)
 
 
 def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, depth: int, batch_size: int,
@@ -143,7 +143,7 @@ def evaluate_task(report: Report, task: RetrievalTask, query_emb: Tensor, corpus
     """Retrieve, rerank with each reranker, score, and add one report row per system for this task."""
     device = query_emb.device
     start = time.perf_counter()
-    run = retrieve(query_emb, corpus_emb, task, depth).to(device)
+    run = retrieve(query_emb, corpus_emb, task.queries.ids, task.corpus.ids, depth).to(device)
     report.timings[f"{task.direction} retrieval"] = time.perf_counter() - start
     systems = {FIRST_STAGE: run}
     for name, reranker in (rerankers or {}).items():
@@ -168,7 +168,8 @@ def evaluate_instances(report: Report, dataset: RevisitedDataset, query_desc: Te
     from mmrerank.rerankers.superglobal import rerank_candidates
 
     start = time.perf_counter()
-    ranks = retrieve_all(query_desc, db_desc, dataset).indices.to(query_desc.device)
+    ranks = retrieve(query_desc, db_desc, dataset.query_names, dataset.db_names,
+                     len(dataset.db_names)).indices.to(query_desc.device)
     if rerank is not None:  # SuperGlobal reorders the first stage's top M; the rest keep their order
         m = min(rerank.get("top_m", 400), ranks.shape[1])
         head = rerank_candidates(query_desc, db_desc, ranks[:, :m], rerank.get("k", 9), rerank.get("beta", 0.15))
@@ -176,13 +177,6 @@ def evaluate_instances(report: Report, dataset: RevisitedDataset, query_desc: Te
     report.timings[f"i2i {system}"] = time.perf_counter() - start
     scores = revisited_map(ranks, dataset, protocols)
     report.add(system, "i2i", {f"{p}/mAP": scores[p]["mAP"] for p in protocols})
-
-
-def retrieve_all(query_desc: Tensor, db_desc: Tensor, dataset: RevisitedDataset) -> Run:
-    """The full database ranking per query by inner product, through the RetrievalIndex."""
-    index = RetrievalIndex(db_desc.shape[1], kind="flat")
-    index.add(db_desc, dataset.db_names)
-    return index.search(query_desc, len(dataset.db_names), dataset.query_names)
 
 
 def bm25_page_scores(dataset: MMDocIRDataset) -> list[Tensor]:

@@ -58,7 +58,7 @@ def embeddings(encoder, tiny_test_split):
 
 def test_retrieve_equals_brute_force(tiny_test_split, embeddings):
     image_emb, text_emb = embeddings
-    run = retrieve(text_emb, image_emb, tiny_test_split.task("t2i"), depth=7)
+    run = retrieve(text_emb, image_emb, tiny_test_split.captions.ids, tiny_test_split.images.ids, depth=7)
     expected = torch.topk(text_emb @ image_emb.T, 7, dim=1)
     assert torch.equal(run.indices, expected.indices)
     assert torch.allclose(run.scores, expected.values, atol=1e-5)
@@ -67,7 +67,7 @@ def test_retrieve_equals_brute_force(tiny_test_split, embeddings):
 def test_rerank_reverses_head_keeps_tail_and_whole_queries(tiny_test_split, embeddings):
     image_emb, text_emb = embeddings
     task = tiny_test_split.task("t2i")
-    run = retrieve(text_emb, image_emb, task, depth=10)
+    run = retrieve(text_emb, image_emb, task.queries.ids, task.corpus.ids, depth=10)
     reranker = ReverseReranker()
     out = reranker.rerank(run, task, depth=4, batch_size=9, progress=False)
     assert all(n % 4 == 0 for n in reranker.calls)  # 9 pairs a batch -> two whole queries of 4
@@ -88,7 +88,7 @@ def test_oracle_reranker_reaches_first_stage_success_at_depth(tiny_test_split, e
         first, oracle = report.rows[FIRST_STAGE], report.rows["oracle"]
         assert oracle[f"{direction}/Success@1"] == pytest.approx(first[f"{direction}/Success@8"])
         assert oracle[f"{direction}/Success@1"] >= first[f"{direction}/Success@1"]
-        run = retrieve(queries, corpus, task, 20)
+        run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, 20)
         assert report.curves[FIRST_STAGE][direction][4] == pytest.approx(evaluate(run, task.qrels, ["Success@5"])[
             "Success@5"])
     paths = report.save(tmp_path / "out")
@@ -112,7 +112,7 @@ def test_rank_single_query():
 def test_pad_rows_survive_reranking(tiny_test_split, embeddings):
     image_emb, text_emb = embeddings
     task = tiny_test_split.task("t2i")
-    run = retrieve(text_emb, image_emb, task, depth=5)
+    run = retrieve(text_emb, image_emb, task.queries.ids, task.corpus.ids, depth=5)
     run.indices[0, 2:] = PAD
     run.scores[0, 2:] = float("-inf")
     out = ReverseReranker().rerank(run, task, depth=4, progress=False)
