@@ -34,7 +34,7 @@ def gather_shards(local: list[Tensor], device: torch.device | None = None) -> Te
     Returns:
         The concatenation over all items in their original order, on `device` (default: that of `local`).
     """
-    rank, size = world()
+    _, size = world()
     device = device or (local[0].device if local else torch.device("cpu"))
     if size == 1:
         return torch.cat(local).to(device)

@@ -46,7 +46,7 @@ def retrieve(query_emb: Tensor, corpus_emb: Tensor, query_ids: Sequence[str], co
 def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, depth: int, batch_size: int,
                    progress: bool = True) -> Run:
     """`reranker.rerank` with the queries split over distributed ranks, then gathered in order."""
-    rank, size = distributed.world()
+    _, size = distributed.world()
     if size == 1:
         return reranker.rerank(run, task, depth, batch_size, progress)
     rows = distributed.shard(range(len(run)))
