@@ -170,8 +170,73 @@ class SuperGlobalConfig:
                            {"top_m": self.top_m, "k": self.k, "beta": self.beta})
 
 
+@dataclass
+class EDJEBenchmarkConfig:
+    """EDJE rows of a benchmark: rerank the first stage's top `rerank_depth` with a trained EDJE model.
+
+    Attributes:
+        model: the exported EDJE folder (`export_dir` of `mmrerank fit --config configs/edje/synthetic.yaml`).
+        store: the corpus's token store; default `<model>/tokens/<dataset>-<split>`, written by `precompute` first
+            when missing (and resumed when a run was interrupted).
+        alpha: final score = logit + alpha * first-stage score (0 = the reranker alone). With a value other than
+            0 both rows are reported: `edje` and `edje + alpha`.
+        dtype, shard_size: of the token store.
+    """
+
+    model: str = "checkpoints/edje/synthetic"
+    store: str | None = None
+    alpha: float = 0.0
+    dtype: str = "bfloat16"
+    shard_size: int = 1024
+
+    def rerankers(self, data: ImageTextDataset, dataset: DatasetConfig, device: str = "auto",
+                  progress: bool = True) -> dict:
+        """The reranker rows for `data`, its token store written first if needed."""
+        from mmrerank.rerankers.edje import EDJE, EDJEReranker, precompute_images
+
+        if not (Path(self.model) / "config.json").is_file():
+            raise FileNotFoundError(f"no EDJE model at {self.model}; train one first: "
+                                    "mmrerank fit --config configs/edje/synthetic.yaml")
+        model = EDJE.load(self.model)
+        store = self.store or str(Path(self.model) / "tokens" / f"{dataset.name}-{dataset.split}")
+        tokens = precompute_images(model, data.images, store, self.dtype, self.shard_size, device=device,
+                                   progress=progress)
+        rows = {"edje": EDJEReranker(model, tokens, 0.0, device)}
+        if self.alpha:
+            rows[f"edje + {self.alpha:g} x first stage"] = EDJEReranker(model, tokens, self.alpha, device)
+        return rows
+
+
+def precompute(model: str, dataset: DatasetConfig | None = None, store: str | None = None, dtype: str = "bfloat16",
+               shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
+               progress: bool = True) -> str:
+    """Write an EDJE token store: every image of a dataset through the frozen vision source and the adapter.
+
+    Args:
+        model: the exported EDJE folder.
+        dataset: whose images (default: the synthetic test split).
+        store: the store's folder (default `<model>/tokens/<dataset>-<split>`).
+        dtype: `bfloat16` or `float16` (2 bytes per value: m x d x 2 bytes per image).
+        shard_size: images per shard, the unit of resumption: an interrupted run continues from the last
+            finished shard.
+        batch_size: images per forward pass.
+        overwrite: start afresh instead of resuming.
+    """
+    from mmrerank.rerankers.edje import EDJE, precompute_images
+
+    dataset = dataset or DatasetConfig()
+    store = store or str(Path(model) / "tokens" / f"{dataset.name}-{dataset.split}")
+    tokens = precompute_images(EDJE.load(model), dataset.load().images, store, dtype, shard_size, batch_size, device,
+                               overwrite, progress)
+    footprint = tokens.footprint()
+    print(f"{tokens}: {tokens.bytes_per_image:,} B per image, {footprint['data'] + footprint['overhead']:,} B in all "
+          f"({100 * footprint['overhead'] / max(footprint['data'], 1):.3f} % overhead)")
+    return store
+
+
 def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfig | None = None,
-              superglobal: SuperGlobalConfig | None = None, directions: list[str] | None = None, depth: int = 100,
+              superglobal: SuperGlobalConfig | None = None, edje: EDJEBenchmarkConfig | None = None,
+              directions: list[str] | None = None, depth: int = 100,
               rerank_depth: int = 16,
               measures: list[str] | None = None, output_dir: str | None = None, device: str = "auto",
               batch_size: int = 256, progress: bool = True) -> Report:
@@ -181,6 +246,7 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         dataset: the image-text dataset (default: the synthetic test split).
         first_stage: the dual encoder that retrieves the top `depth` candidates.
         superglobal: also report SuperGlobal image-to-image rows (off by default).
+        edje: also report EDJE reranking rows (off by default).
         directions: `t2i` and/or `i2t` (an empty list skips image-text retrieval).
         depth: candidates retrieved per query (the run's K).
         rerank_depth: candidates each reranker rescores.
@@ -193,7 +259,8 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
     measures = measures or list(DEFAULT_MEASURES)
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
     config = {"dataset": asdict(dataset), "first_stage": asdict(first_stage),
-              "superglobal": asdict(superglobal) if superglobal else None, "directions": directions,
+              "superglobal": asdict(superglobal) if superglobal else None,
+              "edje": asdict(edje) if edje else None, "directions": directions,
               "depth": depth, "rerank_depth": rerank_depth, "measures": measures}
     parts = [f"{dataset.name} {dataset.split}"] if directions else []
     parts += [f"{superglobal.dataset} image-to-image"] if superglobal else []
@@ -212,10 +279,16 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         text_emb = encoder.encode(data.captions, batch_size, progress)
         report.timings["encoding"] = time.perf_counter() - start
         report.config["sizes"] = {"images": len(data.images), "captions": len(data.captions)}
+        rerankers = {}
+        if edje is not None:
+            start = time.perf_counter()
+            rerankers.update(edje.rerankers(data, dataset, device, progress))
+            report.timings["edje token store"] = time.perf_counter() - start
         for direction in directions:
             task = data.task(direction)
             queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
-            evaluate_task(report, task, queries, corpus, None, depth, rerank_depth, measures, batch_size, progress)
+            evaluate_task(report, task, queries, corpus, rerankers, depth, rerank_depth, measures, batch_size,
+                          progress)
     if superglobal is not None:
         superglobal.run(report, first_stage, device, progress)
     report.config["output_dir"] = output_dir

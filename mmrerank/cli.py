@@ -1,4 +1,4 @@
-"""The `mmrerank` console script: Lightning's `fit | validate | test | predict` plus `benchmark`.
+"""The `mmrerank` console script: Lightning's `fit | validate | test | predict` plus `benchmark` and `precompute`.
 
 Training goes through one `LightningCLI` subclass (`mmrerank fit --config configs/clip/synthetic.yaml`); the
 extra subcommands parse their own arguments with jsonargparse, from the same kind of YAML files.
@@ -13,7 +13,7 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
-from mmrerank.benchmark import benchmark
+from mmrerank.benchmark import benchmark, precompute
 
 
 class MMRerankCLI(LightningCLI):
@@ -25,18 +25,27 @@ class MMRerankCLI(LightningCLI):
                          subclass_mode_data=True, **kwargs)
 
 
-def benchmark_parser() -> ArgumentParser:
-    parser = ArgumentParser(prog="mmrerank benchmark", description=benchmark.__doc__.split("\n\n")[0])
+def function_parser(function, prog: str) -> ArgumentParser:
+    """A jsonargparse parser of `function`'s arguments, plus `--config` for a YAML file of them."""
+    parser = ArgumentParser(prog=prog, description=function.__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these arguments")
-    parser.add_function_arguments(benchmark, as_group=False)
+    parser.add_function_arguments(function, as_group=False)
     return parser
 
 
-def run_benchmark(argv: list[str]) -> None:
-    parser = benchmark_parser()
-    config = parser.parse_args(argv)
-    kwargs = parser.instantiate_classes(config).as_dict()
+def parse_function_args(function, prog: str, argv: list[str]) -> dict:
+    parser = function_parser(function, prog)
+    kwargs = parser.instantiate_classes(parser.parse_args(argv)).as_dict()
     kwargs.pop("config", None)
+    return kwargs
+
+
+def benchmark_parser() -> ArgumentParser:
+    return function_parser(benchmark, "mmrerank benchmark")
+
+
+def run_benchmark(argv: list[str]) -> None:
+    kwargs = parse_function_args(benchmark, "mmrerank benchmark", argv)
     start = time.perf_counter()
     report = benchmark(**kwargs)
     print(report.to_markdown())
@@ -44,7 +53,11 @@ def run_benchmark(argv: list[str]) -> None:
           f"({time.perf_counter() - start:.0f} s in all).")
 
 
-SUBCOMMANDS = {"benchmark": run_benchmark}
+def run_precompute(argv: list[str]) -> None:
+    precompute(**parse_function_args(precompute, "mmrerank precompute", argv))
+
+
+SUBCOMMANDS = {"benchmark": run_benchmark, "precompute": run_precompute}
 
 
 def main(argv: list[str] | None = None) -> None:

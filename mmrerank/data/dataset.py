@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,6 +141,9 @@ class ImageTextDataset:
         caption_image: `[C]` long, the image each caption was written for.
         extra_relevant: more (caption, image) pairs that are relevant, beyond `caption_image` (the synthetic
             benchmark's captions that other images satisfy too); `None` when captions match only their image.
+        pair_relevance: optional check of arbitrary pairs, `(caption rows [P], image rows [P]) -> [P] bool`, for
+            data whose relevance is known beyond the listed pairs (the synthetic benchmark's scene graphs); hard
+            negative mining uses it so that a caption's negatives never include an image that satisfies it.
     """
 
     name: str
@@ -148,6 +151,7 @@ class ImageTextDataset:
     captions: Texts
     caption_image: Tensor
     extra_relevant: Qrels | None = None
+    pair_relevance: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.caption_image = torch.as_tensor(self.caption_image, dtype=torch.long)
@@ -182,8 +186,24 @@ class ImageTextDataset:
         new_row = torch.full((len(self.images),), -1, dtype=torch.long)
         new_row[rows] = torch.arange(len(rows))
         keep = (new_row[self.caption_image] >= 0).nonzero().flatten().tolist()
+        relevance = None
+        if self.pair_relevance is not None:
+            old = self.pair_relevance
+            keep_t, rows_t = torch.tensor(keep, dtype=torch.long), torch.tensor(rows, dtype=torch.long)
+
+            def relevance(c: Tensor, i: Tensor) -> Tensor:
+                return old(keep_t[c], rows_t[i])
         return ImageTextDataset(self.name, self.images.subset(rows), self.captions.subset(keep),
-                                new_row[self.caption_image[keep]], self.extra_relevant)
+                                new_row[self.caption_image[keep]], self.extra_relevant, relevance)
+
+    def is_relevant(self, caption_rows: Tensor, image_rows: Tensor) -> Tensor:
+        """`[P]` bool: is caption `caption_rows[p]` relevant to image `image_rows[p]` (its own image, or any pair
+        `pair_relevance` accepts)?"""
+        caption_rows, image_rows = caption_rows.long().cpu(), image_rows.long().cpu()
+        own = self.caption_image[caption_rows] == image_rows
+        if self.pair_relevance is None or len(caption_rows) == 0:
+            return own
+        return own | self.pair_relevance(caption_rows, image_rows)
 
     def drop_unreadable(self, skip: bool) -> ImageTextDataset:
         """Check every image file; raise on the first bad one, or (`skip=True`) warn and drop the bad ones."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 
 from mmrerank.encoders.clip import CLIPEncoder
 from mmrerank.losses import symmetric_info_nce
+from mmrerank.optim import adamw_warmup_cosine
 
 
 class CLIPModule(L.LightningModule):
@@ -43,17 +42,5 @@ class CLIPModule(L.LightningModule):
         self.log("test/loss", self._loss(batch), batch_size=len(batch[1]), sync_dist=True)
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-        no_decay = [p for n, p in self.named_parameters() if p.ndim < 2 or "logit_scale" in n]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = min(self.hparams.warmup_steps, total // 2)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(total - warmup, 1))))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adamw_warmup_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps,
+                                   self.trainer.estimated_stepping_batches, no_decay=lambda n: "logit_scale" in n)

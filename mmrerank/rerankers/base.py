@@ -39,6 +39,16 @@ class Reranker(ABC):
         order = torch.sort(scores, descending=True, stable=True).indices
         return RankedResults(order.tolist(), scores[order].tolist())
 
+    def score_rows(self, task: RetrievalTask, query_rows: Tensor, candidate_rows: Tensor,
+                   first_stage: Tensor) -> Tensor:
+        """Scores of the pairs `(task.queries[query_rows[i]], task.corpus[candidate_rows[i]])`, `[B]`.
+
+        `rerank` calls this; the default fetches the items and calls `score`. A family that keeps precomputed
+        candidate data by id (EDJE's token store) or fuses in the first stage's scores (`first_stage`, `[B]`)
+        overrides it.
+        """
+        return self.score([task.queries[int(i)] for i in query_rows], [task.corpus[int(d)] for d in candidate_rows])
+
     def rerank(self, run: Run, task: RetrievalTask, depth: int, batch_size: int = 256,
                progress: bool = True) -> Run:
         """Rescore each query's top `depth` candidates and sort them by the new scores.
@@ -66,7 +76,8 @@ class Reranker(ABC):
             q, c = (rows != PAD).nonzero(as_tuple=True)
             if len(q) == 0:
                 continue
-            scores = self.score([task.queries[start + int(i)] for i in q], [task.corpus[int(d)] for d in rows[q, c]])
+            first = run.scores[start:start + per_batch].cpu()[q, c]
+            scores = self.score_rows(task, start + q, rows[q, c], first)
             new_scores[start + q, c] = scores.float().cpu()
         floor = new_scores.masked_fill(head.cpu() == PAD, float("inf")).min(dim=1, keepdim=True).values
         floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))

@@ -21,7 +21,15 @@ from tqdm.auto import tqdm
 from mmrerank.data.dataset import ImageArray, ImageTextDataset, Texts
 from mmrerank.data.run import Qrels
 from mmrerank.data.synthetic.render import render
-from mmrerank.data.synthetic.scenes import Obj, caption_scene, near_duplicate, sample_scene, satisfies, scene_arrays
+from mmrerank.data.synthetic.scenes import (
+    Obj,
+    caption_scene,
+    near_duplicate,
+    sample_scene,
+    satisfies,
+    satisfies_pairs,
+    scene_arrays,
+)
 from mmrerank.io import cache_root, generate_folder_once
 
 SPLITS = ("train", "val", "test")
@@ -111,10 +119,16 @@ def load_synthetic(split: str = "test", config: SyntheticConfig | None = None, r
     name = f"synthetic-{split}"
     images = ImageArray([f"{name}-img{i}" for i in range(len(pixels))], pixels)
     captions = Texts([f"{name}-cap{i}" for i in range(len(meta["texts"]))], meta["texts"])
+    specs = np.load(folder / "specs.npy")
+    attrs, rels = scene_arrays(load_scenes(folder))
     extra = None
     if relevance if relevance is not None else split != "train":
-        attrs, rels = scene_arrays(load_scenes(folder))
-        caption_idx, image_idx = np.nonzero(satisfies(np.load(folder / "specs.npy"), attrs, rels))
+        caption_idx, image_idx = np.nonzero(satisfies(specs, attrs, rels))
         extra = Qrels.from_pairs(captions.ids, images.ids, torch.from_numpy(caption_idx),
                                  torch.from_numpy(image_idx))
-    return ImageTextDataset("synthetic", images, captions, torch.tensor(meta["caption_image"]), extra)
+
+    def pair_relevance(caption_rows: torch.Tensor, image_rows: torch.Tensor) -> torch.Tensor:
+        c, i = caption_rows.numpy(), image_rows.numpy()
+        return torch.from_numpy(satisfies_pairs(specs[c], attrs[i], rels[i]))
+
+    return ImageTextDataset("synthetic", images, captions, torch.tensor(meta["caption_image"]), extra, pair_relevance)

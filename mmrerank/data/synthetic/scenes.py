@@ -80,24 +80,34 @@ def satisfies(specs: np.ndarray, attrs: np.ndarray, rels: np.ndarray, chunk: int
         `[C, N]` bool.
     """
     out = np.zeros((len(specs), len(attrs)), dtype=bool)
-    present = attrs[:, :, 0] >= 0  # [N, 3]
     for start in range(0, len(specs), chunk):
-        spec = specs[start:start + chunk]
-        desc = spec[:, :9].reshape(-1, MAX_OBJECTS, 3)  # [c, 3, 3]
-        used = desc[:, :, 0] != UNUSED  # [c, 3]
-        # match[c, n, s, o]: descriptor s of caption c fits object o of scene n
-        fits = (desc[:, None, :, None, :] < 0) | (desc[:, None, :, None, :] == attrs[None, :, None, :, :])
-        match = fits.all(-1) & present[None, :, None, :]
-        match |= ~used[:, None, :, None]
-        relation = spec[:, 9]
-        sat = np.zeros((len(spec), len(attrs)), dtype=bool)
-        for perm in permutations(range(MAX_OBJECTS)):
-            ok = match[:, :, 0, perm[0]] & match[:, :, 1, perm[1]] & match[:, :, 2, perm[2]]
-            bit = (rels[None, :, perm[0], perm[1]] >> np.maximum(relation, 0)[:, None]) & 1
-            ok &= (relation[:, None] < 0) | (bit == 1)
-            sat |= ok
-        out[start:start + chunk] = sat
+        out[start:start + chunk] = _satisfied(specs[start:start + chunk, None], attrs[None], rels[None])
     return out
+
+
+def satisfies_pairs(specs: np.ndarray, attrs: np.ndarray, rels: np.ndarray) -> np.ndarray:
+    """`satisfies` for given pairs only: does scene p satisfy spec p? `specs` `[P, 10]`, `attrs`, `rels` `[P, 3, 3]`
+    -> `[P]` bool. (Checking a few candidates per caption is far cheaper than the full `[C, N]` matrix.)"""
+    return _satisfied(specs, attrs, rels)
+
+
+def _satisfied(spec: np.ndarray, attrs: np.ndarray, rels: np.ndarray) -> np.ndarray:
+    """The check itself over broadcastable leading dimensions: `spec` `[..., 10]`, `attrs` / `rels` `[..., 3, 3]`."""
+    desc = spec[..., :9].reshape(*spec.shape[:-1], MAX_OBJECTS, 3)  # [..., s, 3]
+    used = desc[..., 0] != UNUSED  # [..., s]
+    present = attrs[..., 0] >= 0  # [..., o]
+    # match[..., s, o]: descriptor s fits object o
+    fits = (desc[..., :, None, :] < 0) | (desc[..., :, None, :] == attrs[..., None, :, :])
+    match = fits.all(-1) & present[..., None, :]
+    match |= ~used[..., :, None]
+    relation = spec[..., 9]
+    sat = np.zeros(np.broadcast_shapes(relation.shape, attrs.shape[:-2]), dtype=bool)
+    for perm in permutations(range(MAX_OBJECTS)):
+        ok = match[..., 0, perm[0]] & match[..., 1, perm[1]] & match[..., 2, perm[2]]
+        bit = (rels[..., perm[0], perm[1]] >> np.maximum(relation, 0)) & 1
+        ok &= (relation < 0) | (bit == 1)
+        sat |= ok
+    return sat
 
 
 # --- sampling scenes -------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 - `TokenCompressionAdapter`: patch tokens `[B, P, D_v]` -> m compressed tokens `[B, m, d]` (offline, once per image).
 - `TokenStore` / `TokenStoreWriter` / `precompute`: the compressed tokens on disk, `m * d * 2` bytes per image.
 - `JointEncoder`: a compact BERT over `[CLS] caption [SEP] <image> x m [SEP]` -> one logit per pair (online).
+- `VisionTokenSource`: the frozen vision tower giving patch tokens; `EDJE`: adapter + joint encoder + tokenizer, saved
+  as a folder; `EDJEModule` (in `module.py`): its Lightning training; `EDJEReranker`: reranking from a token store.
 """
 
 from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
@@ -13,6 +15,8 @@ from mmrerank.rerankers.edje.joint import (
     minilm_config,
     tokenize,
 )
+from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
+from mmrerank.rerankers.edje.reranker import EDJEReranker, precompute_images
 from mmrerank.rerankers.edje.store import (
     IncompleteTokenStoreError,
     TokenStore,
@@ -22,8 +26,14 @@ from mmrerank.rerankers.edje.store import (
     footprint,
     precompute,
 )
+from mmrerank.rerankers.edje.vision import VisionTokenSource
 
 __all__ = [
+    "EDJE",
+    "EDJEConfig",
+    "EDJEReranker",
+    "VisionTokenSource",
+    "precompute_images",
     "MINILM",
     "IncompleteTokenStoreError",
     "JointEncoder",

@@ -28,16 +28,20 @@ class TokenCompressionAdapter(nn.Module):
         num_heads: attention heads; must divide `in_dim`.
         mlp_ratio: hidden width of the MLP block as a multiple of `in_dim` (8 in the paper: 1024 -> 8192 -> 1024).
         dropout: dropout on attention weights and inside the MLP (0 for the frozen offline use).
+        num_patches: when set, a learned position embedding per patch slot is added to the patch tokens first.
+            ViT tokens already carry their positions; a CNN feature map's do not, and without positions the
+            cross-attention is a set function of the patches, blind to "left of" / "above".
     """
 
     def __init__(self, in_dim: int, num_queries: int, out_dim: int, num_heads: int, mlp_ratio: int = 8,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, num_patches: int | None = None):
         super().__init__()
         if in_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide in_dim={in_dim}")
         self.in_dim, self.num_queries, self.out_dim = in_dim, num_queries, out_dim
         # Small init, as for ViT position embeddings, so that early on the queries do not dominate the residual.
         self.queries = nn.Parameter(torch.randn(num_queries, in_dim) * 0.02)
+        self.patch_pos = nn.Parameter(torch.randn(num_patches, in_dim) * 0.02) if num_patches else None
         self.norm_q = nn.LayerNorm(in_dim)
         self.norm_kv = nn.LayerNorm(in_dim)
         self.attn = nn.MultiheadAttention(in_dim, num_heads, dropout=dropout, batch_first=True)
@@ -61,6 +65,10 @@ class TokenCompressionAdapter(nn.Module):
             raise ValueError(f"expected patches [B, P, {self.in_dim}], got {tuple(patches.shape)}")
         q = self.queries.to(patches.dtype).unsqueeze(0).expand(patches.shape[0], -1, -1)  # [B, m, in_dim]
         kv = self.norm_kv(patches)
+        if self.patch_pos is not None:  # added after the norm, where features and positions share one scale
+            if patches.shape[1] != len(self.patch_pos):
+                raise ValueError(f"expected {len(self.patch_pos)} patches (num_patches), got {patches.shape[1]}")
+            kv = kv + self.patch_pos.to(patches.dtype)
         attended, _ = self.attn(self.norm_q(q), kv, kv, key_padding_mask=padding_mask, need_weights=False)
         x = q + attended  # [B, m, in_dim]
         x = x + self.mlp(self.norm_mlp(x))

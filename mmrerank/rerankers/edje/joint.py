@@ -176,6 +176,25 @@ class JointEncoder(nn.Module):
         Returns:
             `[B]` logits (higher = more relevant).
         """
+        return self.head(self.encode(input_ids, attention_mask, image_tokens).pooler_output).squeeze(-1)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor, image_tokens: Tensor):
+        """The BERT output over the pair: `last_hidden_state [B, L, d]` (caption word pieces at slots 1 .. T) and
+        `pooler_output [B, d]`."""
         embeds, mask, types, positions = self.build_inputs(input_ids, attention_mask, image_tokens)
-        out = self.bert(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types, position_ids=positions)
-        return self.head(out.pooler_output).squeeze(-1)
+        return self.bert(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types, position_ids=positions)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """`[CLS] caption [SEP]` alone (no image segment) -> `[B, d]` final [CLS] state, for text-embedding
+        recovery."""
+        b = input_ids.shape[0]
+        cls = input_ids.new_full((b, 1), self.cls_token_id)
+        sep = input_ids.new_full((b, 1), self.sep_token_id)
+        ones = attention_mask.new_ones(b, 1)
+        # [SEP] goes right after the caption's real tokens; padded slots after it stay masked.
+        ids = torch.cat([cls, input_ids, sep], dim=1)
+        mask = torch.cat([ones, attention_mask, attention_mask.new_zeros(b, 1)], dim=1)
+        lengths = attention_mask.sum(1)
+        ids[torch.arange(b), lengths + 1] = self.sep_token_id
+        mask[torch.arange(b), lengths + 1] = 1
+        return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]

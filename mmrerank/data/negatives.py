@@ -1,0 +1,114 @@
+"""Hard negatives mined by the first stage, both directions, for training rerankers on an image-text split.
+
+A caption's hard negatives are the images the first stage ranks highest for it that are *not* relevant to it
+(its own image and, where the dataset knows more, e.g. the synthetic scene graphs, every image that satisfies it);
+an image's hard negatives are the captions it retrieves that are not relevant to it. Mined once per (dataset,
+first stage) and cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mmrerank.data.dataset import ImageTextDataset
+from mmrerank.io import atomic_write, cache_root
+
+
+@dataclass
+class HardNegatives:
+    """First-stage hard negatives of one split.
+
+    Attributes:
+        t2i: `[C, k]` long, per caption the non-relevant image rows in first-stage order, -1 where fewer were found.
+        i2t: `[N, k]` long, per image the non-relevant caption rows likewise.
+        text_emb: `[C, e]` float, the first stage's caption embeddings (target of EDJE's text-embedding recovery).
+    """
+
+    t2i: Tensor
+    i2t: Tensor
+    text_emb: Tensor
+
+    def save(self, path: str | Path) -> None:
+        state = {"t2i": self.t2i, "i2t": self.i2t, "text_emb": self.text_emb}
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    @classmethod
+    def load(cls, path: str | Path) -> HardNegatives:
+        return cls(**torch.load(path, map_location="cpu", weights_only=True))
+
+
+def first_non_relevant(candidates: Tensor, relevant: Tensor, k: int) -> Tensor:
+    """Keep each row's first `k` candidates that are not relevant, in order; pad with -1.
+
+    Args:
+        candidates: `[Q, D]` long, first-stage order.
+        relevant: `[Q, D]` bool.
+
+    Returns:
+        `[Q, k]` long.
+    """
+    keep = ~relevant
+    # Stable sort on "is relevant" moves the kept candidates to the front without reordering them.
+    order = torch.sort(relevant.to(torch.int8), dim=1, stable=True).indices[:, :k]
+    out = torch.gather(candidates, 1, order)
+    valid = torch.gather(keep, 1, order)
+    out = out.masked_fill(~valid, -1)
+    if out.shape[1] < k:
+        out = torch.cat([out, out.new_full((len(out), k - out.shape[1]), -1)], dim=1)
+    return out
+
+
+def mine_hard_negatives(dataset: ImageTextDataset, image_emb: Tensor, text_emb: Tensor, k: int = 16,
+                        depth: int = 64) -> HardNegatives:
+    """Hard negatives from first-stage embeddings of `dataset`'s images `[N, e]` and captions `[C, e]`.
+
+    Args:
+        k: negatives kept per query.
+        depth: candidates retrieved per query before the relevant ones are removed.
+    """
+    from mmrerank.evaluation import retrieve
+
+    n, c = len(dataset.images), len(dataset.captions)
+    image_ids, caption_ids = [str(i) for i in range(n)], [str(i) for i in range(c)]
+    t2i = retrieve(text_emb, image_emb, caption_ids, image_ids, min(depth, n)).indices.cpu()  # [C, D]
+    i2t = retrieve(image_emb, text_emb, image_ids, caption_ids, min(depth, c)).indices.cpu()  # [N, D]
+    captions = torch.arange(c)[:, None].expand_as(t2i)
+    images = torch.arange(n)[:, None].expand_as(i2t)
+    t2i_rel = dataset.is_relevant(captions.reshape(-1), t2i.reshape(-1)).view_as(t2i)
+    i2t_rel = dataset.is_relevant(i2t.reshape(-1), images.reshape(-1)).view_as(i2t)
+    return HardNegatives(first_non_relevant(t2i, t2i_rel, k), first_non_relevant(i2t, i2t_rel, k),
+                         text_emb.float().cpu())
+
+
+def cached_hard_negatives(dataset: ImageTextDataset, key: dict, encode, k: int = 16, depth: int = 64,
+                          cache_dir: str | Path | None = None) -> HardNegatives:
+    """`mine_hard_negatives`, cached under `cache_dir` (default `<cache>/negatives`) by `key`.
+
+    Args:
+        key: whatever identifies the dataset split and the first stage (names, sizes, checkpoint file stamp).
+        encode: `() -> (image_emb [N, e], text_emb [C, e])`, called only when the cache misses.
+    """
+    key = {**key, "k": k, "depth": depth, "images": len(dataset.images), "captions": len(dataset.captions)}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) if cache_dir else cache_root() / "negatives"
+    path = path / f"{digest}.pt"
+    if path.is_file():
+        return HardNegatives.load(path)
+    image_emb, text_emb = encode()
+    negatives = mine_hard_negatives(dataset, image_emb, text_emb, k, depth)
+    negatives.save(path)
+    return negatives
+
+
+def file_stamp(path: str | Path | None) -> dict | None:
+    """Identity of a checkpoint file for cache keys: path, size and modification time."""
+    if not path or not Path(path).is_file():
+        return None
+    stat = Path(path).stat()
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}

@@ -1,0 +1,150 @@
+"""`EDJE`: the trainable part of an EDJE reranker (compression adapter + joint encoder + tokenizer), saved as a folder.
+
+The frozen vision source is named in the config, not stored: `precompute` rebuilds it to encode a corpus, and the
+joint encoder only ever sees the compressed tokens. With `num_image_tokens=None` nothing is compressed: every patch
+token is projected to the joint encoder's width (the uncompressed teacher of EDJE's distillation loss).
+
+A saved folder holds `config.json`, `model.safetensors` and `tokenizer/`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import BertConfig, PreTrainedTokenizerFast
+
+from mmrerank.io import atomic_path, atomic_write_json
+from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
+from mmrerank.rerankers.edje.joint import JointEncoder
+
+
+@dataclass
+class EDJEConfig:
+    """Shapes of an EDJE model.
+
+    Attributes:
+        vision: the frozen vision source (`VisionTokenSource` name, e.g. `first_stage:mmrerank-tiny-resnet` or
+            `hf:google/siglip2-large-patch16-384`).
+        vision_checkpoint, vision_pretrained, feature_index, image_size: passed to `VisionTokenSource`.
+        patch_dim, num_patches: D and P of the vision source's tokens.
+        num_image_tokens: m, stored tokens per image; None = no compression (all P patches, projected).
+        adapter_heads, adapter_mlp_ratio: the adapter's attention heads and MLP width multiple.
+        patch_positions: give patches learned positions in the adapter (for CNN feature maps).
+        joint: `BertConfig` keyword arguments for a fresh joint encoder, or `{"name": <hub name or path>}` for a
+            pretrained one (e.g. `microsoft/MiniLM-L12-H384-uncased`).
+        max_text_len: caption word pieces kept.
+    """
+
+    vision: str
+    patch_dim: int
+    num_patches: int
+    num_image_tokens: int | None = 64
+    vision_checkpoint: str | None = None
+    vision_pretrained: str | bool | None = None
+    feature_index: int = -1
+    image_size: int | None = None
+    adapter_heads: int = 8
+    adapter_mlp_ratio: int = 4
+    patch_positions: bool = False
+    joint: dict[str, Any] = field(default_factory=lambda: {"hidden_size": 128, "num_hidden_layers": 4,
+                                                           "num_attention_heads": 4, "intermediate_size": 512})
+    max_text_len: int = 64
+
+    def vision_source(self):
+        from mmrerank.rerankers.edje.vision import VisionTokenSource
+
+        return VisionTokenSource(self.vision, self.vision_pretrained, self.vision_checkpoint, self.feature_index,
+                                 self.image_size)
+
+
+class EDJE(nn.Module):
+    """Compression (or projection) of patch tokens, and the joint encoder that scores (caption, image tokens).
+
+    Args:
+        config: the shapes.
+        tokenizer: the joint encoder's tokenizer (a locally built WordPiece vocabulary or a pretrained one).
+    """
+
+    def __init__(self, config: EDJEConfig, tokenizer: PreTrainedTokenizerFast):
+        super().__init__()
+        self.config, self.tokenizer = config, tokenizer
+        joint = dict(config.joint)
+        if "name" in joint:
+            bert: BertConfig | str = joint["name"]
+        else:
+            joint.setdefault("vocab_size", len(tokenizer))
+            if joint["vocab_size"] < len(tokenizer):
+                raise ValueError(f"joint vocab_size {joint['vocab_size']} < tokenizer size {len(tokenizer)}")
+            bert = BertConfig(**joint)
+        m = config.num_image_tokens if config.num_image_tokens is not None else config.num_patches
+        self.joint = JointEncoder(bert, num_image_tokens=m, max_text_len=config.max_text_len, tokenizer=tokenizer)
+        d = self.joint.hidden_size
+        positions = config.num_patches if config.patch_positions else None
+        if config.num_image_tokens is None:
+            self.adapter = None
+            self.project = nn.Linear(config.patch_dim, d)
+            self.patch_pos = nn.Parameter(torch.randn(config.num_patches, d) * 0.02) if positions else None
+        else:
+            self.adapter = TokenCompressionAdapter(config.patch_dim, config.num_image_tokens, d, config.adapter_heads,
+                                                   config.adapter_mlp_ratio, num_patches=positions)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.joint.num_image_tokens
+
+    @property
+    def dim(self) -> int:
+        return self.joint.hidden_size
+
+    def compress(self, patches: Tensor) -> Tensor:
+        """`[B, P, D]` patch tokens -> `[B, m, d]` image tokens (what the token store keeps)."""
+        if self.adapter is not None:
+            return self.adapter(patches.to(self.adapter.queries.dtype))
+        tokens = self.project(patches.to(self.project.weight.dtype))
+        return tokens + self.patch_pos if self.patch_pos is not None else tokens
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, image_tokens: Tensor) -> Tensor:
+        """`[B, T]` caption ids and mask with `[B, m, d]` image tokens -> `[B]` logits."""
+        return self.joint(input_ids, attention_mask, image_tokens)
+
+    def score(self, texts: Sequence[str], image_tokens: Tensor) -> Tensor:
+        """Captions (strings) against `[B, m, d]` image tokens -> `[B]` logits."""
+        ids, mask = self.joint.tokenize(texts)
+        device = self.joint.head.weight.device
+        return self(ids.to(device), mask.to(device), image_tokens.to(device))
+
+    def save(self, folder: str | Path) -> Path:
+        """Write `config.json`, `model.safetensors` and `tokenizer/` into `folder` (each file atomically)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(state, str(tmp))
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        config = asdict(self.config)
+        if "name" in config["joint"]:  # a pretrained encoder's weights are in the file: record its shape instead
+            config["joint"] = self.joint.bert.config.to_diff_dict()
+        atomic_write_json(folder / "config.json", config)  # last: its presence marks a whole folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> EDJE:
+        """Load a folder written by `save` (safetensors: no code is unpickled)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"no EDJE model at {folder} (config.json missing)")
+        config = EDJEConfig(**json.loads((folder / "config.json").read_text()))
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "tokenizer"))
+        model = cls(config, tokenizer)
+        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)))
+        return model.eval()

@@ -1,0 +1,217 @@
+"""`EDJEModule`: trains EDJE's adapter and joint encoder on groups of one positive and n hard negatives (Lightning).
+
+Each batch holds, per caption, a t2i group (the caption against its image and n negative images) and an i2t group
+(its image against the caption and n negative captions), negatives mined by the first stage
+(`EDJEDataModule`). Losses, summed with their weights:
+
+- ITM in the chosen paradigm (`loss=`): `listwise` (softmax over 1 positive + n negatives; the paper's ITM
+  cross-entropy generalised to n negatives), `pairwise` (RankNet) or `pointwise` (BCE per pair);
+- `mlm_weight`: masked-language modelling of the caption (50 % of its word pieces; image tokens never masked);
+- `recovery_weight`: 1 - cos between a projection of the text-only [CLS] state and the first stage's caption
+  embedding;
+- `distill_weight`: BCE between the student's logit and sigmoid of an uncompressed teacher's logit (`teacher`: an
+  exported `EDJE` folder with `num_image_tokens: null`, trained first with this same module).
+
+The frozen vision source's patch tokens are computed once per split in `setup` and kept in memory (fp16).
+`export_dir` receives the trained `EDJE` folder (what `mmrerank precompute` and the reranker load).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mmrerank.losses import ranking_loss
+from mmrerank.optim import adamw_warmup_cosine
+from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
+
+DEFAULT_JOINT = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
+
+
+class EDJEModule(L.LightningModule):
+    """Lightning training of an `EDJE` model.
+
+    Args:
+        vision, vision_checkpoint, vision_pretrained, feature_index, image_size: the frozen vision source.
+        num_image_tokens, adapter_heads, adapter_mlp_ratio, patch_positions, joint, max_text_len: `EDJEConfig`.
+        tokenizer: a tokenizer folder / hub name; None builds a WordPiece vocabulary of `vocab_size` from the
+            training captions (saved with the model).
+        loss: `listwise`, `pairwise` or `pointwise`.
+        mlm_weight, recovery_weight, distill_weight: weights of the optional losses (0 = off).
+        teacher: exported uncompressed EDJE folder for distillation.
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay.
+        export_dir: where `on_fit_end` saves the trained model.
+    """
+
+    def __init__(self, vision: str = "first_stage:mmrerank-tiny-resnet",
+                 vision_checkpoint: str | None = "checkpoints/first_stage/mmrerank-tiny-resnet-synthetic.safetensors",
+                 vision_pretrained: str | None = None, feature_index: int = -1, image_size: int | None = None,
+                 num_image_tokens: int | None = 64, adapter_heads: int = 8, adapter_mlp_ratio: int = 4,
+                 patch_positions: bool = False, joint: dict[str, Any] | None = None, max_text_len: int = 64,
+                 tokenizer: str | None = None, vocab_size: int = 1000, loss: str = "listwise",
+                 mlm_weight: float = 0.0, recovery_weight: float = 0.0, distill_weight: float = 0.0,
+                 teacher: str | None = None, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100,
+                 export_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.itm_loss = ranking_loss(loss)
+        if distill_weight > 0 and not teacher:
+            raise ValueError("distill_weight > 0 needs a `teacher` (an exported uncompressed EDJE folder)")
+        self.model: EDJE | None = None
+        self.patches: dict[str, Tensor] = {}
+
+    # --- building -------------------------------------------------------------------------------------------------
+
+    def _config(self, source) -> EDJEConfig:
+        h = self.hparams
+        return EDJEConfig(vision=h.vision, patch_dim=source.dim, num_patches=source.num_patches,
+                          num_image_tokens=h.num_image_tokens, vision_checkpoint=h.vision_checkpoint,
+                          vision_pretrained=h.vision_pretrained, feature_index=h.feature_index,
+                          image_size=h.image_size, adapter_heads=h.adapter_heads,
+                          adapter_mlp_ratio=h.adapter_mlp_ratio, patch_positions=h.patch_positions,
+                          joint=dict(h.joint or DEFAULT_JOINT), max_text_len=h.max_text_len)
+
+    def _tokenizer(self, texts: list[str]):
+        from transformers import AutoTokenizer
+
+        from mmrerank.rerankers.edje.joint import build_wordpiece_tokenizer
+
+        if self.hparams.tokenizer:
+            return AutoTokenizer.from_pretrained(self.hparams.tokenizer)
+        return build_wordpiece_tokenizer(texts, vocab_size=self.hparams.vocab_size)
+
+    def _build(self, config: EDJEConfig, tokenizer, recovery_dim: int | None = None) -> None:
+        self.model = EDJE(config, tokenizer)
+        d, vocab = self.model.dim, self.model.joint.bert.config.vocab_size
+        if self.hparams.mlm_weight > 0:
+            self.mlm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, vocab))
+        if self.hparams.recovery_weight > 0:  # the joint [CLS] -> the first stage's caption-embedding width
+            self.recovery = nn.Linear(d, recovery_dim)
+        if self.hparams.distill_weight > 0:
+            self.teacher = EDJE.load(self.hparams.teacher).requires_grad_(False)
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        source = self._vision_source()
+        if self.model is None:
+            recovery_dim = dm.negatives[dm.train_config.split].text_emb.shape[1]
+            self._build(self._config(source), self._tokenizer(dm.train_texts()), recovery_dim)
+        for split, data in dm.splits.items():
+            if split not in self.patches:
+                self.patches[split] = self._encode_patches(source, data.images)
+
+    def _vision_source(self):
+        h = self.hparams
+        from mmrerank.rerankers.edje.vision import VisionTokenSource
+
+        if not hasattr(self, "_source"):
+            source = VisionTokenSource(h.vision, h.vision_pretrained, h.vision_checkpoint, h.feature_index,
+                                       h.image_size)
+            object.__setattr__(self, "_source", source)  # not a submodule: frozen, never saved, never trained
+        return self._source
+
+    @staticmethod
+    def _encode_patches(source, images, batch_size: int = 256) -> Tensor:
+        """`[N, P, D]` fp16 patch tokens of every image (kept in memory for the whole fit)."""
+        from tqdm.auto import tqdm
+
+        out = []
+        for start in tqdm(range(0, len(images), batch_size), desc="patch tokens", leave=False):
+            rows = [images[i] for i in range(start, min(start + batch_size, len(images)))]
+            out.append(source.encode(rows).half().cpu())
+        return torch.cat(out)
+
+    # --- losses ---------------------------------------------------------------------------------------------------
+
+    def _pairs(self, batch: dict[str, Any]) -> tuple[list[str], Tensor, int]:
+        """Texts `[2 * B * k]` and image rows `[2 * B * k]` of the t2i groups, then the i2t groups."""
+        data = self.trainer.datamodule.splits[batch["split"]]
+        t2i, i2t = batch["t2i_images"], batch["i2t_captions"]  # [B, k] each
+        b, k = t2i.shape
+        captions = torch.cat([batch["caption"][:, None].expand(b, k), i2t]).reshape(-1)
+        images = torch.cat([t2i, batch["image"][:, None].expand(b, k)]).reshape(-1)
+        return [data.captions[int(c)] for c in captions], images, k
+
+    def _losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        texts, images, k = self._pairs(batch)
+        patches = self.patches[batch["split"]][images].to(self.device).float()  # [2Bk, P, D]
+        ids, mask = self.model.joint.tokenize(texts)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        logits = self.model(ids, mask, self.model.compress(patches))  # [2Bk]
+        scores = logits.view(-1, k)
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1
+        losses = {"itm": self.itm_loss(scores, labels),
+                  "accuracy": (scores.argmax(1) == 0).float().mean()}
+        h = self.hparams
+        positives = torch.arange(0, len(texts) // 2, k, device=self.device)  # the t2i positive pairs
+        if h.mlm_weight > 0:
+            losses["mlm"] = self._mlm(ids[positives], mask[positives], patches[positives])
+        if h.recovery_weight > 0:
+            target = self.trainer.datamodule.negatives[batch["split"]].text_emb[batch["caption"]]
+            cls = self.model.joint.encode_text(ids[positives], mask[positives])
+            losses["recovery"] = 1 - F.cosine_similarity(self.recovery(cls), target.to(self.device), dim=-1).mean()
+        if h.distill_weight > 0:
+            with torch.no_grad():
+                teacher = self.teacher(ids, mask, self.teacher.compress(patches))
+            losses["distill"] = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher))
+        losses["loss"] = (losses["itm"] + h.mlm_weight * losses.get("mlm", 0) + h.recovery_weight
+                          * losses.get("recovery", 0) + h.distill_weight * losses.get("distill", 0))
+        return losses
+
+    def _mlm(self, ids: Tensor, mask: Tensor, patches: Tensor) -> Tensor:
+        """Mask half of each caption's word pieces (never the image tokens) and predict them."""
+        tokenizer = self.model.tokenizer
+        chosen = (torch.rand(ids.shape, device=ids.device) < 0.5) & mask.bool()
+        masked = ids.masked_fill(chosen, tokenizer.mask_token_id)
+        hidden = self.model.joint.encode(masked, mask, self.model.compress(patches)).last_hidden_state
+        text_states = hidden[:, 1:1 + ids.shape[1]]  # caption slots follow [CLS]
+        if not chosen.any():
+            return hidden.sum() * 0
+        return F.cross_entropy(self.mlm_head(text_states[chosen]), ids[chosen])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        losses = self._losses(batch)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True,
+                      batch_size=len(batch["caption"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        losses = self._losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["caption"]),
+                      sync_dist=True)
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.datamodule.train_set.set_epoch(self.current_epoch)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.model.save(self.hparams.export_dir)
+
+    # --- checkpoints carry the tokenizer and shapes, so `load_from_checkpoint` rebuilds the model ----------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from dataclasses import asdict
+
+        checkpoint["edje_config"] = asdict(self.model.config)
+        checkpoint["edje_tokenizer"] = self.model.tokenizer.backend_tokenizer.to_str()
+        if hasattr(self, "recovery"):
+            checkpoint["edje_recovery_dim"] = self.recovery.out_features
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model is None:
+            from tokenizers import Tokenizer
+            from transformers import PreTrainedTokenizerFast
+
+            tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(checkpoint["edje_tokenizer"]),
+                                          unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+                                          mask_token="[MASK]")
+            self._build(EDJEConfig(**checkpoint["edje_config"]), tok, checkpoint.get("edje_recovery_dim"))
+
+    def configure_optimizers(self):
+        return adamw_warmup_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps,
+                                   self.trainer.estimated_stepping_batches)

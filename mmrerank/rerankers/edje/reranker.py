@@ -1,0 +1,106 @@
+"""EDJE online: precompute a corpus's image tokens once (`precompute_images`), then rerank with `EDJEReranker`.
+
+`EDJEReranker` scores (caption, image) pairs in both directions: t2i (a caption against its top-k images) and i2t
+(an image against its top-k captions). Image tokens come from a `TokenStore` by image id, so the vision tower
+never runs online; images without a store (`score` on PIL images) are encoded on the fly.
+
+Final score = the joint encoder's logit, or `logit + alpha * first-stage score` when `alpha` is set (default 0:
+the reranker alone). The first stage's cosine similarity carries what it already got right; a small alpha lets
+it break the joint encoder's near-ties.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from mmrerank.data.dataset import Items, RetrievalTask
+from mmrerank.encoders.clip import resolve_device
+from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.edje.model import EDJE
+from mmrerank.rerankers.edje.store import TokenStore, precompute
+
+
+def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype: str = "bfloat16",
+                      shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
+                      progress: bool = True) -> TokenStore:
+    """Encode `images` with the model's frozen vision source and adapter into a token store `[N, m, d]`.
+
+    Resumable: shards an interrupted run finished are kept (see `TokenStoreWriter`). The store's ids are the
+    images' ids.
+    """
+    device = resolve_device(device)
+    source = model.config.vision_source().to(device)
+    model = model.to(device).eval()
+
+    def encode(rows: Tensor) -> Tensor:
+        patches = source.encode([images[int(i)] for i in rows])
+        return model.compress(patches)
+
+    return precompute(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=dtype,
+                      shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite)
+
+
+class EDJEReranker(Reranker):
+    """The EDJE reranker.
+
+    Args:
+        model: an exported `EDJE` folder (or a loaded model).
+        store: the corpus's token store (folder or `TokenStore`); None encodes images on the fly.
+        alpha: weight of the first-stage score in the final score (0 = the reranker's logit alone).
+        device: `auto` (GPU when present), `cpu` or `cuda`.
+    """
+
+    def __init__(self, model: str | Path | EDJE, store: str | Path | TokenStore | None = None, alpha: float = 0.0,
+                 device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.model = (model if isinstance(model, EDJE) else EDJE.load(model)).to(self.device).eval()
+        self.store = TokenStore(store) if isinstance(store, (str, Path)) else store
+        if self.store is not None and self.store.shape[1:] != (self.model.num_image_tokens, self.model.dim):
+            raise ValueError(f"token store {self.store.root} holds {self.store.shape[1:]} tokens per image; the model "
+                             f"reads {(self.model.num_image_tokens, self.model.dim)}")
+        self.alpha = alpha
+        self._source = None
+
+    def image_tokens(self, images: Sequence[Any]) -> Tensor:
+        """`[B, m, d]` tokens of images given as store ids (str), PIL images (encoded now) or `[m, d]` tensors."""
+        if all(isinstance(x, Tensor) for x in images):
+            return torch.stack(list(images)).to(self.device)
+        if all(isinstance(x, Image.Image) for x in images):
+            if self._source is None:
+                self._source = self.model.config.vision_source().to(self.device)
+            with torch.no_grad():
+                return self.model.compress(self._source.encode(images))
+        if self.store is None:
+            raise ValueError("image ids need a token store: pass store= (written by `mmrerank precompute`)")
+        return self.store[list(images)].to(self.device)
+
+    @torch.no_grad()
+    def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
+        """Pairs of (caption, image) in either order: one side strings, the other PIL images or token tensors.
+        Returns the `[B]` logits on the CPU."""
+        if len(queries) != len(candidates):
+            raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
+        if not queries:
+            return torch.zeros(0)
+        texts, images = (queries, candidates) if isinstance(queries[0], str) else (candidates, queries)
+        return self.model.score(list(texts), self.image_tokens(images)).float().cpu()
+
+    @torch.no_grad()
+    def score_rows(self, task: RetrievalTask, query_rows: Tensor, candidate_rows: Tensor,
+                   first_stage: Tensor) -> Tensor:
+        """As `Reranker.score_rows`; image tokens come from the store by id (the fast path)."""
+        texts, images = (task.queries, task.corpus) if task.queries.modality == "text" else (task.corpus, task.queries)
+        text_rows, image_rows = (query_rows, candidate_rows) if texts is task.queries else (candidate_rows, query_rows)
+        captions = [texts[int(i)] for i in text_rows]
+        if self.store is not None:
+            tokens = self.store[[images.ids[int(i)] for i in image_rows]]
+        else:
+            tokens = self.image_tokens([images[int(i)] for i in image_rows])
+        logits = self.model.score(captions, tokens).float().cpu()
+        return logits + self.alpha * first_stage.float().cpu() if self.alpha else logits
