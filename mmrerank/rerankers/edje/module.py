@@ -138,10 +138,13 @@ class EDJEModule(L.LightningModule):
 
     def _losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         texts, images, k = self._pairs(batch)
-        patches = self.patches[batch["split"]][images].to(self.device).float()  # [2Bk, P, D]
+        # Each image is compressed once, however many pairs it is in (an i2t group repeats its image k times).
+        unique, inverse = images.unique(return_inverse=True)
+        patches = self.patches[batch["split"]][unique].to(self.device).float()  # [U, P, D]
+        tokens = self.model.compress(patches)[inverse]  # [2Bk, m, d]
         ids, mask = self.model.joint.tokenize(texts)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        logits = self.model(ids, mask, self.model.compress(patches))  # [2Bk]
+        logits = self.model(ids, mask, tokens)  # [2Bk]
         scores = logits.view(-1, k)
         labels = torch.zeros_like(scores)
         labels[:, 0] = 1
@@ -150,25 +153,25 @@ class EDJEModule(L.LightningModule):
         h = self.hparams
         positives = torch.arange(0, len(texts) // 2, k, device=self.device)  # the t2i positive pairs
         if h.mlm_weight > 0:
-            losses["mlm"] = self._mlm(ids[positives], mask[positives], patches[positives])
+            losses["mlm"] = self._mlm(ids[positives], mask[positives], tokens[positives])
         if h.recovery_weight > 0:
             target = self.trainer.datamodule.negatives[batch["split"]].text_emb[batch["caption"]]
             cls = self.model.joint.encode_text(ids[positives], mask[positives])
             losses["recovery"] = 1 - F.cosine_similarity(self.recovery(cls), target.to(self.device), dim=-1).mean()
         if h.distill_weight > 0:
             with torch.no_grad():
-                teacher = self.teacher(ids, mask, self.teacher.compress(patches))
+                teacher = self.teacher(ids, mask, self.teacher.compress(patches)[inverse])
             losses["distill"] = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(teacher))
         losses["loss"] = (losses["itm"] + h.mlm_weight * losses.get("mlm", 0) + h.recovery_weight
                           * losses.get("recovery", 0) + h.distill_weight * losses.get("distill", 0))
         return losses
 
-    def _mlm(self, ids: Tensor, mask: Tensor, patches: Tensor) -> Tensor:
+    def _mlm(self, ids: Tensor, mask: Tensor, image_tokens: Tensor) -> Tensor:
         """Mask half of each caption's word pieces (never the image tokens) and predict them."""
         tokenizer = self.model.tokenizer
         chosen = (torch.rand(ids.shape, device=ids.device) < 0.5) & mask.bool()
         masked = ids.masked_fill(chosen, tokenizer.mask_token_id)
-        hidden = self.model.joint.encode(masked, mask, self.model.compress(patches)).last_hidden_state
+        hidden = self.model.joint.encode(masked, mask, image_tokens).last_hidden_state
         text_states = hidden[:, 1:1 + ids.shape[1]]  # caption slots follow [CLS]
         if not chosen.any():
             return hidden.sum() * 0

@@ -1,0 +1,95 @@
+"""EDJE reranking quality on the synthetic benchmark: first stage vs EDJE on the first stage's top-k, both directions.
+
+Needs the first stage (`mmrerank benchmark` trains it) and a trained EDJE model
+(`mmrerank fit --config configs/edje/synthetic.yaml`). The fusion weight alpha (final = logit + alpha x first-stage
+cosine) is chosen on the val split and then applied to the test split, so the test numbers are not tuned on test.
+
+    python scripts/bench_edje_quality.py --model checkpoints/edje/synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+
+import torch
+
+from mmrerank.benchmark import DatasetConfig, FirstStageConfig
+from mmrerank.data.run import Run
+from mmrerank.evaluation import retrieve
+from mmrerank.metrics import evaluate
+from mmrerank.rerankers.edje import EDJE, EDJEReranker, precompute_images
+
+MEASURES = ["Success@1", "Success@5", "Success@10", "nDCG@10"]
+ALPHAS = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0]
+
+
+def fuse(first: Run, reranked: Run, depth: int, alpha: float) -> Run:
+    """Re-sort the reranked head by `logit + alpha * first-stage score` (the tail is untouched)."""
+    head_first = first.sorted()
+    logits = {}
+    for q in range(len(reranked)):
+        for d, s in zip(reranked.indices[q, :depth].tolist(), reranked.scores[q, :depth].tolist()):
+            logits[q, d] = s
+    indices, scores = head_first.indices.clone(), head_first.scores.clone()
+    for q in range(len(indices)):
+        docs = indices[q, :depth]
+        fused = torch.tensor([logits[q, int(d)] for d in docs]) + alpha * head_first.scores[q, :depth]
+        order = torch.sort(fused, descending=True, stable=True).indices
+        indices[q, :depth], scores[q, :depth] = docs[order], fused[order]
+        scores[q, depth:] = fused.min() - torch.arange(1, indices.shape[1] - depth + 1, dtype=scores.dtype)
+    return Run(indices, scores, first.query_ids, first.doc_ids)
+
+
+def split_rows(model: EDJE, encoder, split: str, depth: int, store_root: str) -> dict:
+    """Per direction: the task, the first-stage run and the EDJE-reranked run (alpha 0)."""
+    data = DatasetConfig(split=split).load()
+    image_emb, text_emb = encoder.encode(data.images, 256, False), encoder.encode(data.captions, 256, False)
+    store = precompute_images(model, data.images, f"{store_root}/synthetic-{split}", progress=False)
+    reranker = EDJEReranker(model, store)
+    out = {}
+    for direction in ("t2i", "i2t"):
+        task = data.task(direction)
+        q, c = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
+        run = retrieve(q, c, task.queries.ids, task.corpus.ids, 100)
+        start = time.perf_counter()
+        reranked = reranker.rerank(run, task, depth, batch_size=512, progress=False)
+        out[direction] = (task, run, reranked, time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="checkpoints/edje/synthetic")
+    parser.add_argument("--depth", type=int, default=16)
+    args = parser.parse_args()
+    model = EDJE.load(args.model)
+    encoder = FirstStageConfig().build(DatasetConfig().synthetic, progress=False)
+    val = split_rows(model, encoder, "val", args.depth, f"{args.model}/tokens")
+    best = max(ALPHAS, key=lambda a: sum(evaluate(fuse(run, rr, args.depth, a), task.qrels, ["Success@1"])["Success@1"]
+                                         for task, run, rr, _ in val.values()))
+    test = split_rows(model, encoder, "test", args.depth, f"{args.model}/tokens")
+    print(f"- command: `python {shlex.join(sys.argv)}`")
+    print(f"- machine: 2 CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; alpha chosen on val: {best:g}\n")
+    columns = [f"{d}/{m}" for d in ("t2i", "i2t") for m in MEASURES]
+    print("| system | " + " | ".join(columns) + " |\n| --- |" + " ---: |" * len(columns))
+    systems = {"first stage": lambda run, rr: run, f"EDJE (top {args.depth})": lambda run, rr: rr,
+               f"EDJE + {best:g} x first stage": lambda run, rr: fuse(run, rr, args.depth, best)}
+    for name, pick in systems.items():
+        row = {}
+        for direction, (task, run, rr, _) in test.items():
+            row.update({f"{direction}/{k}": v for k, v in evaluate(pick(run, rr), task.qrels, MEASURES).items()})
+        print(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
+    print("\nrerank time (test): " + ", ".join(f"{d} {t:.1f} s" for d, (_, _, _, t) in test.items()))
+    for alpha in ALPHAS:
+        s1 = [evaluate(fuse(run, rr, args.depth, alpha), task.qrels, ["Success@1"])["Success@1"]
+              for task, run, rr, _ in val.values()]
+        print(f"val alpha {alpha:g}: t2i S@1 {s1[0]:.4f}, i2t S@1 {s1[1]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
