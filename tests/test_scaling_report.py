@@ -147,3 +147,21 @@ def test_cli_sweep_dry_run_lists_commands(tmp_path, capsys):
         for key in ("a-pairwise-d100-s0", "b-pairwise-d100-s0")]
     with pytest.raises(SystemExit, match="no trainer"):
         main(["sweep", "--config", str(config), "--results", str(tmp_path / "r.jsonl")])
+
+
+def test_runs_of_two_budgets_and_a_rerun_line(tmp_path):
+    """Model and data laws read each size's largest budget; the joint law reads every run; a rerun line wins."""
+    path = tmp_path / "budgets.jsonl"
+    for i, n in enumerate(PARAMS[:4]):
+        for budget, offset in [(100_000, -0.05), (1_000_000, 0.0)]:
+            for d in [x for x in EXAMPLES if x <= budget]:
+                value = ndcg(n, d) + offset
+                append_evaluation(path, Evaluation(f"s{i}", n, d, d // 32, "pairwise", 0, {"AP": value},
+                                                   budget=budget, final=d == budget))
+    append_evaluation(path, Evaluation("s3", PARAMS[3], 1_000_000, 1, "pairwise", 0, {"AP": 0.5}, budget=1_000_000))
+    report = build_report(path, FAST)
+    row, = report.model["pairwise", "AP"].rows()
+    assert row["held_out"] == "s3" and row["actual"] == 0.5
+    assert report.model["pairwise", "AP"].y_fit == pytest.approx([ndcg(n, 1_000_000) for n in PARAMS[:3]])
+    assert len(report.data["pairwise", "AP"][0].x_fit) == 4  # five checkpoints of the 1M run, one held out
+    assert report.joint["pairwise", "AP"].law.n_points == 4 * (3 + 5)

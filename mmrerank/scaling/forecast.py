@@ -77,25 +77,31 @@ def metric_names(evaluations: list[Evaluation]) -> list[str]:
     return list(names)
 
 
+def unique_checkpoints(evaluations: list[Evaluation]) -> list[Evaluation]:
+    """One evaluation per run and checkpoint: a rerun's line (later in the file) replaces the crashed run's."""
+    return list({(e.size, e.seed, e.budget, e.examples): e for e in evaluations}.values())
+
+
 def latest_run(evaluations: list[Evaluation]) -> list[Evaluation]:
-    """Per size and seed, the evaluations of the largest budget, one per checkpoint (a rerun's line wins)."""
+    """Per size and seed, only the evaluations of the run with the largest budget."""
     top: dict[tuple, int] = {}
     for e in evaluations:
         top[(e.size, e.seed)] = max(top.get((e.size, e.seed), -1), e.budget or 0)
-    chosen: dict[tuple, Evaluation] = {}
-    for e in evaluations:
-        if (e.budget or 0) == top[(e.size, e.seed)]:
-            chosen[(e.size, e.seed, e.examples)] = e
-    return list(chosen.values())
+    return [e for e in evaluations if (e.budget or 0) == top[(e.size, e.seed)]]
 
 
-def curves(evaluations: list[Evaluation], loss: str, metrics: list[str]) -> list[Curve]:
-    """The seed-averaged curve of every size trained with `loss`, smallest model first."""
-    groups: dict[str, dict[int, list[Evaluation]]] = defaultdict(lambda: defaultdict(list))
-    for e in latest_run([e for e in evaluations if e.loss == loss]):
-        groups[e.size][e.examples].append(e)
+def curves(evaluations: list[Evaluation], loss: str, metrics: list[str], every_run: bool = False) -> list[Curve]:
+    """Seed-averaged curves of the runs trained with `loss`, smallest model first.
+
+    Args:
+        every_run: one curve per size and budget; by default one per size, from its largest budget.
+    """
+    chosen = unique_checkpoints([e for e in evaluations if e.loss == loss])
+    groups: dict[tuple, dict[int, list[Evaluation]]] = defaultdict(lambda: defaultdict(list))
+    for e in chosen if every_run else latest_run(chosen):
+        groups[e.size, e.budget if every_run else None][e.examples].append(e)
     out = []
-    for size, by_examples in groups.items():
+    for (size, _), by_examples in groups.items():
         examples = np.array(sorted(by_examples), dtype=float)
         values = {m: np.array([np.mean([ev.metrics.get(m, np.nan) for ev in by_examples[int(x)]]) for x in examples])
                   for m in metrics}
@@ -219,16 +225,15 @@ class JointForecast:
                 "mae_out_of_sample": self.mae_out_of_sample, "allocation": self.allocation}
 
 
-def joint_points(loss_curves: list[Curve], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(params [P], examples [P], values [P], size index [P]) of every finite checkpoint."""
-    n, d, y, idx = [], [], [], []
-    for i, c in enumerate(loss_curves):
+def joint_points(runs: list[Curve], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(params [P], examples [P], values [P]) of every finite checkpoint of every run."""
+    n, d, y = [], [], []
+    for c in runs:
         ok = np.isfinite(c.metrics[metric])
         n += [c.params] * int(ok.sum())
         d += c.examples[ok].tolist()
         y += c.metrics[metric][ok].tolist()
-        idx += [i] * int(ok.sum())
-    return np.array(n, dtype=float), np.array(d, dtype=float), np.array(y), np.array(idx)
+    return np.array(n, dtype=float), np.array(d, dtype=float), np.array(y)
 
 
 def allocate(law: JointLaw, budgets: list[float], params_range: tuple[float, float],
@@ -249,16 +254,21 @@ def allocate(law: JointLaw, budgets: list[float], params_range: tuple[float, flo
     return rows
 
 
-def joint_law(loss_curves: list[Curve], metric: str, cfg: ForecastConfig) -> JointForecast:
-    """Fit the joint law on all points, check it out of sample on the held-out sizes, and allocate compute."""
-    n, d, y, idx = joint_points(loss_curves, metric)
+def joint_law(runs: list[Curve], metric: str, cfg: ForecastConfig) -> JointForecast:
+    """Fit the joint law on every checkpoint of every run, check it out of sample on the `cfg.holdout` largest sizes
+    (fitted without them), and allocate compute.
+
+    Args:
+        runs: seed-averaged curves, one per size and budget (`curves(..., every_run=True)`).
+    """
+    n, d, y = joint_points(runs, metric)
     kind = metric_kind(metric)
     if len(y) < 5 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
         return JointForecast(metric, None, None, None, [], skipped=f"needs 5 points over >= 2 sizes, has {len(y)}")
     law = fit_joint_law(n, d, y, kind=kind)
-    inside = idx < len(loss_curves) - cfg.holdout
+    inside = n < np.unique(n)[-cfg.holdout] if len(np.unique(n)) > cfg.holdout else np.zeros(len(n), dtype=bool)
     r2_out = mae_out = None
-    if inside.sum() >= 5 and len(np.unique(n[inside])) >= 2 and (~inside).any():
+    if inside.sum() >= 5 and len(np.unique(n[inside])) >= 2 and len(np.unique(d[inside])) >= 2:
         partial_law = fit_joint_law(n[inside], d[inside], y[inside], kind=kind)
         pred = partial_law.predict(n[~inside], d[~inside])
         r2_out, mae_out = r_squared(y[~inside], pred), float(np.mean(np.abs(pred - y[~inside])))

@@ -61,10 +61,11 @@ def build_report(results_path: str | Path, cfg: ForecastConfig | None = None) ->
     model, data, joint = {}, {}, {}
     for loss in losses:
         loss_curves = curves(evaluations, loss, metrics)
+        runs = curves(evaluations, loss, metrics, every_run=True)
         for metric in metrics:
             model[loss, metric] = model_law(loss_curves, metric, cfg)
             data[loss, metric] = data_laws(loss_curves, metric, cfg)
-            joint[loss, metric] = joint_law(loss_curves, metric, cfg)
+            joint[loss, metric] = joint_law(runs, metric, cfg)
     predictable = {m: {loss: scales_predictably(model[loss, m], cfg) for loss in losses} for m in metrics}
     return ScalingReport(cfg, losses, metrics, model, data, joint, predictable)
 
@@ -139,8 +140,9 @@ def to_markdown(report: ScalingReport) -> str:
     parts = [
         "# Scaling laws", "",
         f"Model law `y = a + b N^c` on the final checkpoint of every size but the {cfg.holdout} largest; data law "
-        f"`y = a + b D^c` per size on every checkpoint but the last {cfg.holdout_checkpoints}; joint law "
-        f"`y = a + b N^c + d D^e` on all points. Intervals: bootstrap {level} ({cfg.resamples} resamples for the "
+        f"`y = a + b D^c` per size on every checkpoint but the last {cfg.holdout_checkpoints} (of its largest "
+        "budget); joint law `y = a + b N^c + d D^e` on every checkpoint of every run, checked out of sample on the "
+        f"held-out sizes (fitted without them). Intervals: bootstrap {level} ({cfg.resamples} resamples for the "
         f"model law, {cfg.data_resamples} per data law). Kaplan: `(A/N)^alpha + delta` (losses) or "
         "`delta - (A/N)^alpha` (metrics), fitted as a line in log-log space of the gap.", "",
         "## Which metrics scale predictably", "",
