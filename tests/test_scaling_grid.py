@@ -7,6 +7,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mmrerank.scaling.grid import (
@@ -18,7 +19,7 @@ from mmrerank.scaling.grid import (
     load_sweep_config,
     run_sweep,
 )
-from mmrerank.scaling.results import Evaluation, append_evaluation, read_evaluations
+from mmrerank.scaling.results import Evaluation, append_evaluation, metric_kind, read_evaluations
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "scaling"
 
@@ -140,3 +141,16 @@ def test_example_sweep_config_parses():
     config = load_sweep_config(CONFIGS / "sweep.yaml")
     assert len(config.sizes) >= 4 and config.losses == ["pointwise", "pairwise", "listwise"]
     assert len({p.key for p in grid_points(config)}) == len(grid_points(config))
+
+
+def test_contrastive_entropy_is_the_lower_is_better_metric():
+    assert [metric_kind(m) for m in ("CE@16", "CE", "nDCG@10", "RR", "CEO@3")] == [
+        "loss", "loss", "metric", "metric", "metric"]
+
+
+def test_numpy_scalars_are_stored_as_plain_json(tmp_path):
+    record = Evaluation("s1", np.int64(10), np.int64(20), np.int32(2), "pointwise", np.int64(0),
+                        {"AP": np.float32(0.25)}, budget=np.int64(20), final=np.bool_(True))
+    append_evaluation(tmp_path / "r.jsonl", record)
+    assert read_evaluations(tmp_path / "r.jsonl") == [record]
+    assert json.loads((tmp_path / "r.jsonl").read_text())["final"] is True

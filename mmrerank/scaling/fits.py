@@ -195,7 +195,7 @@ def to_theta(coef: np.ndarray, exponents: np.ndarray) -> np.ndarray:
 
 
 def polish(theta0: np.ndarray, u: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Bounded Levenberg-Marquardt-style refinement (scipy `least_squares`, trust-region reflective)."""
+    """Refine theta from a start under bounds with scipy's `least_squares` (trust-region reflective)."""
     start = np.clip(theta0, lo, hi)
     result = least_squares(lambda t: model(t, u) - y, start, jac=lambda t: jacobian(t, u), bounds=(lo, hi),
                            method="trf", x_scale="jac")

@@ -44,7 +44,7 @@ class KaplanLaw:
         return -self.slope
 
     @property
-    def A(self) -> float:  # noqa: N802 (the paper's name)
+    def A(self) -> float:
         if self.alpha <= 0:
             return float("inf")
         return float(self.x_scale * np.exp(self.intercept / self.alpha))

@@ -144,7 +144,9 @@ def to_markdown(report: ScalingReport) -> str:
         "budget); joint law `y = a + b N^c + d D^e` on every checkpoint of every run, checked out of sample on the "
         f"held-out sizes (fitted without them). Intervals: bootstrap {level} ({cfg.resamples} resamples for the "
         f"model law, {cfg.data_resamples} per data law). Kaplan: `(A/N)^alpha + delta` (losses) or "
-        "`delta - (A/N)^alpha` (metrics), fitted as a line in log-log space of the gap.", "",
+        "`delta - (A/N)^alpha` (metrics), fitted as a line in log-log space of the gap. With few fitted points the "
+        "bootstrap intervals run narrow (a resample with only 3 distinct sizes is fitted exactly), so read "
+        "\"inside\" with that in mind.", "",
         "## Which metrics scale predictably", "",
         f"Predictable for a loss: model-law R² >= {cfg.r2_min} and every held-out forecast within "
         f"{cfg.max_rel_error:.0%} of the actual value.", "",

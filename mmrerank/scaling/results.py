@@ -14,8 +14,8 @@ Each line is one evaluation of one trained model (one checkpoint of one run)::
      "point": "s1-listwise-d4096000-s0",  # key of the sweep grid point that wrote the line
      "final": true}           # this is the run's last checkpoint (marks the grid point finished)
 
-Metrics whose name starts with one of `LOWER_IS_BETTER_PREFIXES` (contrastive entropy `CE@k`) are lower-is-better
-and fitted as losses; every other metric is a ranking metric in [0, 1], higher is better.
+Metrics whose name before any "@k" is in `LOWER_IS_BETTER` (contrastive entropy `CE@k`) are lower-is-better and
+fitted as losses; every other metric is a ranking metric in [0, 1], higher is better.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 LOSSES = ("pointwise", "pairwise", "listwise")
-LOWER_IS_BETTER_PREFIXES = ("CE@", "CE")
+LOWER_IS_BETTER = frozenset({"CE"})
 REQUIRED = ("size", "params", "examples", "steps", "loss", "seed", "metrics")
 
 
 def metric_kind(name: str) -> str:
     """"loss" for lower-is-better metrics (contrastive entropy), "metric" for the rest."""
-    return "loss" if name.startswith(LOWER_IS_BETTER_PREFIXES) else "metric"
+    return "loss" if name.split("@")[0] in LOWER_IS_BETTER else "metric"
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,12 @@ class Evaluation:
     final: bool = False
 
     def __post_init__(self) -> None:
+        # numpy scalars from a trainer would not serialise; store plain Python types
+        for name in ("params", "examples", "steps", "seed"):
+            object.__setattr__(self, name, int(getattr(self, name)))
+        object.__setattr__(self, "budget", None if self.budget is None else int(self.budget))
+        object.__setattr__(self, "final", bool(self.final))
+        object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.params <= 0 or self.examples <= 0 or self.steps < 0:
@@ -69,9 +75,7 @@ class Evaluation:
         unknown = set(record) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"results line has unknown keys {sorted(unknown)}")
-        metrics = {str(k): float(v) for k, v in record["metrics"].items()}
-        return cls(**{**record, "params": int(record["params"]), "examples": int(record["examples"]),
-                      "steps": int(record["steps"]), "seed": int(record["seed"]), "metrics": metrics})
+        return cls(**record)
 
     def to_dict(self) -> dict[str, Any]:
         record = asdict(self)
@@ -137,6 +141,6 @@ def read_evaluations(path: str | Path) -> list[Evaluation]:
             raise ValueError(f"{path}:{number}: not a JSON line ({err})") from err
         try:
             evaluations.append(Evaluation.from_dict(record))
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{path}:{number}: {err}") from err
     return evaluations
