@@ -15,7 +15,7 @@ import torch
 from mmrerank.cli import MMRerankCLI, benchmark_parser
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("benchmark", "superglobal"))
+TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("benchmark", "superglobal", "scaling"))
 BENCHMARKS = sorted([*(CONFIGS / "benchmark").glob("*.yaml"), *(CONFIGS / "superglobal").glob("*.yaml")])
 
 

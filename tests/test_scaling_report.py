@@ -1,0 +1,167 @@
+"""The scaling report on a synthetic sweep whose generating laws are known; and the `mmrerank scaling` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmrerank.scaling.cli import main
+from mmrerank.scaling.fits import fit_joint_law, fit_power_law
+from mmrerank.scaling.forecast import ForecastConfig
+from mmrerank.scaling.report import build_report, write_report
+from mmrerank.scaling.results import Evaluation, append_evaluation
+
+PARAMS = [1_000_000, 3_000_000, 10_000_000, 30_000_000, 100_000_000]
+EXAMPLES = [10_000, 30_000, 100_000, 300_000, 1_000_000]
+FAST = ForecastConfig(resamples=40, data_resamples=20)
+
+
+def ndcg(n: float, d: float) -> float:
+    return 0.7 - 3.0 * n**-0.2 - 2.0 * d**-0.3
+
+
+def ce(n: float, d: float) -> float:
+    return 1.0 + 200.0 * n**-0.3 + 30.0 * d**-0.25
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Two losses x two seeds x five sizes x five checkpoints of noisy known laws, written line by line."""
+    path = tmp_path_factory.mktemp("sweep") / "sweep.jsonl"
+    rng = np.random.default_rng(0)
+    for loss, shift in [("pointwise", 0.0), ("listwise", 0.01)]:
+        for seed in (0, 1):
+            for i, n in enumerate(PARAMS):
+                for d in EXAMPLES:
+                    metrics = {"nDCG@10": ndcg(n, d) + shift + rng.normal(0, 0.002),
+                               "CE@16": ce(n, d) + rng.normal(0, 0.005)}
+                    append_evaluation(path, Evaluation(f"s{i + 1}", n, d, d // 32, loss, seed, metrics,
+                                                       budget=EXAMPLES[-1], final=d == EXAMPLES[-1]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(sweep):
+    return build_report(sweep, FAST)
+
+
+def seed_mean_finals(path, loss: str, metric: str) -> list[float]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [np.mean([r["metrics"][metric] for r in lines if r["loss"] == loss and r["params"] == n and r["final"]])
+            for n in PARAMS]
+
+
+def test_model_law_forecast_equals_a_direct_fit(sweep, report):
+    for metric, kind in [("nDCG@10", "metric"), ("CE@16", "loss")]:
+        finals = seed_mean_finals(sweep, "listwise", metric)
+        direct = fit_power_law(PARAMS[:-1], finals[:-1], kind=kind)
+        row, = report.model["listwise", metric].rows()
+        assert row["held_out"] == "s5" and row["actual"] == pytest.approx(finals[-1])
+        assert row["predicted"] == pytest.approx(float(direct.predict(PARAMS[-1])), abs=1e-9)
+        assert row["abs_error"] == pytest.approx(abs(row["predicted"] - finals[-1]))
+        assert row["interval"][0] <= row["interval"][1]
+
+
+def test_forecasts_are_close_to_the_generating_law(report):
+    row, = report.model["pointwise", "nDCG@10"].rows()
+    assert row["actual"] == pytest.approx(ndcg(PARAMS[-1], EXAMPLES[-1]), abs=0.005)
+    assert row["abs_error"] < 0.02 and row["kaplan_abs_error"] < 0.05
+    assert report.model["pointwise", "CE@16"].law.kind == "loss"
+    joint = report.joint["pointwise", "nDCG@10"]
+    assert joint.law.c == pytest.approx(-0.2, abs=0.06) and joint.law.e == pytest.approx(-0.3, abs=0.06)
+    assert joint.r2_out_of_sample > 0.8
+    assert report.predictable["nDCG@10"] == {"pointwise": True, "listwise": True}
+
+
+def test_data_law_holds_out_the_last_checkpoint_per_size(report):
+    forecasts = report.data["pointwise", "nDCG@10"]
+    assert [f.label for f in forecasts] == ["s1", "s2", "s3", "s4", "s5"]
+    for f, n in zip(forecasts, PARAMS):
+        row, = f.rows()
+        assert row["held_out"] == EXAMPLES[-1] and len(f.x_fit) == 4
+        assert row["actual"] == pytest.approx(ndcg(n, EXAMPLES[-1]), abs=0.005)
+
+
+def test_compute_allocation_follows_the_joint_law(sweep, report):
+    rows = report.joint["listwise", "nDCG@10"].allocation
+    law = report.joint["listwise", "nDCG@10"].law
+    assert len(rows) == 3 and rows[0]["budget"] == pytest.approx(PARAMS[-1] * EXAMPLES[-1])
+    for row in rows:
+        assert row["params"] * row["examples"] == pytest.approx(row["budget"])
+        assert row["predicted"] == pytest.approx(float(law.predict(row["params"], row["examples"])))
+        for factor in (0.5, 2.0):  # neighbours on the budget line are no better
+            assert law.predict(row["params"] * factor, row["examples"] / factor) <= row["predicted"] + 1e-12
+    lines = [json.loads(line) for line in sweep.read_text().splitlines() if '"listwise"' in line]
+    n = np.array([r["params"] for r in lines], dtype=float)
+    d = np.array([r["examples"] for r in lines], dtype=float)
+    y = np.array([r["metrics"]["nDCG@10"] for r in lines])
+    keys = sorted(set(zip(n, d)))  # the report averages the two seeds first
+    y_mean = [y[(n == a) & (d == b)].mean() for a, b in keys]
+    direct = fit_joint_law([k[0] for k in keys], [k[1] for k in keys], y_mean, kind="metric")
+    assert law.r2 == pytest.approx(direct.r2, abs=1e-9)
+
+
+def test_report_writes_json_markdown_and_plots(report, tmp_path):
+    written = write_report(report, tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["report.json", "report.md", "model_law_nDCG_10.png", "data_law_nDCG_10.png",
+                            "model_law_CE_16.png", "data_law_CE_16.png"])
+    assert set(written) == set(tmp_path.iterdir())
+    for png in tmp_path.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["model_law"]["listwise"]["nDCG@10"]["forecasts"][0]["held_out"] == "s5"
+    assert data["predictable"]["nDCG@10"]["pointwise"] is True
+    md = (tmp_path / "report.md").read_text()
+    assert "## Which metrics scale predictably" in md and "| nDCG@10 | yes | yes | predictable |" in md
+
+
+def test_too_few_sizes_are_reported_not_fitted(tmp_path):
+    path = tmp_path / "small.jsonl"
+    for i, n in enumerate(PARAMS[:3]):
+        append_evaluation(path, Evaluation(f"s{i}", n, 1000, 10, "pairwise", 0, {"AP": 0.3 + 0.01 * i}))
+    report = build_report(path, FAST)
+    assert report.model["pairwise", "AP"].law is None and "needs 3" in report.model["pairwise", "AP"].skipped
+    assert report.predictable == {"AP": {"pairwise": None}}
+    write_report(report, tmp_path / "out")  # unfitted panels still plot
+    assert "not fitted" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_cli_fit_writes_the_report(sweep, tmp_path, capsys):
+    main(["fit", "--results", str(sweep), "--output-dir", str(tmp_path / "report"), "--resamples", "20",
+          "--data-resamples", "10", "--metrics", "nDCG@10"])
+    assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "model_law_nDCG_10.png").exists()
+    assert "scale predictably" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="No such file"):
+        main(["fit", "--results", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path)])
+
+
+def test_cli_sweep_dry_run_lists_commands(tmp_path, capsys):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("sizes: [{name: a, params: 10}, {name: b, params: 20}]\nbudgets: [100]\nlosses: [pairwise]\n")
+    main(["sweep", "--config", str(config), "--results", str(tmp_path / "r.jsonl"), "--dry-run"])
+    assert capsys.readouterr().out.splitlines() == [
+        f"mmrerank scaling sweep --config {config} --results {tmp_path / 'r.jsonl'} --point {key}"
+        for key in ("a-pairwise-d100-s0", "b-pairwise-d100-s0")]
+    with pytest.raises(SystemExit, match="no trainer"):
+        main(["sweep", "--config", str(config), "--results", str(tmp_path / "r.jsonl")])
+
+
+def test_runs_of_two_budgets_and_a_rerun_line(tmp_path):
+    """Model and data laws read each size's largest budget; the joint law reads every run; a rerun line wins."""
+    path = tmp_path / "budgets.jsonl"
+    for i, n in enumerate(PARAMS[:4]):
+        for budget, offset in [(100_000, -0.05), (1_000_000, 0.0)]:
+            for d in [x for x in EXAMPLES if x <= budget]:
+                value = ndcg(n, d) + offset
+                append_evaluation(path, Evaluation(f"s{i}", n, d, d // 32, "pairwise", 0, {"AP": value},
+                                                   budget=budget, final=d == budget))
+    append_evaluation(path, Evaluation("s3", PARAMS[3], 1_000_000, 1, "pairwise", 0, {"AP": 0.5}, budget=1_000_000))
+    report = build_report(path, FAST)
+    row, = report.model["pairwise", "AP"].rows()
+    assert row["held_out"] == "s3" and row["actual"] == 0.5
+    assert report.model["pairwise", "AP"].y_fit == pytest.approx([ndcg(n, 1_000_000) for n in PARAMS[:3]])
+    assert len(report.data["pairwise", "AP"][0].x_fit) == 4  # five checkpoints of the 1M run, one held out
+    assert report.joint["pairwise", "AP"].law.n_points == 4 * (3 + 5)
