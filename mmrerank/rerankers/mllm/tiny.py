@@ -108,7 +108,7 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: in
                          vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
-def build_tiny_vlm(folder: str | Path, seed: int = 0) -> Path:
+def build_tiny_vlm(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """Build a tiny random Qwen2-VL, its tokenizer, chat template and processor, and save them to `folder`.
 
     Images are resized to between 56x56 and 112x112 pixels, i.e. 4 to 16 visual tokens after 2x2 merging.
@@ -117,6 +117,7 @@ def build_tiny_vlm(folder: str | Path, seed: int = 0) -> Path:
         folder: where to save; afterwards `AutoModelForImageTextToText.from_pretrained(folder)` and
             `AutoProcessor.from_pretrained(folder)` load the model and processor.
         seed: seeds both the tokenizer's training corpus and the model's random weights.
+        hidden, layers: the language model's width (a multiple of 8: 4 heads of an even size) and depth.
 
     Returns:
         `folder` as a `Path`.
@@ -128,7 +129,7 @@ def build_tiny_vlm(folder: str | Path, seed: int = 0) -> Path:
     processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                  video_processor=video_processor, chat_template=CHAT_TEMPLATE)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(tiny_config(tokenizer)).eval()
+    model = Qwen2VLForConditionalGeneration(tiny_config(tokenizer, hidden, layers)).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
