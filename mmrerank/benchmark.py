@@ -306,9 +306,11 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
     parts = [f"{dataset.name} {dataset.split}"] if directions else []
     parts += [f"{superglobal.dataset} image-to-image"] if superglobal else []
     parts += [mllm.name()] if mllm else []
-    report = Report(f"{', '.join(parts)}: first stage {first_stage.model_name}", config=config)
+    uses_first_stage = bool(directions) or superglobal is not None  # a pages-only benchmark needs no dual encoder
+    title = f"{', '.join(parts)}: first stage {first_stage.model_name}" if uses_first_stage else ", ".join(parts)
+    report = Report(title, config=config)
 
-    if directions or superglobal is not None:  # a pages-only benchmark needs no dual encoder
+    if uses_first_stage:
         start = time.perf_counter()
         encoder = first_stage.build(dataset.synthetic, progress).to(resolve_device(device))
         report.timings["first stage ready"] = time.perf_counter() - start
