@@ -21,6 +21,7 @@ from mmrerank.data.datamodules import PageGroupsDataModule
 from mmrerank.data.mmdocir import load_mmdocir
 from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.evaluation import Report, bm25_page_scores, evaluate_pages, fuse_first_stage, rerank_pages
+from mmrerank.rerankers.mllm import build_tiny_vlm
 from mmrerank.rerankers.mllm.module import MLLMRerankerModule
 
 
@@ -40,13 +41,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
     parser.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
     parser.add_argument("--alphas", type=float, nargs="*", default=[], help="BM25 fusion weights to report")
+    parser.add_argument("--vocab", type=int, default=0,
+                        help="train the tiny tokenizer with this vocabulary size on the training documents' text and "
+                             "questions too (0: the generated text only)")
     return parser.parse_args()
+
+
+def training_text(documents: int) -> list[str]:
+    """The training documents' page texts and questions (never the evaluation documents')."""
+    folder = ensure_pages(PagesConfig(seed=0, documents=documents))
+    data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet", load_images=False)
+    return [*data.ocr_text, *data.questions.texts]
 
 
 def train(args: argparse.Namespace, loss: str, report: Report) -> MLLMRerankerModule:
     """Train one tiny reranker with `loss` on the training documents; log its wall time in `report`."""
     L.seed_everything(0, verbose=False)
-    model = Path(args.work) / f"tiny-qwen2-vl-h{args.hidden}-l{args.layers}"
+    model = Path(args.work) / f"tiny-qwen2-vl-h{args.hidden}-l{args.layers}-v{args.vocab}-d{args.train_docs}"
+    if args.vocab and not model.exists():
+        build_tiny_vlm(model, hidden=args.hidden, layers=args.layers, corpus=training_text(args.train_docs),
+                       vocab_size=args.vocab)
     module = MLLMRerankerModule(str(model), build_tiny=True, tiny_hidden=args.hidden, tiny_layers=args.layers,
                                 loss=loss, use_ocr=True, lr=args.lr, schedule=args.schedule,
                                 warmup_steps=args.warmup)
@@ -79,6 +93,7 @@ def main() -> None:
         for alpha in args.alphas:  # fusion reuses the reranker's scores: no second pass through the model
             fused = [fuse_first_stage(s, b, args.depth, alpha) for s, b in zip(scores, bm25)]
             evaluate_pages(report, data, fused, f"BM25 + MLLM ({loss}, top {args.depth}, alpha {alpha:g})")
+        print(report.to_markdown(), file=sys.stderr, flush=True)  # partial results while the next loss trains
     print(f"- command: `python {shlex.join(sys.argv)}`")
     print(f"- machine: 2 CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n")

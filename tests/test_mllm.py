@@ -227,3 +227,13 @@ def test_lr_schedule_warms_up_then_decays():
     assert [lr_factor(s, 0, 10, "constant") for s in (0, 5, 20)] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="schedule must be one of"):
         MLLMRerankerModule.__init__(MLLMRerankerModule.__new__(MLLMRerankerModule), "unused", schedule="linear")
+
+
+def test_tokenizer_corpus_gives_its_words_tokens():
+    from mmrerank.rerankers.mllm.tiny import build_tokenizer
+
+    word = " population"
+    assert len(build_tokenizer(0).encode(word, add_special_tokens=False)) > 3  # character pieces without it
+    tok = build_tokenizer(0, corpus=["the population grew"] * 50)
+    assert tok.convert_ids_to_tokens(tok.encode(word, add_special_tokens=False)) == ["Ġpopulation"]
+    assert len(tok.encode("True", add_special_tokens=False)) == 1  # the labels stay single tokens
