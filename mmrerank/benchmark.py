@@ -12,13 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
+from PIL import Image
 
 from mmrerank.data.dataset import ImageTextDataset
 from mmrerank.data.revisited import RevisitedDataset, load_revisited
 from mmrerank.data.synthetic import SyntheticConfig, load_synthetic
 from mmrerank.data.synthetic.instances import InstanceConfig, load_instances
+from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.encoders.clip import CLIPEncoder, resolve_device
 from mmrerank.evaluation import DEFAULT_MEASURES, Report, evaluate_instances, evaluate_task
+from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
 
 DATASETS = ("synthetic", "coco", "flickr30k", "karpathy", "table")
@@ -234,9 +237,112 @@ def precompute(model: str, dataset: DatasetConfig | None = None, store: str | No
     return store
 
 
+@dataclass
+class MLLMConfig:
+    """MLLM yes/no reranker rows of a benchmark: document pages (BM25, BM25 + MLLM) and, optionally, the
+    image-text `t2i` direction (an `mllm` row beside the first stage).
+
+    Attributes:
+        checkpoint: a Lightning checkpoint of `MLLMRerankerModule` (what `mmrerank fit` with a `configs/mllm/`
+            file writes); it brings the base model, prompt, OCR setting and the score its loss trains. When set,
+            `model`, `adapter`, `score` and `use_ocr` are not used.
+        model: otherwise, the base model (hub name or folder; the tiny offline Qwen2-VL is built there when
+            `build_tiny` and the folder is missing, an untrained reranker useful for smoke tests only).
+        adapter: a LoRA adapter folder on `model` (e.g. `lightonai/MonoQwen2-VL-v0.1`).
+        score, use_ocr: as for `MLLMReranker` (`"logit"` after contrastive or pairwise training).
+        pages: the synthetic document pages to rerank; unused when `annotations` is set; None (without
+            `annotations`): no page rows.
+        annotations, pages_parquet: MMDocIR's own files (`MMDocIR_annotations.jsonl`, `MMDocIR_pages.parquet`).
+        depth: BM25 pages reranked per question.
+        alpha: also report `reranker score + alpha * min-max normalised BM25` for these weights (0: none).
+        image_text: also rerank the `t2i` direction's top `rerank_depth` images (`mllm` row).
+        image_size: resize image candidates to this square side first (match the training data's `image_size`).
+        batch_size: pairs per forward pass.
+    """
+
+    checkpoint: str | None = None
+    model: str = "checkpoints/tiny-qwen2-vl"
+    build_tiny: bool = True
+    adapter: str | None = None
+    score: str = "logprob"
+    use_ocr: bool = True
+    pages: PagesConfig | None = field(default_factory=lambda: PagesConfig(seed=1, documents=100))
+    annotations: str | None = None
+    pages_parquet: str | None = None
+    depth: int = 5
+    alpha: list[float] = field(default_factory=list)
+    image_text: bool = False
+    image_size: int | None = 112
+    batch_size: int = 16
+
+    def build(self, device: str = "auto"):
+        """The `MLLMReranker`, from `checkpoint` or from `model` (+ `adapter`)."""
+        from mmrerank.rerankers.mllm import MLLMReranker, build_tiny_vlm
+        from mmrerank.rerankers.mllm.module import MLLMRerankerModule
+
+        if self.checkpoint:
+            module = MLLMRerankerModule.load_from_checkpoint(self.checkpoint, map_location="cpu")
+            reranker = module.reranker.to(resolve_device(device)).eval()
+            reranker.batch_size = self.batch_size
+            return reranker
+        if self.build_tiny and not Path(self.model).exists():
+            build_tiny_vlm(self.model)
+        return MLLMReranker(self.model, adapter=self.adapter, score=self.score, use_ocr=self.use_ocr,
+                            batch_size=self.batch_size, device=device)
+
+    def load_pages(self):
+        from mmrerank.data.mmdocir import load_mmdocir
+
+        if self.annotations:
+            return load_mmdocir(self.annotations, _required(self.pages_parquet, "mllm.pages_parquet"))
+        folder = ensure_pages(self.pages)
+        return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
+
+    def name(self) -> str:
+        """How the report names the page set."""
+        if self.annotations:
+            return "MMDocIR pages"
+        if self.pages is None:
+            return "MLLM"
+        return f"synthetic pages (seed {self.pages.seed}, {self.pages.documents} documents)"
+
+    def run_pages(self, report: Report, reranker, progress: bool = True) -> None:
+        """Add the rows BM25, BM25 + MLLM (top `depth`) and, per `alpha`, the fused row to `report`."""
+        from mmrerank.evaluation import bm25_page_scores, evaluate_pages, fuse_first_stage, rerank_pages
+
+        if self.pages is None and not self.annotations:
+            return
+        data = self.load_pages()
+        start = time.perf_counter()
+        bm25 = bm25_page_scores(data)
+        report.timings["pages BM25"] = time.perf_counter() - start
+        evaluate_pages(report, data, bm25, "BM25")
+        start = time.perf_counter()
+        scores = rerank_pages(reranker, data, bm25, self.depth, self.batch_size, progress)
+        report.timings["pages MLLM"] = time.perf_counter() - start
+        evaluate_pages(report, data, scores, f"BM25 + MLLM (top {self.depth})")
+        for alpha in self.alpha:  # fusion reuses the reranker's scores
+            fused = [fuse_first_stage(s, b, self.depth, alpha) for s, b in zip(scores, bm25)]
+            evaluate_pages(report, data, fused, f"BM25 + MLLM (top {self.depth}, alpha {alpha:g})")
+
+    def image_text_reranker(self, reranker) -> Reranker:
+        """The reranker for `t2i` candidates (images), resized like the training images when `image_size`."""
+        return _ResizedImages(reranker, self.image_size) if self.image_size else reranker
+
+
+class _ResizedImages(Reranker):
+    """Resizes PIL image candidates to a square side before the wrapped reranker scores them."""
+
+    def __init__(self, reranker: Reranker, size: int) -> None:
+        self.reranker, self.size = reranker, size
+
+    def score(self, queries, candidates):
+        return self.reranker.score(queries, [c.resize((self.size, self.size), Image.BICUBIC) for c in candidates])
+
+
 def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfig | None = None,
               superglobal: SuperGlobalConfig | None = None, edje: EDJEBenchmarkConfig | None = None,
-              directions: list[str] | None = None, depth: int = 100,
+              mllm: MLLMConfig | None = None, directions: list[str] | None = None, depth: int = 100,
               rerank_depth: int = 16,
               measures: list[str] | None = None, output_dir: str | None = None, device: str = "auto",
               batch_size: int = 256, progress: bool = True) -> Report:
@@ -247,6 +353,7 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         first_stage: the dual encoder that retrieves the top `depth` candidates.
         superglobal: also report SuperGlobal image-to-image rows (off by default).
         edje: also report EDJE reranking rows (off by default).
+        mllm: also report MLLM yes/no reranker rows: document pages, and `t2i` if `mllm.image_text` (off by default).
         directions: `t2i` and/or `i2t` (an empty list skips image-text retrieval).
         depth: candidates retrieved per query (the run's K).
         rerank_depth: candidates each reranker rescores.
@@ -260,15 +367,21 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
     config = {"dataset": asdict(dataset), "first_stage": asdict(first_stage),
               "superglobal": asdict(superglobal) if superglobal else None,
-              "edje": asdict(edje) if edje else None, "directions": directions,
+              "edje": asdict(edje) if edje else None, "mllm": asdict(mllm) if mllm else None,
+              "directions": directions,
               "depth": depth, "rerank_depth": rerank_depth, "measures": measures}
     parts = [f"{dataset.name} {dataset.split}"] if directions else []
     parts += [f"{superglobal.dataset} image-to-image"] if superglobal else []
-    report = Report(f"{', '.join(parts)}: first stage {first_stage.model_name}", config=config)
+    parts += [mllm.name()] if mllm else []
+    uses_first_stage = bool(directions) or superglobal is not None  # a pages-only benchmark needs no dual encoder
+    title = f"{', '.join(parts)}: first stage {first_stage.model_name}" if uses_first_stage else ", ".join(parts)
+    report = Report(title, config=config)
 
-    start = time.perf_counter()
-    encoder = first_stage.build(dataset.synthetic, progress).to(resolve_device(device))
-    report.timings["first stage ready"] = time.perf_counter() - start
+    if uses_first_stage:
+        start = time.perf_counter()
+        encoder = first_stage.build(dataset.synthetic, progress).to(resolve_device(device))
+        report.timings["first stage ready"] = time.perf_counter() - start
+    mllm_reranker = mllm.build(device) if mllm is not None else None
 
     if directions:
         start = time.perf_counter()
@@ -287,10 +400,15 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         for direction in directions:
             task = data.task(direction)
             queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
-            evaluate_task(report, task, queries, corpus, rerankers, depth, rerank_depth, measures, batch_size,
-                          progress)
+            direction_rerankers = dict(rerankers)
+            if mllm_reranker is not None and mllm.image_text and direction == "t2i":
+                direction_rerankers["mllm"] = mllm.image_text_reranker(mllm_reranker)
+            evaluate_task(report, task, queries, corpus, direction_rerankers, depth, rerank_depth, measures,
+                          batch_size, progress)
     if superglobal is not None:
         superglobal.run(report, first_stage, device, progress)
+    if mllm_reranker is not None:
+        mllm.run_pages(report, mllm_reranker, progress)
     report.config["output_dir"] = output_dir
     report.save(output_dir)
     return report

@@ -57,7 +57,13 @@ def run_precompute(argv: list[str]) -> None:
     precompute(**parse_function_args(precompute, "mmrerank precompute", argv))
 
 
-SUBCOMMANDS = {"benchmark": run_benchmark, "precompute": run_precompute}
+def run_scaling(argv: list[str]) -> None:
+    from mmrerank.scaling.cli import main as scaling_main
+
+    scaling_main(argv)
+
+
+SUBCOMMANDS = {"benchmark": run_benchmark, "precompute": run_precompute, "scaling": run_scaling}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -228,11 +228,42 @@ class PageItems:
         return Page(self.dataset.images[i], self.dataset.ocr_text[i] if self.dataset.ocr_text is not None else "")
 
 
+def fuse_first_stage(reranked: Tensor, first_stage: Tensor, depth: int, alpha: float) -> Tensor:
+    """One question's page scores after reranking, fused with the first stage's.
+
+    The first stage's top `depth` pages (ties: lower page first) score `reranker score + alpha * s`, where `s` is
+    their first-stage score min-max normalised to [0, 1] over those pages (0 when they all tie); every other page
+    stays below them, in first-stage order. `alpha = 0` is the reranker alone.
+
+    Args:
+        reranked: `[P]` the question's page scores from `rerank_pages` (only the top `depth` are read).
+        first_stage: `[P]` the first-stage scores of the same pages.
+
+    Returns:
+        `[P]` fused scores.
+    """
+    if reranked.shape != first_stage.shape or reranked.ndim != 1:
+        raise ValueError(f"reranked {tuple(reranked.shape)} and first_stage {tuple(first_stage.shape)} must be the "
+                         "same 1-D shape")
+    order = torch.sort(first_stage, descending=True, stable=True).indices
+    head, tail = order[:depth], order[depth:]
+    if len(head) == 0:
+        return reranked.clone()
+    base = first_stage[head].float()
+    span = base.max() - base.min()
+    norm = (base - base.min()) / span if span > 0 else torch.zeros_like(base)
+    out = torch.empty(len(first_stage))
+    out[head] = reranked[head].float() + alpha * norm
+    out[tail] = out[head].min() - torch.arange(1, len(tail) + 1, dtype=torch.float)
+    return out
+
+
 def rerank_pages(reranker: Reranker, dataset: MMDocIRDataset, first_stage: Sequence[Tensor], depth: int,
-                 batch_size: int = 16, progress: bool = True) -> list[Tensor]:
+                 batch_size: int = 16, progress: bool = True, alpha: float = 0.0) -> list[Tensor]:
     """Rerank each question's top `depth` first-stage pages; returns per-question scores in page order.
 
-    The reranked pages get the reranker's scores; the others keep their first-stage order below them.
+    The reranked pages get the reranker's scores (plus `alpha` times their normalised first-stage score, see
+    `fuse_first_stage`; 0 by default: the reranker alone); the others keep their first-stage order below them.
     """
     run = dataset.per_document_run(first_stage)
     task = RetrievalTask("pages", dataset.questions, PageItems(dataset), dataset.qrels)
@@ -243,5 +274,5 @@ def rerank_pages(reranker: Reranker, dataset: MMDocIRDataset, first_stage: Seque
         page_scores = torch.empty(len(first_stage[q]))
         valid = rows != PAD
         page_scores[rows[valid] - start] = scores[valid]
-        out.append(page_scores)
+        out.append(fuse_first_stage(page_scores, first_stage[q], depth, alpha) if alpha else page_scores)
     return out

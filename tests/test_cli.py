@@ -65,10 +65,12 @@ def final_checkpoint(root: Path) -> dict:
     return torch.load(ckpt, map_location="cpu", weights_only=True)
 
 
-def run_cli(args: list[str]) -> None:
+def run_cli(args: list[str], cwd: Path | None = None) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if cwd is not None:  # relative paths in a config (checkpoint folders) then land under cwd; keep mmrerank importable
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CONFIGS.parent), env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-m", "mmrerank.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, cwd=cwd)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -108,3 +110,25 @@ def test_fit_mllm_on_synthetic_pages(tmp_path):
              f"--data.init_args.train.root={tmp_path}", "--data.init_args.train.documents=4",
              f"--data.init_args.val.root={tmp_path}", "--data.init_args.val.documents=2"])
     assert final_checkpoint(tmp_path)["global_step"] == 2
+
+
+def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
+    """A few `fit` steps of the image-text config on a tiny split: mines groups with a 2-step first stage, trains,
+    and leaves the final weights where the config's checkpoint callback puts them (under the working folder)."""
+    data = "--data.init_args."
+    run_cli(["fit", "--config", str(CONFIGS / "mllm" / "synthetic_images.yaml"),
+             f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+             "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
+             f"--model.init_args.model_name_or_path={tmp_path / 'tiny'}", "--model.init_args.warmup_steps=1",
+             f"{data}batch_size=2", f"{data}train_captions=12", f"{data}val_captions=4", f"{data}depth=6",
+             f"{data}image_size=56", f"{data}cache_dir={tmp_path / 'groups'}",
+             f"{data}synthetic.root={tiny_config.root}", f"{data}synthetic.seed={tiny_config.seed}",
+             f"{data}synthetic.train_images={tiny_config.train_images}",
+             f"{data}synthetic.val_images={tiny_config.val_images}",
+             f"{data}synthetic.test_images={tiny_config.test_images}",
+             f"{data}first_stage.checkpoint={tmp_path / 'fs.safetensors'}", f"{data}first_stage.train_steps=2",
+             f"{data}first_stage.batch_size=8"], cwd=tmp_path)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "mllm" / "synthetic-images" / "last.ckpt", map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["schedule"] == "cosine"
+    assert {p.name.split("-")[0] for p in (tmp_path / "groups").glob("*.json")} == {"train", "val"}

@@ -206,7 +206,8 @@ def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, ti
 
 def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
     out = tmp_path / "report"
-    main(["benchmark", *synthetic_args("dataset", tiny_config), f"--first_stage.checkpoint={trained / 'fs.safetensors'}",
+    main(["benchmark", *synthetic_args("dataset", tiny_config),
+          f"--first_stage.checkpoint={trained / 'fs.safetensors'}",
           f"--edje.model={trained / 'model'}", "--edje.alpha=1.0", f"--edje.store={tmp_path / 'store'}",
           "--depth=20", "--rerank_depth=5", f"--output_dir={out}", "--progress=false"])
     rows = json.loads((out / "report.json").read_text())["rows"]

@@ -200,3 +200,40 @@ def test_lora_adapter_saves_and_loads(tiny_folder, images, tmp_path):
     module.save_reranker(tmp_path / "adapter")
     loaded = MLLMReranker(tiny_folder, adapter=tmp_path / "adapter", device="cpu")
     torch.testing.assert_close(loaded.score(QUERIES, images), trained, atol=1e-5, rtol=0)
+
+
+def test_logit_score_and_loss_dependent_scoring(reranker, tiny_folder, images):
+    out = reranker.logits_for(QUERIES, images)
+    reranker.score_mode = "logit"
+    try:
+        raw = reranker.score(QUERIES, images)
+    finally:
+        reranker.score_mode = "logprob"
+    torch.testing.assert_close(raw, out.label_logits[:, 0].detach(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="score must be one of"):
+        MLLMReranker(tiny_folder, score="prob", device="cpu")
+    # a module scores with what its loss trains: the label softmax after SFT, the raw positive logit otherwise
+    assert MLLMRerankerModule(str(tiny_folder), loss="sft").reranker.score_mode == "logprob"
+    assert MLLMRerankerModule(str(tiny_folder), loss="contrastive").reranker.score_mode == "logit"
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from mmrerank.rerankers.mllm.module import lr_factor
+
+    warm = [lr_factor(s, warmup=4, total=14, schedule="cosine") for s in range(16)]
+    assert warm[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert warm[4] == pytest.approx(1.0) and warm[9] == pytest.approx(0.5) and warm[14] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(warm[3:], warm[4:])) and warm[15] == pytest.approx(0.0)
+    assert [lr_factor(s, 0, 10, "constant") for s in (0, 5, 20)] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        MLLMRerankerModule.__init__(MLLMRerankerModule.__new__(MLLMRerankerModule), "unused", schedule="linear")
+
+
+def test_tokenizer_corpus_gives_its_words_tokens():
+    from mmrerank.rerankers.mllm.tiny import build_tokenizer
+
+    word = " population"
+    assert len(build_tokenizer(0).encode(word, add_special_tokens=False)) > 3  # character pieces without it
+    tok = build_tokenizer(0, corpus=["the population grew"] * 50)
+    assert tok.convert_ids_to_tokens(tok.encode(word, add_special_tokens=False)) == ["Ġpopulation"]
+    assert len(tok.encode("True", add_special_tokens=False)) == 1  # the labels stay single tokens

@@ -81,3 +81,37 @@ def test_rerank_pages_reorders_only_the_head(pages):
         head = sorted(order[:depth], key=lambda p: -len(texts[p]))  # stable: ties keep BM25 order
         expected = head + order[depth:]
         assert torch.sort(after, descending=True, stable=True).indices.tolist() == expected
+
+
+def test_fusion_adds_normalised_first_stage_to_the_head_only():
+    from mmrerank.evaluation import fuse_first_stage
+
+    first = torch.tensor([1.0, 5.0, 3.0, 3.0, 0.0])  # first-stage order: 1, 2, 3, 0, 4
+    reranked = torch.tensor([-9.0, -2.0, -1.0, -3.0, 99.0])  # only pages 1, 2, 3 (the top 3) are read
+    fused = fuse_first_stage(reranked, first, depth=3, alpha=4.0)
+    # head min-max over BM25 (3, 5): page 1 -> 1, pages 2, 3 -> 0; fused = reranked + 4 * that
+    assert fused[[1, 2, 3]].tolist() == [2.0, -1.0, -3.0]
+    assert fused[0] < fused[[1, 2, 3]].min() and fused[4] < fused[0]  # the tail: below the head, in BM25 order
+    alone = fuse_first_stage(reranked, first, depth=3, alpha=0.0)
+    assert alone[[1, 2, 3]].tolist() == [-2.0, -1.0, -3.0]
+    tied = fuse_first_stage(reranked, torch.full((5,), 2.0), depth=2, alpha=4.0)  # all tie: nothing to add
+    assert tied[[0, 1]].tolist() == [-9.0, -2.0] and tied[[2, 3, 4]].tolist() == [-10.0, -11.0, -12.0]
+    with pytest.raises(ValueError, match="same 1-D shape"):
+        fuse_first_stage(reranked, first[:4], depth=3, alpha=1.0)
+
+
+def test_rerank_pages_with_alpha_fuses(pages):
+    from mmrerank.evaluation import fuse_first_stage, rerank_pages
+    from mmrerank.rerankers.base import Reranker
+
+    class TextLength(Reranker):
+        def score(self, queries, candidates):
+            return torch.tensor([float(len(page.text)) / 100 for page in candidates])
+
+    first = bm25_page_scores(pages)
+    alone = rerank_pages(TextLength(), pages, first, 3, progress=False)
+    fused = rerank_pages(TextLength(), pages, first, 3, progress=False, alpha=2.0)
+    for a, f, b in zip(alone, fused, first):
+        torch.testing.assert_close(f, fuse_first_stage(a, b, 3, 2.0))
+    assert any(not torch.equal(torch.sort(a, descending=True, stable=True).indices,
+                               torch.sort(f, descending=True, stable=True).indices) for a, f in zip(alone, fused))

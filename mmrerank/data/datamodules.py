@@ -1,4 +1,5 @@
-"""Lightning data modules shared by the families: image-caption pairs and page groups for rerankers."""
+"""Lightning data modules shared by the families: image-caption pairs, and groups of (query, positive, hard
+negatives) for rerankers over document pages and over synthetic images."""
 
 from __future__ import annotations
 

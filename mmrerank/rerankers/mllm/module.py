@@ -11,7 +11,9 @@ Losses (`loss=`):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,18 @@ from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT, MLLMReranker, PairO
 from mmrerank.rerankers.mllm.tiny import build_tiny_vlm
 
 LOSS_NAMES = ("sft", "contrastive", "pairwise")
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """The learning-rate multiplier at optimizer step `step`: linear warm-up over `warmup` steps, then constant
+    or a cosine decay that reaches 0 at step `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def collate_groups(groups: Sequence[tuple[str, Sequence[Any]]]) -> dict[str, Any]:
@@ -70,27 +84,36 @@ class MLLMRerankerModule(L.LightningModule):
             model's attention projections; the vision tower's are named `qkv`/`proj` and stay frozen).
         freeze_vision: without LoRA, keep the vision tower fixed.
         lr, weight_decay: AdamW settings (no decay on biases and norms).
+        schedule: `"constant"` or `"cosine"` (decay to 0 over the trainer's `max_steps`), after `warmup_steps` of
+            linear warm-up from 0.
         temperature: divides the scores in the group losses.
         dtype: the model's weights' dtype (use Lightning's `precision` for mixed precision).
         build_tiny: if `model_name_or_path` is a folder that does not exist yet, build the tiny offline Qwen2-VL
             there first (`build_tiny_vlm`), so configs run without a download.
+        tiny_hidden, tiny_layers: that tiny model's language-model width and depth.
+
+    The reranker scores with what the loss trains: `log P(positive label)` after SFT, the positive label's raw
+    logit after the group losses (`MLLMReranker(score="logit")`; the negative label's logit gets no training).
     """
 
     def __init__(self, model_name_or_path: str, adapter: str | None = None, loss: str = "sft",
                  prompt: str = DEFAULT_PROMPT, labels: Sequence[str] = ("True", "False"), use_ocr: bool = False,
                  head: str | None = None, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
                  lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-                 freeze_vision: bool = True, lr: float = 1e-4, weight_decay: float = 0.0, temperature: float = 1.0,
-                 dtype: str = "float32", build_tiny: bool = False) -> None:
+                 freeze_vision: bool = True, lr: float = 1e-4, weight_decay: float = 0.0, schedule: str = "constant",
+                 warmup_steps: int = 0, temperature: float = 1.0, dtype: str = "float32", build_tiny: bool = False,
+                 tiny_hidden: int = 64, tiny_layers: int = 2) -> None:
         super().__init__()
-        if build_tiny and not Path(model_name_or_path).exists():  # the offline default: a tiny random Qwen2-VL
-            build_tiny_vlm(model_name_or_path)
         if loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if build_tiny and not Path(model_name_or_path).exists():  # the offline default: a tiny random Qwen2-VL
+            build_tiny_vlm(model_name_or_path, hidden=tiny_hidden, layers=tiny_layers)
         self.save_hyperparameters()
         # Built on CPU; Lightning moves the module (and so the model) to the training device.
         self.reranker = MLLMReranker(model_name_or_path, prompt=prompt, labels=labels, use_ocr=use_ocr, head=head,
-                                     device="cpu", dtype=dtype)
+                                     score="logprob" if loss == "sft" else "logit", device="cpu", dtype=dtype)
         if adapter is not None or lora_r > 0:
             peft = import_peft()
 
@@ -149,8 +172,14 @@ class MLLMRerankerModule(L.LightningModule):
         params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         decay = [p for n, p in params if p.ndim >= 2]
         no_decay = [p for n, p in params if p.ndim < 2]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        if self.hparams.schedule == "constant" and self.hparams.warmup_steps == 0:
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1) if self._trainer is not None else 1
+        factor = partial(lr_factor, warmup=self.hparams.warmup_steps, total=total, schedule=self.hparams.schedule)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def save_reranker(self, folder: str | Path) -> Path:
         """Save what `MLLMReranker` needs to load the trained model: the LoRA adapter (load it with

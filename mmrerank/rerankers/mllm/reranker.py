@@ -25,6 +25,7 @@ DEFAULT_PROMPT = ("Assert the relevance of the previous image document to the fo
                   "The query is: {query}")
 # With `use_ocr=True` this goes before the prompt, so the model reads the page text right after the page image.
 DEFAULT_OCR_PREFIX = "The document text is: {ocr}\n"
+SCORE_MODES = ("logprob", "logit_diff", "logit")
 
 
 def import_peft():
@@ -129,6 +130,8 @@ class MLLMReranker(Reranker, nn.Module):
 
     - `score="logprob"`: log P(positive label) after a softmax restricted to the two label logits;
     - `score="logit_diff"`: logit(positive) - logit(negative) (same ranking, unbounded);
+    - `score="logit"`: the positive label's raw logit, the score that contrastive and pairwise training rank with
+      (those losses leave the negative label's logit untrained, so a softmax over both would add noise);
     - with `head="mlp"`: the scalar of an MLP on the last hidden state (jina-reranker-m0 style), which
       replaces the label-based score.
 
@@ -139,7 +142,7 @@ class MLLMReranker(Reranker, nn.Module):
         adapter: a peft LoRA adapter (path or hub name, e.g. `lightonai/MonoQwen2-VL-v0.1`) applied to the model.
         prompt: user text after the image; must contain `{query}`.
         labels: the (positive, negative) answer words, each a single token.
-        score: `"logprob"` or `"logit_diff"`.
+        score: `"logprob"`, `"logit_diff"` or `"logit"` (use `"logit"` after contrastive or pairwise training).
         use_ocr: put the candidate's OCR text in the prompt.
         head: None or `"mlp"`.
         head_path: a state dict saved by `save_head`, loaded into the head.
@@ -160,8 +163,8 @@ class MLLMReranker(Reranker, nn.Module):
                  processor_name_or_path: str | Path | None = None, processor_kwargs: dict | None = None,
                  merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int = 2000) -> None:
         super().__init__()
-        if score not in ("logprob", "logit_diff"):
-            raise ValueError(f"score must be 'logprob' or 'logit_diff', got {score!r}")
+        if score not in SCORE_MODES:
+            raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
         if head not in (None, "mlp"):
             raise ValueError(f"head must be None or 'mlp', got {head!r}")
         if "{query}" not in prompt:
@@ -254,6 +257,8 @@ class MLLMReranker(Reranker, nn.Module):
             return output.head
         if self.score_mode == "logprob":
             return F.log_softmax(output.label_logits, dim=-1)[:, 0]
+        if self.score_mode == "logit":
+            return output.label_logits[:, 0]
         return output.label_logits[:, 0] - output.label_logits[:, 1]
 
     @torch.no_grad()

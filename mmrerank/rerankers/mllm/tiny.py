@@ -9,6 +9,7 @@ for `Qwen/Qwen2-VL-2B-Instruct` (`AutoModelForImageTextToText` / `AutoProcessor.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -65,18 +66,20 @@ def _corpus(rng: random.Random, n: int = 400) -> list[str]:
     return lines
 
 
-def build_tokenizer(seed: int = 0, vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer (Qwen's family of tokenizer) on generated text.
+def build_tokenizer(seed: int = 0, vocab_size: int = 1000, corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (Qwen's family of tokenizer) on generated text, plus `corpus`.
 
     Byte-level means any string encodes (no unknown token), so a label that is not in the vocabulary splits
-    into several tokens, as it would with the real Qwen tokenizer.
+    into several tokens, as it would with the real Qwen tokenizer. Trained on the generated text alone, most
+    other words split into single characters; a `corpus` of the task's training text gives its frequent words
+    their own tokens, as a real model's large vocabulary does.
     """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(random.Random(seed)), trainer=trainer)
+    tok.train_from_iterator([*_corpus(random.Random(seed)), *corpus], trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    padding_side="left")
     for word in ANSWER_WORDS:  # the reranker's labels must each be one token; fail here rather than in a test
@@ -108,7 +111,8 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: in
                          vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
-def build_tiny_vlm(folder: str | Path, seed: int = 0) -> Path:
+def build_tiny_vlm(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, corpus: Sequence[str] = (),
+                   vocab_size: int = 1000) -> Path:
     """Build a tiny random Qwen2-VL, its tokenizer, chat template and processor, and save them to `folder`.
 
     Images are resized to between 56x56 and 112x112 pixels, i.e. 4 to 16 visual tokens after 2x2 merging.
@@ -117,18 +121,20 @@ def build_tiny_vlm(folder: str | Path, seed: int = 0) -> Path:
         folder: where to save; afterwards `AutoModelForImageTextToText.from_pretrained(folder)` and
             `AutoProcessor.from_pretrained(folder)` load the model and processor.
         seed: seeds both the tokenizer's training corpus and the model's random weights.
+        hidden, layers: the language model's width (a multiple of 8: 4 heads of an even size) and depth.
+        corpus, vocab_size: extra tokenizer training text (e.g. the training documents) and the vocabulary size.
 
     Returns:
         `folder` as a `Path`.
     """
     folder = Path(folder)
-    tokenizer = build_tokenizer(seed)
+    tokenizer = build_tokenizer(seed, vocab_size, corpus)
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
     video_processor = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
     processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                  video_processor=video_processor, chat_template=CHAT_TEMPLATE)
     torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(tiny_config(tokenizer)).eval()
+    model = Qwen2VLForConditionalGeneration(tiny_config(tokenizer, hidden, layers)).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
