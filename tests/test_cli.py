@@ -108,7 +108,8 @@ def test_fit_mllm_on_synthetic_pages(tmp_path):
              "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
              f"--model.init_args.model_name_or_path={tmp_path / 'tiny'}", "--data.init_args.batch_size=2",
              f"--data.init_args.train.root={tmp_path}", "--data.init_args.train.documents=4",
-             f"--data.init_args.val.root={tmp_path}", "--data.init_args.val.documents=2"])
+             f"--data.init_args.val.root={tmp_path}", "--data.init_args.val.documents=2"],
+            cwd=tmp_path)
     assert final_checkpoint(tmp_path)["global_step"] == 2
 
 
