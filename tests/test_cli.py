@@ -102,15 +102,20 @@ def test_benchmark_command_writes_report(tiny_config, tmp_path):
     assert (out / "success_at_k.png").stat().st_size > 0 and (tmp_path / "fs.safetensors").is_file()
 
 
+def last_checkpoint(root: Path, name: str) -> dict:
+    """The checkpoint a `configs/mllm/` file's callback writes (relative to the working folder `root`)."""
+    return torch.load(root / "checkpoints" / "mllm" / name / "last.ckpt", map_location="cpu", weights_only=False)
+
+
 def test_fit_mllm_on_synthetic_pages(tmp_path):
     run_cli(["fit", "--config", str(CONFIGS / "mllm" / "synthetic_pages.yaml"),
-             f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+             f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
              "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
+             "--trainer.callbacks.every_n_train_steps=3",
              f"--model.init_args.model_name_or_path={tmp_path / 'tiny'}", "--data.init_args.batch_size=2",
              f"--data.init_args.train.root={tmp_path}", "--data.init_args.train.documents=4",
-             f"--data.init_args.val.root={tmp_path}", "--data.init_args.val.documents=2"],
-            cwd=tmp_path)
-    assert final_checkpoint(tmp_path)["global_step"] == 2
+             f"--data.init_args.val.root={tmp_path}", "--data.init_args.val.documents=2"], cwd=tmp_path)
+    assert last_checkpoint(tmp_path, "synthetic-pages")["global_step"] == 3  # the last step, after validation at 2
 
 
 def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
@@ -128,8 +133,7 @@ def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
              f"{data}synthetic.val_images={tiny_config.val_images}",
              f"{data}synthetic.test_images={tiny_config.test_images}",
              f"{data}first_stage.checkpoint={tmp_path / 'fs.safetensors'}", f"{data}first_stage.train_steps=2",
-             f"{data}first_stage.batch_size=8"], cwd=tmp_path)
-    checkpoint = torch.load(tmp_path / "checkpoints" / "mllm" / "synthetic-images" / "last.ckpt", map_location="cpu",
-                            weights_only=False)
+             f"{data}first_stage.batch_size=8", "--trainer.callbacks.every_n_train_steps=1"], cwd=tmp_path)
+    checkpoint = last_checkpoint(tmp_path, "synthetic-images")
     assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["schedule"] == "cosine"
     assert {p.name.split("-")[0] for p in (tmp_path / "groups").glob("*.json")} == {"train", "val"}
