@@ -197,6 +197,23 @@ def bm25_page_scores(dataset: MMDocIRDataset) -> list[Tensor]:
     return scores  # type: ignore[return-value]
 
 
+def clip_page_scores(dataset: MMDocIRDataset, encoder, batch_size: int = 64, progress: bool = True) -> list[Tensor]:
+    """The open_clip first stage for pages: each question's cosine similarity with its own document's page images.
+
+    Args:
+        encoder: a `CLIPEncoder` (dual encoder; pages are encoded once, questions once).
+
+    Returns:
+        Per question, `[pages of its document]` scores in page order (as `bm25_page_scores`).
+    """
+    if dataset.images is None:
+        raise ValueError("open_clip over pages needs their images: load the dataset with its pages parquet")
+    page_emb = encoder.encode(dataset.images, batch_size, progress).cpu()  # [P, e]
+    question_emb = encoder.encode(dataset.questions, batch_size, progress).cpu()  # [Q, e]
+    return [page_emb[dataset.candidates(q).start:dataset.candidates(q).stop] @ question_emb[q]
+            for q in range(len(dataset.questions))]
+
+
 def evaluate_pages(report: Report, dataset: MMDocIRDataset, scores_by_question: Sequence[Tensor], system: str,
                    ks: Sequence[int] = (1, 3, 5)) -> None:
     """MMDocIR page-level recall@k, macro (over domains) and micro (over questions), as one report row."""

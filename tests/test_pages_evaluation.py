@@ -115,3 +115,25 @@ def test_rerank_pages_with_alpha_fuses(pages):
         torch.testing.assert_close(f, fuse_first_stage(a, b, 3, 2.0))
     assert any(not torch.equal(torch.sort(a, descending=True, stable=True).indices,
                                torch.sort(f, descending=True, stable=True).indices) for a, f in zip(alone, fused))
+
+
+def test_clip_page_scores_match_a_per_question_loop(tmp_path):
+    from mmrerank.data.mmdocir import load_mmdocir
+    from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
+    from mmrerank.encoders.clip import CLIPEncoder
+    from mmrerank.evaluation import clip_page_scores
+
+    folder = ensure_pages(PagesConfig(seed=5, documents=2, root=str(tmp_path)))
+    data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
+    torch.manual_seed(0)
+    encoder = CLIPEncoder("mmrerank-tiny-resnet").eval()
+    scores = clip_page_scores(data, encoder, batch_size=3, progress=False)
+    assert len(scores) == len(data.questions)
+    with torch.no_grad():
+        for q in (0, len(data.questions) - 1):
+            pages = data.candidates(q)
+            images = encoder.encode_images(encoder.image_tensor([data.images[p] for p in pages]))
+            text = encoder.encode_texts([data.questions[q]])[0]
+            torch.testing.assert_close(scores[q], images @ text, atol=1e-5, rtol=1e-4)
+    run = data.per_document_run(scores)  # a Run over each document's pages, like BM25's
+    assert run.indices.shape[0] == len(data.questions)
