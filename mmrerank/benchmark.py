@@ -201,13 +201,18 @@ class EDJEBenchmarkConfig:
             raise FileNotFoundError(f"no EDJE model at {self.model}; train one first: "
                                     "mmrerank fit --config configs/edje/synthetic.yaml")
         model = EDJE.load(self.model)
-        store = self.store or str(Path(self.model) / "tokens" / f"{dataset.name}-{dataset.split}")
+        store = self.store or default_store(self.model, dataset)
         tokens = precompute_images(model, data.images, store, self.dtype, self.shard_size, device=device,
                                    progress=progress)
         rows = {"edje": EDJEReranker(model, tokens, 0.0, device)}
         if self.alpha:
             rows[f"edje + {self.alpha:g} x first stage"] = EDJEReranker(model, tokens, self.alpha, device)
         return rows
+
+
+def default_store(model: str, dataset: DatasetConfig) -> str:
+    """Where a dataset split's EDJE token store goes by default: `<model>/tokens/<dataset>-<split>`."""
+    return str(Path(model) / "tokens" / f"{dataset.name}-{dataset.split}")
 
 
 def precompute(model: str, dataset: DatasetConfig | None = None, store: str | None = None, dtype: str = "bfloat16",
@@ -228,7 +233,7 @@ def precompute(model: str, dataset: DatasetConfig | None = None, store: str | No
     from mmrerank.rerankers.edje import EDJE, precompute_images
 
     dataset = dataset or DatasetConfig()
-    store = store or str(Path(model) / "tokens" / f"{dataset.name}-{dataset.split}")
+    store = store or default_store(model, dataset)
     tokens = precompute_images(EDJE.load(model), dataset.load().images, store, dtype, shard_size, batch_size, device,
                                overwrite, progress)
     footprint = tokens.footprint()

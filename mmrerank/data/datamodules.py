@@ -113,7 +113,24 @@ class PageGroups(Dataset):
         return self.dataset.questions[q], [Page(self.dataset.images[r], self.dataset.ocr_text[r]) for r in rows]
 
 
-class PageGroupsDataModule(L.LightningDataModule):
+class GroupsDataModule(L.LightningDataModule):
+    """Base of the MLLM data modules: `train_set` / `val_set` of (query, [positive, negatives...]) groups, batched
+    by `collate_groups` (subclasses set the sets in `setup` and `batch_size` / `num_workers` in `__init__`)."""
+
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        from mmrerank.rerankers.mllm.module import collate_groups
+
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_groups, drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class PageGroupsDataModule(GroupsDataModule):
     """Groups of (question, gold page + BM25 hard negatives) from the synthetic document pages (MMDocIR format).
 
     Args:
@@ -143,18 +160,6 @@ class PageGroupsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.train_set = PageGroups(self._load(self.train_config), self.negatives)
         self.val_set = PageGroups(self._load(self.val_config), self.negatives)
-
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        from mmrerank.rerankers.mllm.module import collate_groups
-
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_groups, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
 
 
 class RerankGroups(Dataset):
@@ -336,7 +341,7 @@ class ImageGroups(Dataset):
         return self.data.captions[caption], [self._image(r) for r in rows]
 
 
-class ImageGroupsDataModule(L.LightningDataModule):
+class ImageGroupsDataModule(GroupsDataModule):
     """Groups of (caption, its image + first-stage hard negatives) from the built-in synthetic image-text benchmark.
 
     Hard negatives are the first stage's top images for the caption that do not satisfy it (`scenes.satisfies`:
@@ -419,15 +424,3 @@ class ImageGroupsDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.train_set, self.val_set = self.groups("train"), self.groups("val")
-
-    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
-        from mmrerank.rerankers.mllm.module import collate_groups
-
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_groups, drop_last=shuffle)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
