@@ -1,0 +1,101 @@
+"""The EDJE sweep trainer: exact parameter counts, metrics of the fixed candidates, and a smoke sweep with a report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.metrics import evaluate
+from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
+from mmrerank.scaling.cli import main as scaling_main
+from mmrerank.scaling.edje import EvalTask, candidate_metrics, joint_config, non_embedding_params
+from mmrerank.scaling.grid import ModelSize, SweepConfig, run_sweep
+from mmrerank.scaling.results import read_evaluations
+
+
+def test_non_embedding_params_count_everything_but_the_embedding_tables():
+    tok = build_wordpiece_tokenizer(["a red circle", "a blue square"], vocab_size=60)
+    config = EDJEConfig(vision="timm:none", patch_dim=24, num_patches=9, num_image_tokens=4, adapter_heads=2,
+                        joint=joint_config({"hidden": 32, "layers": 2, "heads": 2}), max_text_len=8)
+    model = EDJE(config, tok)
+    d, layers, inter = 32, 2, 128
+    per_layer = 4 * (d * d + d) + 2 * d + (d * inter + inter) + (inter * d + d) + 2 * d  # attention, MLP, 2 norms
+    joint = layers * per_layer + (d * d + d) + (d + 1) + 2 * d  # layers, pooler, score head, embedding LayerNorm
+    adapter = sum(p.numel() for p in model.adapter.parameters())
+    assert non_embedding_params(model) == joint + adapter
+    embeddings = model.joint.bert.embeddings
+    tables = sum(t.weight.numel() for t in (embeddings.word_embeddings, embeddings.position_embeddings,
+                                            embeddings.token_type_embeddings))
+    assert non_embedding_params(model) == sum(p.numel() for p in model.parameters()) - tables
+
+
+def test_joint_config_needs_the_shape():
+    assert joint_config({"hidden": 64, "layers": 2, "heads": 4})["intermediate_size"] == 256
+    with pytest.raises(ValueError, match="heads"):
+        joint_config({"hidden": 64, "layers": 2})
+
+
+def test_candidate_metrics_equal_the_metrics_of_the_reordered_run():
+    from mmrerank.data.run import Qrels
+
+    torch.manual_seed(0)
+    q, n, k = 6, 20, 5
+    candidates = torch.stack([torch.randperm(n)[:k] for _ in range(q)])
+    query_ids, image_ids = [f"q{i}" for i in range(q)], [f"d{i}" for i in range(n)]
+    relevant = [(i, int(candidates[i, i % k])) for i in range(q)] + [(0, int(candidates[0, 4]))]
+    qrels = Qrels.from_pairs(query_ids, image_ids, torch.tensor([r[0] for r in relevant]),
+                             torch.tensor([r[1] for r in relevant]))
+    scores = torch.randn(q, k)
+    task = EvalTask([f"caption {i}" for i in range(q)], candidates, qrels, query_ids, image_ids)
+    got = candidate_metrics(scores, task)
+    # independent expectation: a naive per-query sort into a dict run, scored by the same metric code
+    run = {query_ids[i]: {image_ids[int(d)]: float(s) for d, s in zip(candidates[i], scores[i])} for i in range(q)}
+    naive = {qid: {did: 1 for did in docs} for qid, docs in
+             ((query_ids[a], [image_ids[b] for c, b in relevant if c == a]) for a in range(q))}
+    expected = evaluate(run, naive, ["nDCG@10", "AP", "RR", "R@1", f"CE@{k}"])
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+    # RR by hand: the best rank of a query's relevant candidates under the scores
+    ranks = []
+    for i in range(q):
+        rel = [j for j in range(k) if (i, int(candidates[i, j])) in relevant]
+        ranks.append(min(int((scores[i] > scores[i, j]).sum()) + 1 for j in rel))
+    assert got["RR"] == pytest.approx(sum(1 / r for r in ranks) / q)
+
+
+def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path):
+    """Two sizes x two budgets x one loss on the tiny benchmark with a random first stage, then the report."""
+    first_stage = tmp_path / "fs.safetensors"
+    CLIPEncoder("mmrerank-tiny-resnet").save_weights(first_stage)
+    synthetic = {k: getattr(tiny_config, k) for k in ("root", "seed", "train_images", "val_images", "test_images")}
+    config = SweepConfig(
+        sizes=[ModelSize("s1", 1, {"hidden": 16, "layers": 1, "heads": 2}),
+               ModelSize("s2", 1, {"hidden": 32, "layers": 2, "heads": 2})],
+        budgets=[16, 32], losses=["listwise"], eval_fractions=[0.5, 1.0], trainer="mmrerank.scaling.edje:train_point",
+        trainer_args={"candidates": 8, "batch_size": 4, "negatives": 3, "hard": 2, "eval_queries": 12,
+                      "synthetic": synthetic, "first_stage": {"checkpoint": str(first_stage)},
+                      "module": {"feature_index": 2, "num_image_tokens": 4, "patch_positions": True,
+                                 "adapter_heads": 2, "adapter_mlp_ratio": 1, "max_text_len": 16, "vocab_size": 200}})
+    results = tmp_path / "sweep.jsonl"
+    ran = run_sweep(config, results)
+    assert len(ran) == 4
+    lines = read_evaluations(results)
+    assert len(lines) == 2 * 2 * 2  # sizes x budgets x checkpoints (half the budget, all of it)
+    assert {(e.size, e.examples) for e in lines if e.final} == {("s1", 16), ("s1", 32), ("s2", 16), ("s2", 32)}
+    small, large = ({e.params for e in lines if e.size == s} for s in ("s1", "s2"))
+    assert len(small) == len(large) == 1 and large.pop() > small.pop()
+    for e in lines:
+        assert e.steps * 4 == e.examples and e.examples in (e.budget // 2, e.budget) and 0 <= e.metrics["nDCG@10"] <= 1 and e.metrics["CE@8"] > 0
+        assert set(e.metrics) >= {"nDCG@1", "nDCG@5", "nDCG@10", "AP", "RR", "R@5", "CE@8"}
+    assert run_sweep(config, results) == []  # resume: every point is finished
+
+    out = tmp_path / "report"
+    scaling_main(["fit", "--results", str(results), "--output-dir", str(out), "--resamples", "20",
+                  "--data-resamples", "10", "--metrics", "nDCG@10"])
+    report = json.loads((out / "report.json").read_text())
+    assert "nDCG@10" in json.dumps(report) and (out / "report.md").is_file()
+    assert asdict(config.sizes[0])["dims"]["hidden"] == 16
