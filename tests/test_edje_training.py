@@ -110,6 +110,21 @@ def test_model_shapes_and_folder_round_trip(tmp_path, m):
         EDJE.load(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("m", [4, None])
+def test_patch_statistics_standardise_every_channel_and_travel_with_the_model(tmp_path, m):
+    torch.manual_seed(0)
+    model = tiny_model(m).eval()
+    patches = torch.randn(6, 9, 24) * torch.linspace(0.5, 4, 24) + torch.linspace(-3, 3, 24)  # [N, P, D]
+    flat = patches.reshape(-1, 24)
+    by_hand = (patches - flat.mean(0)) / flat.std(0)
+    with torch.no_grad():
+        expected = model.compress(by_hand)  # identity statistics until they are set
+        model.set_patch_statistics(patches)
+        torch.testing.assert_close(model.compress(patches), expected)
+        model.save(tmp_path / "edje")
+        torch.testing.assert_close(EDJE.load(tmp_path / "edje").compress(patches), expected)
+
+
 def test_a_few_steps_drive_the_itm_loss_down_and_separate_positives():
     torch.manual_seed(1)
     model = tiny_model().train()

@@ -75,14 +75,20 @@ class SweepArgs:
         return cls(**known)
 
 
-def joint_config(dims: dict[str, Any]) -> dict[str, int]:
-    """`BertConfig` keyword arguments of a size: `{hidden, layers, heads[, intermediate]}`."""
+def joint_config(dims: dict[str, Any]) -> dict[str, Any]:
+    """`BertConfig` keyword arguments of a size: `{hidden, layers, heads[, intermediate]}`.
+
+    Weights start with std `hidden ** -0.5` (BERT's 0.02 is sized for width 768 and stalls narrow encoders) and
+    dropout is off (the runs are far shorter than an epoch).
+    """
     missing = {"hidden", "layers", "heads"} - set(dims)
     if missing:
         raise ValueError(f"an EDJE sweep size needs dims hidden, layers and heads; missing {sorted(missing)}")
     hidden = int(dims["hidden"])
     return {"hidden_size": hidden, "num_hidden_layers": int(dims["layers"]),
-            "num_attention_heads": int(dims["heads"]), "intermediate_size": int(dims.get("intermediate", 4 * hidden))}
+            "num_attention_heads": int(dims["heads"]), "intermediate_size": int(dims.get("intermediate", 4 * hidden)),
+            "initializer_range": round(hidden ** -0.5, 4), "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0}
 
 
 EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")

@@ -93,6 +93,17 @@ class EDJE(nn.Module):
         else:
             self.adapter = TokenCompressionAdapter(config.patch_dim, config.num_image_tokens, d, config.adapter_heads,
                                                    config.adapter_mlp_ratio, num_patches=positions)
+        # Per-channel statistics of the vision source's patch tokens, set from the training images by `EDJEModule`
+        # (identity until then). CNN feature maps share a large background component across all images; taking it
+        # out lets the few patches that hold objects stand out from the first step.
+        self.register_buffer("patch_mean", torch.zeros(config.patch_dim))
+        self.register_buffer("patch_std", torch.ones(config.patch_dim))
+
+    def set_patch_statistics(self, patches: Tensor) -> None:
+        """Standardise patch tokens with the per-channel mean and std of `patches` `[N, P, D]` (training images)."""
+        flat = patches.reshape(-1, patches.shape[-1]).float()
+        self.patch_mean.copy_(flat.mean(0))
+        self.patch_std.copy_(flat.std(0).clamp_min(1e-3))
 
     @property
     def num_image_tokens(self) -> int:
@@ -104,6 +115,7 @@ class EDJE(nn.Module):
 
     def compress(self, patches: Tensor) -> Tensor:
         """`[B, P, D]` patch tokens -> `[B, m, d]` image tokens (what the token store keeps)."""
+        patches = (patches.to(self.patch_mean.dtype) - self.patch_mean) / self.patch_std
         if self.adapter is not None:
             return self.adapter(patches.to(self.adapter.queries.dtype))
         tokens = self.project(patches.to(self.project.weight.dtype))

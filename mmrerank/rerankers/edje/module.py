@@ -43,6 +43,8 @@ class EDJEModule(L.LightningModule):
         loss: `listwise`, `pairwise` or `pointwise`.
         mlm_weight, recovery_weight, distill_weight: weights of the optional losses (0 = off).
         teacher: exported uncompressed EDJE folder for distillation.
+        standardize_patches: standardise the patch tokens per channel with statistics of (up to 4,096) training
+            images before the adapter; the statistics are saved with the model.
         lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay.
         export_dir: where `on_fit_end` saves the trained model.
     """
@@ -54,7 +56,7 @@ class EDJEModule(L.LightningModule):
                  patch_positions: bool = False, joint: dict[str, Any] | None = None, max_text_len: int = 64,
                  tokenizer: str | None = None, vocab_size: int = 1000, loss: str = "listwise",
                  mlm_weight: float = 0.0, recovery_weight: float = 0.0, distill_weight: float = 0.0,
-                 teacher: str | None = None, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100,
+                 teacher: str | None = None, standardize_patches: bool = True, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100,
                  export_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -97,12 +99,15 @@ class EDJEModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
         source = self._vision_source()
-        if self.model is None:
+        fresh = self.model is None
+        if fresh:
             recovery_dim = dm.negatives[dm.train_config.split].text_emb.shape[1]
             self._build(self._config(source), self._tokenizer(dm.train_texts()), recovery_dim)
         for split, data in dm.splits.items():
             if split not in self.patches:
                 self.patches[split] = self._encode_patches(source, data.images)
+        if fresh and self.hparams.standardize_patches:
+            self.model.set_patch_statistics(self.patches[dm.train_config.split][:4096])
 
     def _vision_source(self):
         h = self.hparams
