@@ -145,8 +145,9 @@ def eval_task(args: SweepArgs) -> EvalTask:
         image_emb = encoder.encode(data.images, 256, False)
         text_emb = encoder.encode(captions, 256, False)
     run = retrieve(text_emb, image_emb, list(captions.ids), list(data.images.ids), candidates)
-    qrels = data.task("t2i").qrels  # reindexed to the eval captions: the other captions are not queries here
-    _TASKS[key] = EvalTask([captions[i] for i in range(len(captions))], run.indices.cpu(), qrels.reindex(captions.ids, data.images.ids),
+    # reindexed to the eval captions: the split's other captions are not queries here
+    qrels = data.task("t2i").qrels.reindex(captions.ids, data.images.ids)
+    _TASKS[key] = EvalTask([captions[i] for i in range(len(captions))], run.indices.cpu(), qrels,
                            list(captions.ids), list(data.images.ids))
     return _TASKS[key]
 

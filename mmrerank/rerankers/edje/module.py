@@ -56,7 +56,8 @@ class EDJEModule(L.LightningModule):
                  patch_positions: bool = False, joint: dict[str, Any] | None = None, max_text_len: int = 64,
                  tokenizer: str | None = None, vocab_size: int = 1000, loss: str = "listwise",
                  mlm_weight: float = 0.0, recovery_weight: float = 0.0, distill_weight: float = 0.0,
-                 teacher: str | None = None, standardize_patches: bool = True, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 100,
+                 teacher: str | None = None, standardize_patches: bool = True, lr: float = 1e-3,
+                 weight_decay: float = 0.01, warmup_steps: int = 100,
                  export_dir: str | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
