@@ -12,12 +12,18 @@ from mmrerank.encoders.clip import CLIPEncoder
 from mmrerank.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
 from mmrerank.scaling.cli import main as scaling_main
-from mmrerank.scaling.edje import EvalTask, candidate_metrics, joint_config, non_embedding_params
+from mmrerank.scaling.edje import (
+    EvalTask,
+    candidate_metrics,
+    image_side_params,
+    joint_config,
+    non_embedding_params,
+)
 from mmrerank.scaling.grid import ModelSize, SweepConfig, run_sweep
 from mmrerank.scaling.results import read_evaluations
 
 
-def test_non_embedding_params_count_everything_but_the_embedding_tables():
+def test_non_embedding_params_count_the_joint_encoder_but_its_embedding_tables():
     tok = build_wordpiece_tokenizer(["a red circle", "a blue square"], vocab_size=60)
     config = EDJEConfig(vision="timm:none", patch_dim=24, num_patches=9, num_image_tokens=4, adapter_heads=2,
                         joint=joint_config({"hidden": 32, "layers": 2, "heads": 2}), max_text_len=8)
@@ -25,12 +31,13 @@ def test_non_embedding_params_count_everything_but_the_embedding_tables():
     d, layers, inter = 32, 2, 128
     per_layer = 4 * (d * d + d) + 2 * d + (d * inter + inter) + (inter * d + d) + 2 * d  # attention, MLP, 2 norms
     joint = layers * per_layer + (d * d + d) + (d + 1) + 2 * d  # layers, pooler, score head, embedding LayerNorm
-    adapter = sum(p.numel() for p in model.adapter.parameters())
-    assert non_embedding_params(model) == joint + adapter
+    assert non_embedding_params(model) == joint
     embeddings = model.joint.bert.embeddings
     tables = sum(t.weight.numel() for t in (embeddings.word_embeddings, embeddings.position_embeddings,
                                             embeddings.token_type_embeddings))
-    assert non_embedding_params(model) == sum(p.numel() for p in model.parameters()) - tables
+    total = sum(p.numel() for p in model.parameters())
+    assert image_side_params(model) == sum(p.numel() for p in model.adapter.parameters())
+    assert non_embedding_params(model) + tables + image_side_params(model) == total
 
 
 def test_joint_config_needs_the_shape():
@@ -87,7 +94,7 @@ def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path)
     assert len(lines) == 2 * 2 * 2  # sizes x budgets x checkpoints (half the budget, all of it)
     assert {(e.size, e.examples) for e in lines if e.final} == {("s1", 16), ("s1", 32), ("s2", 16), ("s2", 32)}
     small, large = ({e.params for e in lines if e.size == s} for s in ("s1", "s2"))
-    assert len(small) == len(large) == 1 and large.pop() > small.pop()
+    assert len(small) == len(large) == 1 and large.pop() > 10 * small.pop()
     for e in lines:
         assert e.steps * 4 == e.examples and e.examples in (e.budget // 2, e.budget)
         assert 0 <= e.metrics["nDCG@10"] <= 1 and e.metrics["CE@8"] > 0

@@ -17,6 +17,7 @@ from mmrerank.scaling.grid import (
     finished_points,
     grid_points,
     load_sweep_config,
+    resolve_trainer,
     run_sweep,
 )
 from mmrerank.scaling.results import Evaluation, append_evaluation, metric_kind, read_evaluations
@@ -137,10 +138,18 @@ def test_trainer_is_resolved_by_dotted_path(tmp_path, monkeypatch):
         run_sweep(small_config(trainer="fake_scaling_trainer:missing"), tmp_path / "r3.jsonl")
 
 
-def test_example_sweep_config_parses():
-    config = load_sweep_config(CONFIGS / "sweep.yaml")
-    assert len(config.sizes) >= 4 and config.losses == ["pointwise", "pairwise", "listwise"]
+@pytest.mark.parametrize("name", ["sweep.yaml", "synthetic.yaml"])
+def test_example_sweep_configs_parse(name):
+    from mmrerank.scaling.edje import SweepArgs, joint_config
+
+    config = load_sweep_config(CONFIGS / name)
+    assert len(config.sizes) >= 5 and config.losses == ["pointwise", "pairwise", "listwise"]
     assert len({p.key for p in grid_points(config)}) == len(grid_points(config))
+    assert resolve_trainer(config.trainer).__name__ == "train_point"
+    for point in grid_points(config):
+        SweepArgs.from_point(point)  # every trainer argument is known
+        joint_config(point.size.dims)
+    assert config.sizes[-1].params >= 30 * config.sizes[0].params
 
 
 def test_contrastive_entropy_is_the_lower_is_better_metric():

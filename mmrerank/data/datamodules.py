@@ -188,9 +188,14 @@ class RerankGroups(Dataset):
             raise ValueError(f"hard={hard} must lie in [0, n={n}]")
         self.dataset, self.negatives, self.n, self.hard, self.pool, self.seed = dataset, negatives, n, hard, pool, seed
         self.epoch = 0
+        self.hard_active = True
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def use_hard(self, active: bool) -> None:
+        """Switch the hard negatives on or off (off: all n negatives are random), for a curriculum."""
+        self.hard_active = active
 
     def __len__(self) -> int:
         return len(self.dataset.captions)
@@ -198,7 +203,8 @@ class RerankGroups(Dataset):
     def _pick(self, gen: torch.Generator, mined: torch.Tensor, total: int, is_relevant) -> list[int]:
         hard_pool = mined[:self.pool][mined[:self.pool] >= 0]
         reserve = mined[mined >= 0]
-        picked = hard_pool[torch.randperm(len(hard_pool), generator=gen)[:self.hard]].tolist()
+        hard = self.hard if self.hard_active else 0
+        picked = hard_pool[torch.randperm(len(hard_pool), generator=gen)[:hard]].tolist()
         randoms = torch.randint(total, (self.n - len(picked),), generator=gen)
         bad = is_relevant(randoms)
         spare = iter(x for x in reserve.tolist() if x not in picked)
@@ -229,12 +235,20 @@ class EDJEDataModule(L.LightningDataModule):
         n, hard, pool: negatives per group, how many hard, drawn from how many mined.
         mined: hard negatives kept per query when mining (>= pool).
         batch_size: captions per batch (each gives a t2i and an i2t group).
+        curriculum_steps: the first this many training steps draw only random negatives; hard ones join after. A
+            joint encoder trained from scratch on first-stage hard negatives from the first step collapses to a
+            constant score (loss ln(1 + n)); on random negatives it learns, and then profits from hard ones.
+            Needs `num_workers=0` (the switch is made in the main process).
     """
 
     def __init__(self, train: DatasetConfig | None = None, val: DatasetConfig | None = None,
                  first_stage: FirstStageConfig | None = None, n: int = 7, hard: int = 4, pool: int = 16,
-                 mined: int = 32, batch_size: int = 32, num_workers: int = 0, seed: int = 0) -> None:
+                 mined: int = 32, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
+                 curriculum_steps: int = 0) -> None:
         super().__init__()
+        if curriculum_steps and num_workers:
+            raise ValueError("curriculum_steps needs num_workers=0: workers hold their own copy of the groups")
+        self.curriculum_steps = curriculum_steps
         self.train_config = train or DatasetConfig(split="train")
         self.val_config = val or DatasetConfig(split="val")
         self.first_stage = first_stage or FirstStageConfig()

@@ -6,7 +6,8 @@ loss, and evaluates it at each of `point.eval_at` on one fixed reranking task: t
 their first-stage top-K images (t2i), the same candidates for every point. What every point shares (the first
 stage's candidates, the frozen vision tower's patch tokens, the mined groups) is computed once per process.
 
-Sizes' `dims`: `hidden` (width), `layers`, `heads`, optional `intermediate` (default 4 x hidden) and `lr`.
+Sizes' `dims`: `hidden` (width), `layers`, `heads`, optional `intermediate` (default 4 x hidden) and `lr`. The
+recorded `params` are the joint encoder's non-embedding parameters (`non_embedding_params`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class SweepArgs:
     batch_size: int = 16
     negatives: int = 5
     hard: int = 3
+    curriculum_steps: int = 0
     eval_split: str = "val"
     eval_queries: int | None = 1000
     lr: float = 1e-3
@@ -95,12 +97,20 @@ EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 
 
 def non_embedding_params(model: torch.nn.Module) -> int:
-    """Trainable parameters of an `EDJE` except the joint encoder's embedding tables (Kaplan et al.'s count).
+    """Parameters of an `EDJE`'s joint encoder except its embedding tables (Kaplan et al.'s count): every transformer
+    layer, the embedding LayerNorm, the pooler and the score head.
 
-    The adapter (or projection), every transformer layer, the pooler and the score head count.
+    The joint encoder is what a sweep scales. The image side in front of it (the compression adapter, whose width is
+    the vision tower's) is the same at every size but for its output projection, so it is left out of the count;
+    `image_side_params` gives it.
     """
-    return sum(p.numel() for name, p in model.named_parameters()
-               if p.requires_grad and not any(f"embeddings.{e}." in name for e in EMBEDDINGS))
+    return sum(p.numel() for name, p in model.joint.named_parameters()
+               if not any(f"embeddings.{e}." in name for e in EMBEDDINGS))
+
+
+def image_side_params(model: torch.nn.Module) -> int:
+    """Parameters of an `EDJE`'s adapter (or patch projection), the part a sweep does not scale."""
+    return sum(p.numel() for name, p in model.named_parameters() if not name.startswith("joint."))
 
 
 @dataclass
@@ -217,7 +227,8 @@ def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     L.seed_everything(point.seed, verbose=False)
     retriever = args.retriever()
     data = EDJEDataModule(train=args.dataset("train"), val=args.dataset(args.eval_split), first_stage=retriever,
-                          n=args.negatives, hard=args.hard, batch_size=args.batch_size, seed=point.seed)
+                          n=args.negatives, hard=args.hard, batch_size=args.batch_size, seed=point.seed,
+                          curriculum_steps=args.curriculum_steps)
     settings = {"vision_checkpoint": retriever.checkpoint, **args.module, "joint": joint_config(point.size.dims),
                 "loss": point.loss, "lr": float(point.size.dims.get("lr", args.lr)),
                 "warmup_steps": args.warmup_steps, "export_dir": None}

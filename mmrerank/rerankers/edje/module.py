@@ -197,6 +197,11 @@ class EDJEModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.trainer.datamodule.train_set.set_epoch(self.current_epoch)
 
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        dm = self.trainer.datamodule
+        # the curriculum: random negatives only for the first steps (the loader runs a batch ahead; harmless)
+        dm.train_set.use_hard(self.global_step >= getattr(dm, "curriculum_steps", 0))
+
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
             self.model.save(self.hparams.export_dir)
