@@ -108,6 +108,9 @@ def test_model_shapes_and_folder_round_trip(tmp_path, m):
                                                again.compress(patches)), before)
     with pytest.raises(FileNotFoundError, match="config.json"):
         EDJE.load(tmp_path / "missing")
+    (tmp_path / "edje" / "tokens" / "synthetic-test").mkdir(parents=True)  # a store of the model being replaced
+    model.save(tmp_path / "edje")
+    assert not (tmp_path / "edje" / "tokens").exists()
 
 
 @pytest.mark.parametrize("m", [4, None])

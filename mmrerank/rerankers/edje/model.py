@@ -10,6 +10,7 @@ A saved folder holds `config.json`, `model.safetensors` and `tokenizer/`.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,11 +133,15 @@ class EDJE(nn.Module):
         return self(ids.to(device), mask.to(device), image_tokens.to(device))
 
     def save(self, folder: str | Path) -> Path:
-        """Write `config.json`, `model.safetensors` and `tokenizer/` into `folder` (each file atomically)."""
+        """Write `config.json`, `model.safetensors` and `tokenizer/` into `folder` (each file atomically), and drop
+        the token stores an earlier model left in `folder/tokens/`."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        # Token stores kept inside the folder (`<model>/tokens/`, the default place) were computed by the model being
+        # replaced; a resumed precompute would silently reuse them, so they go with it.
+        shutil.rmtree(folder / "tokens", ignore_errors=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(state, str(tmp))
