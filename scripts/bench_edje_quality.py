@@ -24,7 +24,7 @@ from mmrerank.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEReranker, precompute_images
 
 MEASURES = ["Success@1", "Success@5", "Success@10", "nDCG@10"]
-ALPHAS = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0]
+ALPHAS = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
 
 
 def fuse(first: Run, reranked: Run, depth: int, alpha: float) -> Run:
