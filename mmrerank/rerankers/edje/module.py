@@ -12,7 +12,8 @@ Each batch holds, per caption, a t2i group (the caption against its image and n 
 - `distill_weight`: BCE between the student's logit and sigmoid of an uncompressed teacher's logit (`teacher`: an
   exported `EDJE` folder with `num_image_tokens: null`, trained first with this same module).
 
-The frozen vision source's patch tokens are computed once per split in `setup` and kept in memory (fp16).
+The frozen vision source's patch tokens are computed once per split in `setup`, kept in memory (fp16) and cached on
+disk.
 `export_dir` receives the trained `EDJE` folder (what `mmrerank precompute` and the reranker load).
 """
 
@@ -104,9 +105,9 @@ class EDJEModule(L.LightningModule):
         if fresh:
             recovery_dim = dm.negatives[dm.train_config.split].text_emb.shape[1]
             self._build(self._config(source), self._tokenizer(dm.train_texts()), recovery_dim)
-        for split, data in dm.splits.items():
+        for split in dm.splits:
             if split not in self.patches:
-                self.patches[split] = self._encode_patches(source, data.images)
+                self.patches[split] = self._cached_patches(source, dm, split)
         if fresh and self.hparams.standardize_patches:
             self.model.set_patch_statistics(self.patches[dm.train_config.split][:4096])
 
@@ -120,9 +121,33 @@ class EDJEModule(L.LightningModule):
             object.__setattr__(self, "_source", source)  # not a submodule: frozen, never saved, never trained
         return self._source
 
+    def _cached_patches(self, source, dm, split: str) -> Tensor:
+        """`[N, P, D]` fp16 patch tokens of every image of a split, kept in memory for the whole fit and cached on disk
+        (`<cache>/patches/`) by the vision source, its weights' file stamp and the split, so later fits (a scaling
+        sweep runs many) skip the vision tower."""
+        import hashlib
+        import json
+
+        from mmrerank.data.negatives import file_stamp
+        from mmrerank.io import atomic_write, cache_root
+
+        h, config = self.hparams, dm.train_config if split == dm.train_config.split else dm.val_config
+        key = {"vision": h.vision, "pretrained": h.vision_pretrained, "checkpoint": file_stamp(h.vision_checkpoint),
+               "feature_index": h.feature_index, "image_size": h.image_size, "dataset": repr(config),
+               "images": len(dm.splits[split].images)}
+        if not (h.vision_pretrained or h.vision_checkpoint or h.vision.startswith("hf:")):
+            return self._encode_patches(source, dm.splits[split].images)  # random weights: nothing to key a cache by
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        path = cache_root() / "patches" / f"{digest}.pt"
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        patches = self._encode_patches(source, dm.splits[split].images)
+        atomic_write(path, lambda tmp: torch.save(patches, tmp))
+        return patches
+
     @staticmethod
     def _encode_patches(source, images, batch_size: int = 256) -> Tensor:
-        """`[N, P, D]` fp16 patch tokens of every image (kept in memory for the whole fit)."""
+        """`[N, P, D]` fp16 patch tokens of every image."""
         from tqdm.auto import tqdm
 
         out = []
