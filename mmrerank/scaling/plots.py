@@ -40,6 +40,10 @@ def draw_forecast(ax, result: Forecast, color: str, label: str, band: bool) -> N
     if band:
         low, high = result.boot.predict_interval(xs)
         ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
+        # a band that diverges far from the data (few sizes, extrapolation) must not squash the points into a line
+        ys = np.concatenate([result.y_fit, result.y_out])
+        pad = max(float(np.ptp(ys)), 0.02 * max(float(np.abs(ys).max()), 1e-9))
+        ax.set_ylim(float(ys.min()) - pad, float(ys.max()) + pad)
     if result.kaplan is not None and band:
         ax.plot(xs, result.kaplan.predict(xs), ":", color="gray", linewidth=1.0, label="Kaplan form")
 
