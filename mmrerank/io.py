@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -136,6 +137,11 @@ def load_pickle(path: str | os.PathLike) -> Any:
 def cache_root() -> Path:
     """Where generated data is cached: `$MMRERANK_CACHE`, or `~/.cache/mmrerank`."""
     return Path(os.environ.get("MMRERANK_CACHE", Path.home() / ".cache" / "mmrerank"))
+
+
+def key_digest(key: Any, length: int = 16) -> str:
+    """A short hex digest of a JSON-able cache key (dict order does not matter), for cache file names."""
+    return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], None]) -> Path:

@@ -19,7 +19,7 @@ from mmrerank.data.dataset import ImageTextDataset
 from mmrerank.data.synthetic import SyntheticConfig, ensure_split, load_scenes, load_synthetic
 from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.data.synthetic.scenes import satisfies, scene_arrays
-from mmrerank.io import atomic_write_json, cache_root
+from mmrerank.io import atomic_write_json, cache_root, key_digest
 
 
 class CaptionPairs(Dataset):
@@ -393,8 +393,7 @@ class ImageGroupsDataModule(GroupsDataModule):
         key = {"synthetic": {k: v for k, v in asdict(self.synthetic).items() if k != "root"}, "split": split,
                "weights": weights, "negatives": self.negatives, "depth": self.depth,
                "captions": self.counts[split], "seed": self.seed, "version": 1}
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        return self.cache_dir / f"{split}-{digest}.json"
+        return self.cache_dir / f"{split}-{key_digest(key)}.json"
 
     def _weights_key(self) -> str:
         """What identifies the first stage's weights: a hash of the checkpoint file, or the pretrained tag."""

@@ -8,8 +8,6 @@ first stage) and cached on disk.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mmrerank.data.dataset import ImageTextDataset
-from mmrerank.io import atomic_write, cache_root
+from mmrerank.io import atomic_write, cache_root, key_digest
 
 
 @dataclass
@@ -95,7 +93,7 @@ def cached_hard_negatives(dataset: ImageTextDataset, key: dict, encode, k: int =
         encode: `() -> (image_emb [N, e], text_emb [C, e])`, called only when the cache misses.
     """
     key = {**key, "k": k, "depth": depth, "images": len(dataset.images), "captions": len(dataset.captions)}
-    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    digest = key_digest(key)
     path = Path(cache_dir) if cache_dir else cache_root() / "negatives"
     path = path / f"{digest}.pt"
     if path.is_file():

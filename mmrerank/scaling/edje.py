@@ -3,8 +3,9 @@
 Every grid point trains a fresh EDJE (`EDJEModule` on `EDJEDataModule`'s first-stage groups, the same code path as
 `mmrerank fit --config configs/edje/synthetic.yaml`) whose joint encoder has the size's `dims`, with the point's
 loss, and evaluates it at each of `point.eval_at` on one fixed reranking task: the eval split's captions against
-their first-stage top-K images (t2i), the same candidates for every point. What every point shares (the first
-stage's candidates, the frozen vision tower's patch tokens, the mined groups) is computed once per process.
+their first-stage top-K images (t2i), the same candidates for every point. What every point shares is computed once:
+the first stage's candidates per process, the frozen vision tower's patch tokens and the mined groups on disk (the
+caches of `EDJEModule` and `EDJEDataModule`), so points dispatched as separate commands share them too.
 
 Sizes' `dims`: `hidden` (width), `layers`, `heads`, optional `intermediate` (default 4 x hidden) and `lr`. The
 recorded `params` are the joint encoder's non-embedding parameters (`non_embedding_params`).
@@ -232,23 +233,8 @@ def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     settings = {"vision_checkpoint": retriever.checkpoint, **args.module, "joint": joint_config(point.size.dims),
                 "loss": point.loss, "lr": float(point.size.dims.get("lr", args.lr)),
                 "warmup_steps": args.warmup_steps, "export_dir": None}
-    module = EDJEModule(**settings)
-    module.patches.update(_cached_patches(module))
+    module = EDJEModule(**settings)  # its setup reads the patch tokens from the on-disk cache after the first point
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, callbacks=[EvaluateAt(point, on_eval, task, args.batch_size)])
     trainer.fit(module, datamodule=data)
-    _PATCHES[_patch_key(module)] = module.patches
-
-
-_PATCHES: dict[tuple, dict[str, Tensor]] = {}
-
-
-def _patch_key(module) -> tuple:
-    h = module.hparams
-    return h.vision, h.vision_checkpoint, h.vision_pretrained, h.feature_index, h.image_size
-
-
-def _cached_patches(module) -> dict[str, Tensor]:
-    """Patch tokens an earlier point of this process already encoded with the same frozen vision source."""
-    return dict(_PATCHES.get(_patch_key(module), {}))

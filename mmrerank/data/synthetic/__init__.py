@@ -9,7 +9,6 @@ once and cached on disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from mmrerank.data.synthetic.scenes import (
     satisfies_pairs,
     scene_arrays,
 )
-from mmrerank.io import cache_root, generate_folder_once
+from mmrerank.io import cache_root, generate_folder_once, key_digest
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when generation changes, so stale caches are not reused
@@ -64,8 +63,7 @@ class SyntheticConfig:
     def split_dir(self, split: str) -> Path:
         root = Path(self.root) if self.root else cache_root() / "synthetic"
         key = {k: v for k, v in asdict(self).items() if k != "root"} | {"version": FORMAT_VERSION}
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-        return root / f"{digest}-{split}-{self.num_images(split)}"
+        return root / f"{key_digest(key, 12)}-{split}-{self.num_images(split)}"
 
 
 def generate_split(config: SyntheticConfig, split: str, out: Path, progress: bool = True) -> None:

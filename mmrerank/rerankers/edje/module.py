@@ -125,20 +125,16 @@ class EDJEModule(L.LightningModule):
         """`[N, P, D]` fp16 patch tokens of every image of a split, kept in memory for the whole fit and cached on disk
         (`<cache>/patches/`) by the vision source, its weights' file stamp and the split, so later fits (a scaling
         sweep runs many) skip the vision tower."""
-        import hashlib
-        import json
-
         from mmrerank.data.negatives import file_stamp
-        from mmrerank.io import atomic_write, cache_root
+        from mmrerank.io import atomic_write, cache_root, key_digest
 
         h, config = self.hparams, dm.train_config if split == dm.train_config.split else dm.val_config
+        if not (h.vision_pretrained or h.vision_checkpoint or h.vision.startswith("hf:")):
+            return self._encode_patches(source, dm.splits[split].images)  # random weights: nothing to key a cache by
         key = {"vision": h.vision, "pretrained": h.vision_pretrained, "checkpoint": file_stamp(h.vision_checkpoint),
                "feature_index": h.feature_index, "image_size": h.image_size, "dataset": repr(config),
                "images": len(dm.splits[split].images)}
-        if not (h.vision_pretrained or h.vision_checkpoint or h.vision.startswith("hf:")):
-            return self._encode_patches(source, dm.splits[split].images)  # random weights: nothing to key a cache by
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        path = cache_root() / "patches" / f"{digest}.pt"
+        path = cache_root() / "patches" / f"{key_digest(key)}.pt"
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
         patches = self._encode_patches(source, dm.splits[split].images)
