@@ -31,7 +31,7 @@ from torch import nn
 
 from mmrerank.benchmark import DatasetConfig, FirstStageConfig
 from mmrerank.data.datamodules import EDJEDataModule
-from mmrerank.rerankers.edje.joint import build_wordpiece_tokenizer
+from mmrerank.rerankers.edje.joint import build_wordpiece_tokenizer, tokenize
 from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
 from mmrerank.rerankers.edje.module import EDJEModule
 
@@ -92,25 +92,25 @@ class Probe:
         self.emb = {s: (encoder.encode(self.dm.splits[s].captions, 256, False),
                         encoder.encode(self.dm.splits[s].images, 256, False)) for s in splits}
         tokenizer = build_wordpiece_tokenizer(self.dm.train_texts(), 1000)
-        self.words = {s: tokenizer(list(self.dm.splits[s].captions.texts), add_special_tokens=False, truncation=True,
-                                   max_length=32, padding="longest", return_tensors="pt") for s in ("train", "val")}
+        # split -> (word-piece ids, mask), each [C, T]
+        self.words = {s: tokenize(tokenizer, self.dm.splits[s].captions.texts, 32) for s in ("train", "val")}
         joint = {"hidden_size": 128, "num_hidden_layers": args.layers, "num_attention_heads": 4,
                  "intermediate_size": 512, "initializer_range": 0.088, "hidden_dropout_prob": 0.0,
                  "attention_probs_dropout_prob": 0.0}
-        n, p, d = self.patches["train"].shape
+        _, p, d = self.patches["train"].shape
         config = EDJEConfig(vision=module.hparams.vision, patch_dim=d, num_patches=p, num_image_tokens=16,
                             adapter_heads=4, adapter_mlp_ratio=4, patch_positions=True, joint=joint, max_text_len=32)
         self.model = EDJE(config, tokenizer)
         self.model.set_patch_statistics(self.patches["train"][:4096])
         self.mlm_head = nn.Sequential(nn.Linear(128, 128), nn.GELU(), nn.LayerNorm(128), nn.Linear(128, len(tokenizer)))
-        self.captions_of = {}
+        self.first_caption: dict[int, int] = {}  # image row -> its first caption row (the twin's i2t negative)
         for c, i in enumerate(self.train.caption_image.tolist()):
-            self.captions_of.setdefault(i, []).append(c)
+            self.first_caption.setdefault(i, c)
         self.gen = torch.Generator().manual_seed(args.seed)
 
     def logits(self, split: str, captions: torch.Tensor, images: torch.Tensor, alpha: float) -> torch.Tensor:
         """`[P]` scores of (caption, image) row pairs: the joint encoder's logit + alpha x first-stage cosine."""
-        ids, mask = self.words[split]["input_ids"][captions], self.words[split]["attention_mask"][captions]
+        ids, mask = (t[captions] for t in self.words[split])
         used = mask.sum(0) > 0
         unique, inverse = images.unique(return_inverse=True)
         tokens = self.model.compress(self.patches[split][unique].float())[inverse]
@@ -142,7 +142,7 @@ class Probe:
             images = self._negatives(self.dm.negatives["train"].t2i[c], len(self.train.images), 0 if warm else a.hard,
                                      [twin] if a.twin and not warm else [])
             captions = self._negatives(self.dm.negatives["train"].i2t[image], len(self.train.captions),
-                                       0 if warm else a.hard, self.captions_of[twin][:1] if a.twin and not warm else [])
+                                       0 if warm else a.hard, [self.first_caption[twin]] if a.twin and not warm else [])
             t2i += [(c, i) for i in [image, *images]]
             i2t += [(x, image) for x in [c, *captions]]
         captions, images = torch.tensor(t2i + i2t).T
@@ -151,7 +151,7 @@ class Probe:
         return captions, images, wrong
 
     def mlm_loss(self, captions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        ids, mask = self.words["train"]["input_ids"][captions], self.words["train"]["attention_mask"][captions]
+        ids, mask = (t[captions] for t in self.words["train"])
         chosen = (torch.rand(ids.shape, generator=self.gen) < 0.5) & mask.bool()
         masked = ids.masked_fill(chosen, self.model.tokenizer.mask_token_id)
         tokens = self.model.compress(self.patches["train"][images].float())
