@@ -153,19 +153,23 @@ def test_a_few_steps_drive_the_itm_loss_down_and_separate_positives():
 
 # --- fit -> precompute -> benchmark ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def trained(tiny_config, tmp_path_factory):
-    """`mmrerank fit` with the synthetic config, shrunk: a random first stage, a 1-layer joint encoder, 4 steps."""
+@pytest.fixture(scope="module", params=["first_stage", "words"])
+def trained(request, tiny_config, tmp_path_factory):
+    """`mmrerank fit` with the synthetic config, shrunk: a random first stage, a 1-layer joint encoder, 4 steps; with
+    the config's text side (the first stage's text tower), and with the joint encoder's own word pieces plus MLM and
+    text-embedding recovery."""
     root = tmp_path_factory.mktemp("edje")
     first_stage = root / "fs.safetensors"
     CLIPEncoder("mmrerank-tiny-resnet").save_weights(first_stage)
     syn = [f"--data.init_args.{split}.synthetic.{k}={getattr(tiny_config, k)}" for split in ("train", "val")
            for k in ("root", "seed", "train_images", "val_images", "test_images")]
+    text = ([f"--model.init_args.text_checkpoint={first_stage}"] if request.param == "first_stage" else
+            ["--model.init_args.text=words", "--model.init_args.mlm_weight=0.5",
+             "--model.init_args.recovery_weight=0.5"])
     main(["fit", "--config", CONFIG, f"--trainer.default_root_dir={root}", "--trainer.max_steps=4",
           "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
           f"--model.init_args.vision_checkpoint={first_stage}", f"--model.init_args.joint={TINY_JOINT}",
-          "--model.init_args.num_image_tokens=4", "--model.init_args.mlm_weight=0.5",
-          "--model.init_args.recovery_weight=0.5", f"--model.init_args.export_dir={root / 'model'}",
+          "--model.init_args.num_image_tokens=4", *text, f"--model.init_args.export_dir={root / 'model'}",
           "--data.init_args.batch_size=4", "--data.init_args.n=3", "--data.init_args.hard=2",
           "--data.init_args.pool=4", "--data.init_args.mined=8",
           "--data.init_args.train.split=train", "--data.init_args.val.split=val",
@@ -182,6 +186,11 @@ def test_fit_exports_a_model_with_its_tokenizer(trained):
     model = EDJE.load(trained / "model")
     assert model.num_image_tokens == 4 and model.config.num_patches == 64 and model.config.patch_dim == 128
     assert model.tokenizer.mask_token_id is not None and (trained / "model" / "tokenizer").is_dir()
+    if model.config.text != "words":  # the exported tower is the first stage's text tower, frozen as configured
+        from mmrerank.encoders.clip import load_state_dict
+
+        weights = load_state_dict(trained / "fs.safetensors")
+        torch.testing.assert_close(model.joint.text.token_embedding.weight, weights["token_embedding.weight"])
 
 
 def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, tiny_test_split, tmp_path):

@@ -144,6 +144,8 @@ class ImageTextDataset:
         pair_relevance: optional check of arbitrary pairs, `(caption rows [P], image rows [P]) -> [P] bool`, for
             data whose relevance is known beyond the listed pairs (the synthetic benchmark's scene graphs); hard
             negative mining uses it so that a caption's negatives never include an image that satisfies it.
+        near_duplicates: optional `[N]` long, each image's near-duplicate row (-1: none); the synthetic benchmark's
+            minimal pairs (colours, shapes or places swapped), the hardest negatives a reranker can train on.
     """
 
     name: str
@@ -152,9 +154,12 @@ class ImageTextDataset:
     caption_image: Tensor
     extra_relevant: Qrels | None = None
     pair_relevance: Callable[[Tensor, Tensor], Tensor] | None = None
+    near_duplicates: Tensor | None = None
 
     def __post_init__(self) -> None:
         self.caption_image = torch.as_tensor(self.caption_image, dtype=torch.long)
+        if self.near_duplicates is not None and tuple(self.near_duplicates.shape) != (len(self.images),):
+            raise ValueError(f"near_duplicates must be [{len(self.images)}], got {tuple(self.near_duplicates.shape)}")
         if self.caption_image.shape != (len(self.captions),):
             raise ValueError(f"caption_image must be [{len(self.captions)}], got {tuple(self.caption_image.shape)}")
         if len(self.captions) and not 0 <= int(self.caption_image.min()) <= int(self.caption_image.max()) < len(
@@ -193,8 +198,12 @@ class ImageTextDataset:
 
             def relevance(c: Tensor, i: Tensor) -> Tensor:
                 return old(keep_t[c], rows_t[i])
+        twins = None
+        if self.near_duplicates is not None:  # a twin left out of the subset becomes -1
+            old_twin = self.near_duplicates[rows]
+            twins = torch.where(old_twin >= 0, new_row[old_twin.clamp_min(0)], -1)
         return ImageTextDataset(self.name, self.images.subset(rows), self.captions.subset(keep),
-                                new_row[self.caption_image[keep]], self.extra_relevant, relevance)
+                                new_row[self.caption_image[keep]], self.extra_relevant, relevance, twins)
 
     def is_relevant(self, caption_rows: Tensor, image_rows: Tensor) -> Tensor:
         """`[P]` bool: is caption `caption_rows[p]` relevant to image `image_rows[p]` (its own image, or any pair

@@ -129,4 +129,6 @@ def load_synthetic(split: str = "test", config: SyntheticConfig | None = None, r
         c, i = caption_rows.numpy(), image_rows.numpy()
         return torch.from_numpy(satisfies_pairs(specs[c], attrs[i], rels[i]))
 
-    return ImageTextDataset("synthetic", images, captions, torch.tensor(meta["caption_image"]), extra, pair_relevance)
+    twins = torch.arange(len(pixels)) ^ 1  # rows 2k and 2k + 1 are a scene and its near-duplicate
+    return ImageTextDataset("synthetic", images, captions, torch.tensor(meta["caption_image"]), extra, pair_relevance,
+                            twins)

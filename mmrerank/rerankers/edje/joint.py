@@ -81,14 +81,20 @@ class JointEncoder(nn.Module):
         cls_token_id, sep_token_id: the vocabulary's [CLS] and [SEP] ids (BERT-uncased: 101, 102); or pass
             `tokenizer` to take them from it.
         tokenizer: optional; supplies the special-token ids and is used by `tokenize`.
+        text: optional text side (`mmrerank.rerankers.edje.text`): it tokenizes the captions and gives the caption
+            slots' input embeddings; None uses the encoder's own word embeddings of `tokenizer`'s word pieces.
+            `max_text_len` then counts the text side's tokens.
+        num_positions: the position table's size when rebuilding a saved model whose table was kept from a
+            pretrained encoder (at least `max_text_len + m + 3`).
 
-    Position embeddings: a fresh model gets exactly `max_text_len + m + 3`; a pretrained one keeps its table when
-    that is long enough and is grown otherwise (old rows kept, new rows initialised like BERT's).
+    Position embeddings: a fresh model gets exactly `max_text_len + m + 3` (or `num_positions`); a pretrained one
+    keeps its table when that is long enough and is grown otherwise (old rows kept, new rows initialised like
+    BERT's).
     """
 
     def __init__(self, config: BertConfig | str, num_image_tokens: int = 64, max_text_len: int = 64,
                  image_dim: int | None = None, cls_token_id: int = 101, sep_token_id: int = 102,
-                 tokenizer: Any = None):
+                 tokenizer: Any = None, text: nn.Module | None = None, num_positions: int | None = None):
         super().__init__()
         self.num_image_tokens, self.max_text_len = num_image_tokens, max_text_len
         self.max_positions = max_text_len + num_image_tokens + 3
@@ -101,8 +107,9 @@ class JointEncoder(nn.Module):
             self._grow_positions(self.max_positions)
         else:
             config = copy.deepcopy(config)
-            config.max_position_embeddings = self.max_positions
+            config.max_position_embeddings = max(num_positions or 0, self.max_positions)
             self.bert = BertModel(config, add_pooling_layer=True)
+        self.text = text
         cfg = self.bert.config
         if cfg.type_vocab_size < 2:
             raise ValueError("the joint encoder needs type_vocab_size >= 2 (text segment 0, image segment 1)")
@@ -124,7 +131,9 @@ class JointEncoder(nn.Module):
         self.bert.config.max_position_embeddings = needed
 
     def tokenize(self, texts: Sequence[str], tokenizer: Any = None) -> tuple[Tensor, Tensor]:
-        """`tokenize(tokenizer or self.tokenizer, texts, self.max_text_len)`."""
+        """The text side's `tokenize(texts)`, or `tokenize(tokenizer or self.tokenizer, texts, self.max_text_len)`."""
+        if self.text is not None and tokenizer is None:
+            return self.text.tokenize(texts)
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         if tokenizer is None:
             raise ValueError("no tokenizer: pass one here or to the constructor")
@@ -138,7 +147,7 @@ class JointEncoder(nn.Module):
         positions after the caption continue from its real length.
 
         Args:
-            input_ids: `[B, T]` caption word pieces without special tokens, right-padded; `T <= max_text_len`.
+            input_ids: `[B, T]` caption tokens without the encoder's special tokens, right-padded; `T <= max_text_len`.
             attention_mask: `[B, T]`, 1 on real word pieces.
             image_tokens: `[B, m, d]` stored image tokens (any float dtype; cast to the encoder's).
 
@@ -155,7 +164,8 @@ class JointEncoder(nn.Module):
         word = self.bert.embeddings.word_embeddings
         specials = word(torch.tensor([self.cls_token_id, self.sep_token_id], device=device))  # [2, d]
         cls, sep = specials[0].expand(b, 1, -1), specials[1].expand(b, 1, -1)
-        embeds = torch.cat([cls, word(input_ids), sep, image_tokens.to(word.weight.dtype), sep], dim=1)
+        caption = word(input_ids) if self.text is None else self.text(input_ids, attention_mask).to(word.weight.dtype)
+        embeds = torch.cat([cls, caption, sep, image_tokens.to(word.weight.dtype), sep], dim=1)
 
         text_mask = attention_mask.to(torch.long)
         ones = torch.ones(b, 1, dtype=torch.long, device=device)
@@ -186,7 +196,9 @@ class JointEncoder(nn.Module):
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """`[CLS] caption [SEP]` alone (no image segment) -> `[B, d]` final [CLS] state, for text-embedding
-        recovery."""
+        recovery (word-piece text side only)."""
+        if self.text is not None:
+            raise ValueError("encode_text reads word pieces; it does not apply to a joint encoder with a text side")
         b = input_ids.shape[0]
         cls = input_ids.new_full((b, 1), self.cls_token_id)
         sep = input_ids.new_full((b, 1), self.sep_token_id)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import BertConfig, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from mmrerank.io import atomic_path, atomic_write_json
 from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
@@ -38,8 +38,14 @@ class EDJEConfig:
         adapter_heads, adapter_mlp_ratio: the adapter's attention heads and MLP width multiple.
         patch_positions: give patches learned positions in the adapter (for CNN feature maps).
         joint: `BertConfig` keyword arguments for a fresh joint encoder, or `{"name": <hub name or path>}` for a
-            pretrained one (e.g. `microsoft/MiniLM-L12-H384-uncased`).
-        max_text_len: caption word pieces kept.
+            pretrained one (e.g. `microsoft/MiniLM-L12-H384-uncased`, with its tokenizer).
+        max_text_len: caption word pieces kept (`words` text side).
+        text: what the joint encoder reads for a caption: `words` (its own word embeddings of the tokenizer's word
+            pieces; with a pretrained `joint`, the pretrained BERT's) or `first_stage:<open_clip model>` (that
+            model's text tower's token states, `FirstStageText`; its weights are saved with the model).
+        text_checkpoint, text_pretrained: where the `first_stage:` tower's weights came from (a first-stage
+            checkpoint or an open_clip pretrained tag; recorded, only read when a model is first built).
+        text_trainable: fine-tune the `first_stage:` tower (else it stays frozen).
     """
 
     vision: str
@@ -56,6 +62,28 @@ class EDJEConfig:
     joint: dict[str, Any] = field(default_factory=lambda: {"hidden_size": 128, "num_hidden_layers": 4,
                                                            "num_attention_heads": 4, "intermediate_size": 512})
     max_text_len: int = 64
+    text: str = "words"
+    text_checkpoint: str | None = None
+    text_pretrained: str | None = None
+    text_trainable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.text != "words" and not self.text.startswith("first_stage:"):
+            raise ValueError(f"text must be 'words' or 'first_stage:<open_clip model>', got {self.text!r}")
+
+    def text_side(self, load_weights: bool = True):
+        """The text side module (None for `words`); `load_weights` reads `text_checkpoint` / `text_pretrained`
+        (False: a random init, for weights that come from a saved folder)."""
+        if self.text == "words":
+            return None
+        from mmrerank.rerankers.edje.text import FirstStageText
+
+        width = self.joint["hidden_size"] if "hidden_size" in self.joint else None
+        if width is None:
+            raise ValueError("a first_stage: text side needs the joint encoder's hidden_size in `joint`")
+        return FirstStageText(self.text.split(":", 1)[1], width,
+                              self.text_checkpoint if load_weights else None,
+                              self.text_pretrained if load_weights else None, self.text_trainable)
 
     def vision_source(self):
         from mmrerank.rerankers.edje.vision import VisionTokenSource
@@ -69,13 +97,18 @@ class EDJE(nn.Module):
 
     Args:
         config: the shapes.
-        tokenizer: the joint encoder's tokenizer (a locally built WordPiece vocabulary or a pretrained one).
+        tokenizer: the joint encoder's tokenizer (a locally built WordPiece vocabulary or a pretrained one; with a
+            `first_stage:` text side it only supplies the special tokens).
+        load_text_weights: initialise a `first_stage:` text side from `config.text_checkpoint` (False when the
+            weights are about to be loaded from a saved folder).
     """
 
-    def __init__(self, config: EDJEConfig, tokenizer: PreTrainedTokenizerFast):
+    def __init__(self, config: EDJEConfig, tokenizer: PreTrainedTokenizerFast, load_text_weights: bool = True):
         super().__init__()
         self.config, self.tokenizer = config, tokenizer
         joint = dict(config.joint)
+        # A saved pretrained encoder records its (possibly longer) position table; rebuild it at that size.
+        positions = joint.pop("max_position_embeddings", None)
         if "name" in joint:
             bert: BertConfig | str = joint["name"]
         else:
@@ -84,7 +117,10 @@ class EDJE(nn.Module):
                 raise ValueError(f"joint vocab_size {joint['vocab_size']} < tokenizer size {len(tokenizer)}")
             bert = BertConfig(**joint)
         m = config.num_image_tokens if config.num_image_tokens is not None else config.num_patches
-        self.joint = JointEncoder(bert, num_image_tokens=m, max_text_len=config.max_text_len, tokenizer=tokenizer)
+        text = config.text_side(load_text_weights)
+        max_text_len = text.context_length if text is not None else config.max_text_len
+        self.joint = JointEncoder(bert, num_image_tokens=m, max_text_len=max_text_len, tokenizer=tokenizer,
+                                  text=text, num_positions=positions)
         d = self.joint.hidden_size
         positions = config.num_patches if config.patch_positions else None
         if config.num_image_tokens is None:
@@ -161,7 +197,7 @@ class EDJE(nn.Module):
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"no EDJE model at {folder} (config.json missing)")
         config = EDJEConfig(**json.loads((folder / "config.json").read_text()))
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "tokenizer"))
-        model = cls(config, tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
+        model = cls(config, tokenizer, load_text_weights=False)
         model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)))
         return model.eval()

@@ -41,6 +41,9 @@ class EDJEModule(L.LightningModule):
         num_image_tokens, adapter_heads, adapter_mlp_ratio, patch_positions, joint, max_text_len: `EDJEConfig`.
         tokenizer: a tokenizer folder / hub name; None builds a WordPiece vocabulary of `vocab_size` from the
             training captions (saved with the model).
+        text: the joint encoder's text side (`EDJEConfig.text`): `words`, or `first_stage:<open_clip model>`, the
+            first stage's text tower read token by token (weights from `text_checkpoint` / `text_pretrained`).
+        text_lr_scale: the `first_stage:` tower's learning rate as a multiple of `lr`; 0 freezes it.
         loss: `listwise`, `pairwise` or `pointwise`.
         mlm_weight, recovery_weight, distill_weight: weights of the optional losses (0 = off).
         teacher: exported uncompressed EDJE folder for distillation.
@@ -55,7 +58,9 @@ class EDJEModule(L.LightningModule):
                  vision_pretrained: str | None = None, feature_index: int = -1, image_size: int | None = None,
                  num_image_tokens: int | None = 64, adapter_heads: int = 8, adapter_mlp_ratio: int = 4,
                  patch_positions: bool = False, joint: dict[str, Any] | None = None, max_text_len: int = 64,
-                 tokenizer: str | None = None, vocab_size: int = 1000, loss: str = "listwise",
+                 tokenizer: str | None = None, vocab_size: int = 1000, text: str = "words",
+                 text_checkpoint: str | None = None, text_pretrained: str | None = None,
+                 text_lr_scale: float = 0.0, loss: str = "listwise",
                  mlm_weight: float = 0.0, recovery_weight: float = 0.0, distill_weight: float = 0.0,
                  teacher: str | None = None, standardize_patches: bool = True, lr: float = 1e-3,
                  weight_decay: float = 0.01, warmup_steps: int = 100,
@@ -65,6 +70,10 @@ class EDJEModule(L.LightningModule):
         self.itm_loss = ranking_loss(loss)
         if distill_weight > 0 and not teacher:
             raise ValueError("distill_weight > 0 needs a `teacher` (an exported uncompressed EDJE folder)")
+        if text != "words" and (mlm_weight > 0 or recovery_weight > 0):
+            raise ValueError(f"mlm_weight and recovery_weight read word pieces; set them to 0 with text={text!r}")
+        if text_lr_scale < 0:
+            raise ValueError(f"text_lr_scale must be >= 0, got {text_lr_scale}")
         self.model: EDJE | None = None
         self.patches: dict[str, Tensor] = {}
 
@@ -77,19 +86,24 @@ class EDJEModule(L.LightningModule):
                           vision_pretrained=h.vision_pretrained, feature_index=h.feature_index,
                           image_size=h.image_size, adapter_heads=h.adapter_heads,
                           adapter_mlp_ratio=h.adapter_mlp_ratio, patch_positions=h.patch_positions,
-                          joint=dict(h.joint or DEFAULT_JOINT), max_text_len=h.max_text_len)
+                          joint=dict(h.joint or DEFAULT_JOINT), max_text_len=h.max_text_len, text=h.text,
+                          text_checkpoint=h.text_checkpoint, text_pretrained=h.text_pretrained,
+                          text_trainable=h.text_lr_scale > 0)
 
     def _tokenizer(self, texts: list[str]):
         from transformers import AutoTokenizer
 
-        from mmrerank.rerankers.edje.joint import build_wordpiece_tokenizer
+        from mmrerank.rerankers.edje.joint import SPECIAL_TOKENS, build_wordpiece_tokenizer
 
         if self.hparams.tokenizer:
             return AutoTokenizer.from_pretrained(self.hparams.tokenizer)
+        if self.hparams.text != "words":  # the text side tokenizes captions; the joint vocabulary is its specials
+            return build_wordpiece_tokenizer([], vocab_size=len(SPECIAL_TOKENS))
         return build_wordpiece_tokenizer(texts, vocab_size=self.hparams.vocab_size)
 
-    def _build(self, config: EDJEConfig, tokenizer, recovery_dim: int | None = None) -> None:
-        self.model = EDJE(config, tokenizer)
+    def _build(self, config: EDJEConfig, tokenizer, recovery_dim: int | None = None,
+               load_text_weights: bool = True) -> None:
+        self.model = EDJE(config, tokenizer, load_text_weights)
         d, vocab = self.model.dim, self.model.joint.bert.config.vocab_size
         if self.hparams.mlm_weight > 0:
             self.mlm_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, vocab))
@@ -245,8 +259,11 @@ class EDJEModule(L.LightningModule):
             tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(checkpoint["edje_tokenizer"]),
                                           unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
                                           mask_token="[MASK]")
-            self._build(EDJEConfig(**checkpoint["edje_config"]), tok, checkpoint.get("edje_recovery_dim"))
+            self._build(EDJEConfig(**checkpoint["edje_config"]), tok, checkpoint.get("edje_recovery_dim"), False)
 
     def configure_optimizers(self):
+        text = self.model.joint.text
+        tower = {id(p) for p in text.tower_parameters()} if text is not None else set()
         return adamw_warmup_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps,
-                                   self.trainer.estimated_stepping_batches)
+                                   self.trainer.estimated_stepping_batches,
+                                   lr_scale=lambda p: self.hparams.text_lr_scale if id(p) in tower else 1.0)
