@@ -1,4 +1,4 @@
-"""EDJE's text sides (own word pieces, the first stage's text tower, a pretrained BERT folder) and the twin negatives."""
+"""EDJE text sides (own word pieces, the first stage's text tower, a pretrained BERT folder); twin negatives."""
 
 from __future__ import annotations
 
