@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, BertTokenizerFast
+from transformers import BertModel, BertTokenizerFast
 
 from mmrerank.data.datamodules import RerankGroups
 from mmrerank.data.negatives import mine_hard_negatives
@@ -34,21 +34,6 @@ def first_stage(tmp_path_factory):
     path = tmp_path_factory.mktemp("fs") / "fs.safetensors"
     encoder.save_weights(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory):
-    """A tiny BERT in the hub's format: `BertModel.save_pretrained` (position table of 512) and a WordPiece vocab.txt
-    through `BertTokenizerFast`, as `microsoft/MiniLM-L12-H384-uncased` or all-MiniLM-L6-v2 ship."""
-    folder = tmp_path_factory.mktemp("bert")
-    words = sorted({w for t in TEXTS for w in t.split()})
-    (folder / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + words) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
-    tokenizer.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, **JOINT)
-    BertModel(config).save_pretrained(folder)
-    return folder
 
 
 def test_first_stage_text_states_are_open_clips(first_stage):

@@ -153,22 +153,28 @@ def test_a_few_steps_drive_the_itm_loss_down_and_separate_positives():
 
 # --- fit -> precompute -> benchmark ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["first_stage", "words"])
-def trained(request, tiny_config, tmp_path_factory):
+@pytest.fixture(scope="module", params=["first_stage", "words", "bert"])
+def trained(request, tiny_config, tmp_path_factory, bert_folder):
     """`mmrerank fit` with the synthetic config, shrunk: a random first stage, a 1-layer joint encoder, 4 steps; with
-    the config's text side (the first stage's text tower), and with the joint encoder's own word pieces plus MLM and
-    text-embedding recovery."""
+    the config's text side (the first stage's text tower), with the joint encoder's own word pieces plus MLM and
+    text-embedding recovery, and with a pretrained BERT folder (the hub's format) and its tokenizer."""
     root = tmp_path_factory.mktemp("edje")
     first_stage = root / "fs.safetensors"
     CLIPEncoder("mmrerank-tiny-resnet").save_weights(first_stage)
     syn = [f"--data.init_args.{split}.synthetic.{k}={getattr(tiny_config, k)}" for split in ("train", "val")
            for k in ("root", "seed", "train_images", "val_images", "test_images")]
-    text = ([f"--model.init_args.text_checkpoint={first_stage}"] if request.param == "first_stage" else
-            ["--model.init_args.text=words", "--model.init_args.mlm_weight=0.5",
-             "--model.init_args.recovery_weight=0.5"])
+    joint = TINY_JOINT
+    if request.param == "first_stage":
+        text = [f"--model.init_args.text_checkpoint={first_stage}"]
+    elif request.param == "words":
+        text = ["--model.init_args.text=words", "--model.init_args.mlm_weight=0.5",
+                "--model.init_args.recovery_weight=0.5"]
+    else:
+        joint = json.dumps({"name": str(bert_folder)})
+        text = ["--model.init_args.text=words", f"--model.init_args.tokenizer={bert_folder}"]
     main(["fit", "--config", CONFIG, f"--trainer.default_root_dir={root}", "--trainer.max_steps=4",
           "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-          f"--model.init_args.vision_checkpoint={first_stage}", f"--model.init_args.joint={TINY_JOINT}",
+          f"--model.init_args.vision_checkpoint={first_stage}", f"--model.init_args.joint={joint}",
           "--model.init_args.num_image_tokens=4", *text, f"--model.init_args.export_dir={root / 'model'}",
           "--data.init_args.batch_size=4", "--data.init_args.n=3", "--data.init_args.hard=2",
           "--data.init_args.pool=4", "--data.init_args.mined=8",

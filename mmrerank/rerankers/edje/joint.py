@@ -103,7 +103,8 @@ class JointEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.cls_token_id, self.sep_token_id = cls_token_id, sep_token_id
         if isinstance(config, str):
-            self.bert = BertModel.from_pretrained(config, add_pooling_layer=True)
+            # from_pretrained returns eval mode; a fresh module trains (dropout on) until the caller says otherwise
+            self.bert = BertModel.from_pretrained(config, add_pooling_layer=True).train()
             self._grow_positions(self.max_positions)
         else:
             config = copy.deepcopy(config)
