@@ -108,7 +108,7 @@ class EDJE(nn.Module):
         self.config, self.tokenizer = config, tokenizer
         joint = dict(config.joint)
         # A saved pretrained encoder records its (possibly longer) position table; rebuild it at that size.
-        positions = joint.pop("max_position_embeddings", None)
+        table_rows = joint.pop("max_position_embeddings", None)
         if "name" in joint:
             bert: BertConfig | str = joint["name"]
         else:
@@ -120,7 +120,7 @@ class EDJE(nn.Module):
         text = config.text_side(load_text_weights)
         max_text_len = text.context_length if text is not None else config.max_text_len
         self.joint = JointEncoder(bert, num_image_tokens=m, max_text_len=max_text_len, tokenizer=tokenizer,
-                                  text=text, num_positions=positions)
+                                  text=text, num_positions=table_rows)
         d = self.joint.hidden_size
         positions = config.num_patches if config.patch_positions else None
         if config.num_image_tokens is None:
