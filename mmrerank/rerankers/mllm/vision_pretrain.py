@@ -210,6 +210,14 @@ def _resized(images, rows: Sequence[int], size: int) -> list[Image.Image]:
     return [images[r].convert("RGB").resize((size, size), Image.BICUBIC) for r in rows]
 
 
+def _sample(rng: random.Random, data: ImageTextDataset, caption_image: list[int], batch: int, size: int
+            ) -> tuple[list[int], list[int], list[Image.Image]]:
+    """`batch` distinct caption rows, their image rows, and those images resized for the VLM."""
+    cap_rows = rng.sample(range(len(caption_image)), batch)
+    img_rows = [caption_image[c] for c in cap_rows]
+    return cap_rows, img_rows, _resized(data.images, img_rows, size)
+
+
 def pretrain_vlm(folder: str | Path, data: ImageTextDataset, first_stage: str, first_stage_checkpoint: str | Path,
                  config: PretrainConfig | None = None, log: Callable[[str], None] = print,
                  log_every: int = 50) -> dict:
@@ -249,9 +257,7 @@ def pretrain_vlm(folder: str | Path, data: ImageTextDataset, first_stage: str, f
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, config.distill_steps))
     window = []
     for step in range(config.distill_steps):
-        cap_rows = rng.sample(range(len(captions)), config.distill_batch)
-        img_rows = [caption_image[c] for c in cap_rows]
-        images = _resized(data.images, img_rows, config.image_size)
+        cap_rows, img_rows, images = _sample(rng, data, caption_image, config.distill_batch, config.image_size)
         vis = processor.image_processor(images=images, return_tensors="pt")
         pred, image_emb = student(vis["pixel_values"], vis["image_grid_thw"])
         targets = teacher.image_tokens([data.images[r] for r in img_rows])
@@ -278,9 +284,7 @@ def pretrain_vlm(folder: str | Path, data: ImageTextDataset, first_stage: str, f
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, config.caption_steps))
     window = []
     for step in range(config.caption_steps):
-        cap_rows = rng.sample(range(len(captions)), config.caption_batch)
-        img_rows = [caption_image[c] for c in cap_rows]
-        images = _resized(data.images, img_rows, config.image_size)
+        cap_rows, img_rows, images = _sample(rng, data, caption_image, config.caption_batch, config.image_size)
         batch_captions = [captions[c] for c in cap_rows]
         inputs, labels = caption_inputs(processor, DEFAULT_PROMPT, batch_captions, images)
         loss = lm = caption_loss(model, inputs, labels)
