@@ -11,18 +11,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import lightning as L
 from PIL import Image
 
-from mmrerank.data.dataset import ImageTextDataset
-from mmrerank.data.revisited import RevisitedDataset, load_revisited
-from mmrerank.data.synthetic import SyntheticConfig, load_synthetic
-from mmrerank.data.synthetic.instances import InstanceConfig, load_instances
-from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
-from mmrerank.encoders.clip import CLIPEncoder, resolve_device
+from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.revisited import RevisitedDataset, load_revisited
+from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
+from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
+from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.evaluation import DEFAULT_MEASURES, Report, evaluate_instances, evaluate_task
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
+from mmrerank.retrieval.clip import resolve_device
+from mmrerank.retrieval.first_stage import FirstStage as FirstStageConfig
 
 DATASETS = ("synthetic", "coco", "flickr30k", "karpathy", "table")
 
@@ -52,7 +52,7 @@ class DatasetConfig:
     def load(self) -> ImageTextDataset:
         if self.name == "synthetic":
             return load_synthetic(self.split, self.synthetic)
-        from mmrerank.data import loaders  # datasets / pyarrow: only for real data
+        from mmrerank.core.items import loaders  # datasets / pyarrow: only for real data
 
         if self.name == "flickr30k":
             return loaders.load_hub_flickr30k(self.split, skip_corrupt=self.skip_corrupt)
@@ -72,52 +72,6 @@ def _required(value: str | None, name: str) -> str:
     if not value:
         raise ValueError(f"this dataset needs `{name}`")
     return value
-
-
-@dataclass
-class FirstStageConfig:
-    """The first-stage dual encoder.
-
-    Attributes:
-        model_name: open_clip model name or a local config from `configs/open_clip/`.
-        pretrained: open_clip pretrained tag (real use; needs the network once).
-        checkpoint: weights to load (safetensors or a `CLIPModule` Lightning checkpoint). When it does not exist
-            and `pretrained` is unset, the model is trained on the synthetic train split and saved there.
-        train_steps, batch_size, lr: that training's budget.
-        seed: seed of that training.
-    """
-
-    model_name: str = "mmrerank-tiny-resnet"
-    pretrained: str | None = None
-    checkpoint: str | None = "checkpoints/first_stage/mmrerank-tiny-resnet-synthetic.safetensors"
-    train_steps: int = 600
-    batch_size: int = 128
-    lr: float = 2e-3
-    seed: int = 0
-
-    def build(self, synthetic: SyntheticConfig, progress: bool = True) -> CLIPEncoder:
-        if self.pretrained:
-            return CLIPEncoder(self.model_name, self.pretrained)
-        if self.checkpoint and Path(self.checkpoint).is_file():
-            encoder = CLIPEncoder(self.model_name)
-            encoder.load_weights(self.checkpoint)
-            return encoder
-        return self.train(synthetic, progress)
-
-    def train(self, synthetic: SyntheticConfig, progress: bool = True) -> CLIPEncoder:
-        """Train the first stage on the synthetic train split (Lightning), save it to `checkpoint`."""
-        from mmrerank.data.datamodules import SyntheticDataModule
-        from mmrerank.encoders.module import CLIPModule
-
-        L.seed_everything(self.seed, verbose=False)
-        module = CLIPModule(self.model_name, lr=self.lr)
-        trainer = L.Trainer(max_steps=self.train_steps, accelerator="auto", devices=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                            limit_val_batches=0)
-        trainer.fit(module, datamodule=SyntheticDataModule(synthetic, batch_size=self.batch_size))
-        if self.checkpoint:
-            module.encoder.save_weights(self.checkpoint)
-        return module.encoder
 
 
 @dataclass
@@ -160,7 +114,8 @@ class SuperGlobalConfig:
         database = [data.db_image(j) for j in range(data.num_db)]
         backbone, checkpoint = self.backbone, None
         if backbone == "first_stage":
-            backbone, checkpoint = f"first_stage:{first_stage.model_name}", first_stage.checkpoint
+            first_stage.build(progress=False)  # trained first when missing
+            backbone, checkpoint = f"first_stage:{first_stage.model_name}", str(first_stage.folder())
         for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):
             extractor = SuperGlobalExtractor(backbone, pooling, self.head_dim, self.pretrained, checkpoint,
                                              cvnet_checkpoint=self.cvnet_checkpoint).to(resolve_device(device))
@@ -200,7 +155,7 @@ class EDJEBenchmarkConfig:
         if not (Path(self.model) / "config.json").is_file():
             raise FileNotFoundError(f"no EDJE model at {self.model}; train one first: "
                                     "mmrerank fit --config configs/edje/synthetic.yaml")
-        model = EDJE.load(self.model)
+        model = EDJE.from_pretrained(self.model)
         store = self.store or default_store(self.model, dataset)
         tokens = precompute_images(model, data.images, store, self.dtype, self.shard_size, device=device,
                                    progress=progress)
@@ -234,8 +189,8 @@ def precompute(model: str, dataset: DatasetConfig | None = None, store: str | No
 
     dataset = dataset or DatasetConfig()
     store = store or default_store(model, dataset)
-    tokens = precompute_images(EDJE.load(model), dataset.load().images, store, dtype, shard_size, batch_size, device,
-                               overwrite, progress)
+    tokens = precompute_images(EDJE.from_pretrained(model), dataset.load().images, store, dtype, shard_size,
+                               batch_size, device, overwrite, progress)
     footprint = tokens.footprint()
     print(f"{tokens}: {tokens.bytes_per_image:,} B per image, {footprint['data'] + footprint['overhead']:,} B in all "
           f"({100 * footprint['overhead'] / max(footprint['data'], 1):.3f} % overhead)")
@@ -296,7 +251,7 @@ class MLLMConfig:
                             batch_size=self.batch_size, device=device)
 
     def load_pages(self):
-        from mmrerank.data.mmdocir import load_mmdocir
+        from mmrerank.datasets.mmdocir import load_mmdocir
 
         if self.annotations:
             return load_mmdocir(self.annotations, _required(self.pages_parquet, "mllm.pages_parquet"))
@@ -366,7 +321,8 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
         output_dir: where the report goes (default `outputs/benchmark/<dataset name>`).
         device: `auto` (GPU when present), `cpu` or `cuda`.
     """
-    dataset, first_stage = dataset or DatasetConfig(), first_stage or FirstStageConfig()
+    dataset = dataset or DatasetConfig()
+    first_stage = (first_stage or FirstStageConfig()).trained_on(dataset.synthetic)
     directions = ["t2i", "i2t"] if directions is None else directions
     measures = measures or list(DEFAULT_MEASURES)
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
@@ -384,7 +340,7 @@ def benchmark(dataset: DatasetConfig | None = None, first_stage: FirstStageConfi
 
     if uses_first_stage:
         start = time.perf_counter()
-        encoder = first_stage.build(dataset.synthetic, progress).to(resolve_device(device))
+        encoder = first_stage.build(progress).to(resolve_device(device))
         report.timings["first stage ready"] = time.perf_counter() - start
     mllm_reranker = mllm.build(device) if mllm is not None else None
 

@@ -17,15 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmrerank import distributed
-from mmrerank.data.dataset import RetrievalTask
-from mmrerank.data.mmdocir import MMDocIRDataset
-from mmrerank.data.revisited import RevisitedDataset, revisited_map
-from mmrerank.data.run import PAD, Run
-from mmrerank.index import RetrievalIndex
-from mmrerank.io import atomic_write, atomic_write_json, atomic_write_text
+from mmrerank.core import distributed
+from mmrerank.core.io import atomic_write, atomic_write_json, atomic_write_text
+from mmrerank.core.items import RetrievalTask
+from mmrerank.core.run import PAD, Run
+from mmrerank.datasets.mmdocir import MMDocIRDataset
+from mmrerank.datasets.revisited import RevisitedDataset, revisited_map
 from mmrerank.metrics import evaluate, mmdocir_page_metrics
 from mmrerank.rerankers.base import Reranker
+from mmrerank.retrieval.index import RetrievalIndex
 
 DEFAULT_MEASURES = ("Success@1", "Success@5", "Success@10", "nDCG@10")
 FIRST_STAGE = "first stage"
@@ -181,7 +181,7 @@ def evaluate_instances(report: Report, dataset: RevisitedDataset, query_desc: Te
 
 def bm25_page_scores(dataset: MMDocIRDataset) -> list[Tensor]:
     """The BM25 first stage for document pages: each question's scores over its own document's pages (OCR text)."""
-    from mmrerank.encoders.bm25 import bm25_scores
+    from mmrerank.retrieval.bm25 import bm25_scores
 
     if dataset.ocr_text is None:
         raise ValueError("BM25 over pages needs their OCR text: load the dataset with its pages parquet")

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmrerank.data.run import PAD, Qrels, Run
+from mmrerank.core.run import PAD, Qrels, Run
 
 __all__ = ["SUPPORTED", "evaluate", "parse_measure", "per_query"]
 

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 import torch
 
 from mmrerank.benchmark import DatasetConfig, FirstStageConfig
-from mmrerank.data.run import Run
+from mmrerank.core.run import Run
 from mmrerank.evaluation import retrieve
 from mmrerank.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEReranker, precompute_images
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--queries", type=int, default=0, help="rerank only the first N queries (0: all)")
     args = parser.parse_args()
-    model = EDJE.load(args.model)
+    model = EDJE.from_pretrained(args.model)
     encoder = FirstStageConfig().build(DatasetConfig().synthetic, progress=False)
     val = split_rows(model, encoder, "val", args.depth, f"{args.model}/tokens", args.queries)
     best = max(ALPHAS, key=lambda a: sum(score(fuse(run, rr, args.depth, a), task.qrels, ["Success@1"])["Success@1"]

@@ -26,7 +26,7 @@ import torch
 from common import clustered_corpus  # scripts/common.py (scripts/ is on sys.path)
 from torch import Tensor
 
-from mmrerank.index import KINDS, RetrievalIndex
+from mmrerank.retrieval.index import KINDS, RetrievalIndex
 
 
 def recall_at_k(found: Tensor, truth: Tensor) -> float:

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from mmrerank.data.run import Qrels, Run
+from mmrerank.core.run import Qrels, Run
 from mmrerank.metrics import evaluate
 
 MEASURES = ["nDCG@10", "R@10", "Success@1", "RR@10", "AP@100", "P@5"]

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from mmrerank.data.synthetic import load_synthetic
-from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.datasets.synthetic import load_synthetic
 from mmrerank.evaluation import retrieve
 from mmrerank.rerankers.mllm import MLLMReranker
 from mmrerank.rerankers.mllm.module import MLLMRerankerModule
+from mmrerank.retrieval.clip import CLIPEncoder
 
 ALPHAS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mmrerank.data.datamodules import PageGroupsDataModule
-from mmrerank.data.mmdocir import load_mmdocir
-from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
+from mmrerank.datasets.mmdocir import load_mmdocir
+from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.evaluation import Report, bm25_page_scores, evaluate_pages, fuse_first_stage, rerank_pages
 from mmrerank.rerankers.mllm import build_tiny_vlm
+from mmrerank.rerankers.mllm.data import PageGroupsDataModule
 from mmrerank.rerankers.mllm.module import MLLMRerankerModule
 
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from mmrerank.data.synthetic import load_synthetic
+from mmrerank.datasets.synthetic import load_synthetic
 from mmrerank.rerankers.mllm.vision_pretrain import PretrainConfig, pretrain_vlm
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrerank.benchmark import DatasetConfig, FirstStageConfig
-from mmrerank.data.datamodules import EDJEDataModule
+from mmrerank.rerankers.edje.data import EDJEDataModule
 from mmrerank.rerankers.edje.joint import build_wordpiece_tokenizer, tokenize
 from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
 from mmrerank.rerankers.edje.module import EDJEModule

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from mmrerank.data.synthetic import SyntheticConfig, load_synthetic
+from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
 from mmrerank.rerankers.edje.joint import SPECIAL_TOKENS
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("bm25s")
 
-from mmrerank.encoders.bm25 import bm25_scores  # noqa: E402
+from mmrerank.retrieval.bm25 import bm25_scores  # noqa: E402
 
 
 def naive_bm25(query: str, pages: list[str], k1: float = 1.5, b: float = 0.75) -> list[float]:

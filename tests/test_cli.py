@@ -93,13 +93,13 @@ def test_benchmark_command_writes_report(tiny_config, tmp_path):
              f"--dataset.synthetic.train_images={tiny_config.train_images}",
              f"--dataset.synthetic.val_images={tiny_config.val_images}",
              f"--dataset.synthetic.test_images={tiny_config.test_images}",
-             f"--first_stage.checkpoint={tmp_path / 'fs.safetensors'}", "--first_stage.train_steps=2",
+             f"--first_stage.checkpoint={tmp_path / 'fs'}", "--first_stage.train_steps=2",
              "--first_stage.batch_size=8", "--depth=20", f"--output_dir={out}", "--progress=false"])
     report = json.loads((out / "report.json").read_text())
     row = report["rows"]["first stage"]
     assert set(row) == {f"{d}/{m}" for d in ("t2i", "i2t") for m in ("Success@1", "Success@5", "Success@10", "nDCG@10")}
     assert all(0.0 <= v <= 1.0 for v in row.values())
-    assert (out / "success_at_k.png").stat().st_size > 0 and (tmp_path / "fs.safetensors").is_file()
+    assert (out / "success_at_k.png").stat().st_size > 0 and (tmp_path / "fs" / "config.json").is_file()
 
 
 def last_checkpoint(root: Path, name: str) -> dict:
@@ -132,7 +132,7 @@ def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
              f"{data}synthetic.train_images={tiny_config.train_images}",
              f"{data}synthetic.val_images={tiny_config.val_images}",
              f"{data}synthetic.test_images={tiny_config.test_images}",
-             f"{data}first_stage.checkpoint={tmp_path / 'fs.safetensors'}", f"{data}first_stage.train_steps=2",
+             f"{data}first_stage.checkpoint={tmp_path / 'fs'}", f"{data}first_stage.train_steps=2",
              f"{data}first_stage.batch_size=8", "--trainer.callbacks.every_n_train_steps=1"], cwd=tmp_path)
     checkpoint = last_checkpoint(tmp_path, "synthetic-images")
     assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["schedule"] == "cosine"

@@ -9,11 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmrerank import distributed
-from mmrerank.data.synthetic import SyntheticConfig, load_synthetic
-from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.core import distributed
+from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
 from mmrerank.evaluation import Report, evaluate_task
 from mmrerank.rerankers.base import Reranker
+from mmrerank.retrieval.clip import CLIPEncoder
 
 
 class FirstCharReranker(Reranker):

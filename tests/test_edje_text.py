@@ -10,16 +10,16 @@ import torch
 from torch import nn
 from transformers import BertModel, BertTokenizerFast
 
-from mmrerank.data.datamodules import RerankGroups
-from mmrerank.data.negatives import mine_hard_negatives
-from mmrerank.data.synthetic import ensure_split, load_scenes, load_synthetic
-from mmrerank.data.synthetic.scenes import satisfies, scene_arrays
-from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.datasets.synthetic import ensure_split, load_scenes, load_synthetic
+from mmrerank.datasets.synthetic.scenes import satisfies, scene_arrays
 from mmrerank.losses import listwise_softmax
 from mmrerank.optim import adamw_warmup_cosine
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
+from mmrerank.rerankers.edje.data import RerankGroups
 from mmrerank.rerankers.edje.joint import SPECIAL_TOKENS
 from mmrerank.rerankers.edje.text import FirstStageText
+from mmrerank.retrieval.clip import CLIPEncoder
+from mmrerank.retrieval.negatives import mine_hard_negatives
 
 TEXTS = ["a red circle left of a blue square", "a green star above a box", "a small yellow triangle"]
 JOINT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
@@ -31,8 +31,8 @@ def first_stage(tmp_path_factory):
     """A first-stage checkpoint with non-default weights (so loading it is visible)."""
     torch.manual_seed(0)
     encoder = CLIPEncoder("mmrerank-tiny-resnet")
-    path = tmp_path_factory.mktemp("fs") / "fs.safetensors"
-    encoder.save_weights(path)
+    path = tmp_path_factory.mktemp("fs") / "fs"
+    encoder.save_pretrained(path)
     return path
 
 
@@ -97,8 +97,8 @@ def test_each_text_side_trains_saves_and_loads_to_the_same_scores(text, first_st
     model.eval()
     with torch.no_grad():
         expected = model.score(TEXTS, model.compress(patches[:, 0]))
-    model.save(tmp_path / "edje")
-    again = EDJE.load(tmp_path / "edje")
+    model.save_pretrained(tmp_path / "edje")
+    again = EDJE.from_pretrained(tmp_path / "edje")
     with torch.no_grad():
         torch.testing.assert_close(again.score(TEXTS, again.compress(patches[:, 0])), expected, rtol=0, atol=0)
     saved = json.loads((tmp_path / "edje" / "config.json").read_text())
@@ -109,8 +109,8 @@ def test_pretrained_bert_keeps_its_position_table_through_save_and_load(first_st
     """Regression: a pretrained encoder's 512-row table was rebuilt at max_text_len + m + 3 rows on load."""
     model = build("bert", first_stage, bert_folder)
     assert model.joint.bert.embeddings.position_embeddings.num_embeddings == 512
-    model.save(tmp_path / "edje")
-    again = EDJE.load(tmp_path / "edje")
+    model.save_pretrained(tmp_path / "edje")
+    again = EDJE.from_pretrained(tmp_path / "edje")
     assert again.joint.bert.embeddings.position_embeddings.num_embeddings == 512
     pretrained = BertModel.from_pretrained(str(bert_folder))
     torch.testing.assert_close(again.joint.bert.embeddings.word_embeddings.weight,

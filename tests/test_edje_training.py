@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from mmrerank.cli import main
-from mmrerank.data.negatives import first_non_relevant, mine_hard_negatives
-from mmrerank.data.run import Run
-from mmrerank.data.synthetic import ensure_split, load_scenes, load_synthetic
-from mmrerank.data.synthetic.scenes import satisfies, scene_arrays
-from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.core.run import Run
+from mmrerank.datasets.synthetic import ensure_split, load_scenes, load_synthetic
+from mmrerank.datasets.synthetic.scenes import satisfies, scene_arrays
 from mmrerank.losses import listwise_softmax
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, EDJEReranker, VisionTokenSource, build_wordpiece_tokenizer
+from mmrerank.retrieval.clip import CLIPEncoder
+from mmrerank.retrieval.negatives import first_non_relevant, mine_hard_negatives
 
 CONFIG = "configs/edje/synthetic.yaml"
 TINY_JOINT = '{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}'
@@ -101,15 +101,15 @@ def test_model_shapes_and_folder_round_trip(tmp_path, m):
     assert tokens.shape == (3, m or 9, 32)
     with torch.no_grad():
         before = model.score(["a red circle", "a box", "a green star above a blue circle"], tokens)
-    model.save(tmp_path / "edje")
-    again = EDJE.load(tmp_path / "edje")
+    model.save_pretrained(tmp_path / "edje")
+    again = EDJE.from_pretrained(tmp_path / "edje")
     with torch.no_grad():
         torch.testing.assert_close(again.score(["a red circle", "a box", "a green star above a blue circle"],
                                                again.compress(patches)), before)
     with pytest.raises(FileNotFoundError, match="config.json"):
-        EDJE.load(tmp_path / "missing")
+        EDJE.from_pretrained(tmp_path / "missing")
     (tmp_path / "edje" / "tokens" / "synthetic-test").mkdir(parents=True)  # a store of the model being replaced
-    model.save(tmp_path / "edje")
+    model.save_pretrained(tmp_path / "edje")
     assert not (tmp_path / "edje" / "tokens").exists()
 
 
@@ -124,8 +124,8 @@ def test_patch_statistics_standardise_every_channel_and_travel_with_the_model(tm
         expected = model.compress(by_hand)  # identity statistics until they are set
         model.set_patch_statistics(patches)
         torch.testing.assert_close(model.compress(patches), expected)
-        model.save(tmp_path / "edje")
-        torch.testing.assert_close(EDJE.load(tmp_path / "edje").compress(patches), expected)
+        model.save_pretrained(tmp_path / "edje")
+        torch.testing.assert_close(EDJE.from_pretrained(tmp_path / "edje").compress(patches), expected)
 
 
 def test_a_few_steps_drive_the_itm_loss_down_and_separate_positives():
@@ -159,8 +159,8 @@ def trained(request, tiny_config, tmp_path_factory, bert_folder):
     the config's text side (the first stage's text tower), with the joint encoder's own word pieces plus MLM and
     text-embedding recovery, and with a pretrained BERT folder (the hub's format) and its tokenizer."""
     root = tmp_path_factory.mktemp("edje")
-    first_stage = root / "fs.safetensors"
-    CLIPEncoder("mmrerank-tiny-resnet").save_weights(first_stage)
+    first_stage = root / "fs"
+    CLIPEncoder("mmrerank-tiny-resnet").save_pretrained(first_stage)
     syn = [f"--data.init_args.{split}.synthetic.{k}={getattr(tiny_config, k)}" for split in ("train", "val")
            for k in ("root", "seed", "train_images", "val_images", "test_images")]
     joint = TINY_JOINT
@@ -189,13 +189,13 @@ def synthetic_args(prefix: str, config) -> list[str]:
 
 
 def test_fit_exports_a_model_with_its_tokenizer(trained):
-    model = EDJE.load(trained / "model")
+    model = EDJE.from_pretrained(trained / "model")
     assert model.num_image_tokens == 4 and model.config.num_patches == 64 and model.config.patch_dim == 128
     assert model.tokenizer.mask_token_id is not None and (trained / "model" / "tokenizer").is_dir()
     if model.config.text != "words":  # the exported tower is the first stage's text tower, frozen as configured
-        from mmrerank.encoders.clip import load_state_dict
+        from mmrerank.retrieval.clip import load_state_dict
 
-        weights = load_state_dict(trained / "fs.safetensors")
+        weights = load_state_dict(trained / "fs")
         torch.testing.assert_close(model.joint.text.token_embedding.weight, weights["token_embedding.weight"])
 
 
@@ -203,7 +203,7 @@ def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, ti
     store = tmp_path / "store"
     main(["precompute", f"--model={trained / 'model'}", f"--store={store}", "--shard_size=16", "--progress=false",
           *synthetic_args("dataset", tiny_config)])
-    model = EDJE.load(trained / "model")
+    model = EDJE.from_pretrained(trained / "model")
     reranker = EDJEReranker(model, store)
     assert len(reranker.store) == len(tiny_test_split.images) and reranker.store.bytes_per_image == 4 * 32 * 2
 
@@ -240,7 +240,7 @@ def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, ti
 def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
     out = tmp_path / "report"
     main(["benchmark", *synthetic_args("dataset", tiny_config),
-          f"--first_stage.checkpoint={trained / 'fs.safetensors'}",
+          f"--first_stage.checkpoint={trained / 'fs'}",
           f"--edje.model={trained / 'model'}", "--edje.alpha=1.0", f"--edje.store={tmp_path / 'store'}",
           "--depth=20", "--rerank_depth=5", f"--output_dir={out}", "--progress=false"])
     rows = json.loads((out / "report.json").read_text())["rows"]

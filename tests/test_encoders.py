@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmrerank.data.dataset import Texts
-from mmrerank.encoders.clip import CLIPEncoder, load_state_dict
-from mmrerank.encoders.module import CLIPModule
+from mmrerank.core.items import Texts
 from mmrerank.losses import symmetric_info_nce
+from mmrerank.retrieval.clip import CLIPEncoder, load_state_dict
+from mmrerank.retrieval.module import CLIPModule
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,14 @@ def test_batched_encoding_matches_one_batch(encoder, tiny_test_split):
 def test_weights_round_trip_safetensors_and_lightning(encoder, tmp_path):
     texts = ["a big red star left of a small cyan disc"]
     expected = encoder.encode_texts(texts)
-    encoder.save_weights(tmp_path / "w.safetensors")
+    encoder.save_pretrained(tmp_path / "saved")
     other = CLIPEncoder("mmrerank-tiny-vit")
     assert not torch.allclose(other.encode_texts(texts), expected)
-    other.load_weights(tmp_path / "w.safetensors")
+    other.load_weights(tmp_path / "saved")
     assert torch.allclose(other.encode_texts(texts), expected, atol=1e-6)
+    again = CLIPEncoder.from_pretrained(tmp_path / "saved")  # the folder names its architecture
+    assert again.model_name == "mmrerank-tiny-vit"
+    assert torch.allclose(again.encode_texts(texts), expected, atol=1e-6)
 
     module = CLIPModule("mmrerank-tiny-vit")
     module.encoder.model.load_state_dict(encoder.model.state_dict())

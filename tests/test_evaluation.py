@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from mmrerank.data.dataset import RetrievalTask, Texts
-from mmrerank.data.run import PAD
-from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.core.items import RetrievalTask, Texts
+from mmrerank.core.run import PAD
 from mmrerank.evaluation import FIRST_STAGE, Report, evaluate_task, retrieve
 from mmrerank.metrics import evaluate
 from mmrerank.rerankers.base import Reranker
+from mmrerank.retrieval.clip import CLIPEncoder
 
 
 class OracleReranker(Reranker):

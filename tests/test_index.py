@@ -1,4 +1,4 @@
-"""Tests for `mmrerank.index.RetrievalIndex`, checked against exact torch top-k as the oracle."""
+"""Tests for `mmrerank.retrieval.index.RetrievalIndex`, checked against exact torch top-k as the oracle."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmrerank.data.run import PAD
-from mmrerank.index import KINDS, RetrievalIndex, default_nlist
+from mmrerank.core.run import PAD
+from mmrerank.retrieval.index import KINDS, RetrievalIndex, default_nlist
 
 
 def unit_gaussian(n: int, d: int, seed: int) -> torch.Tensor:

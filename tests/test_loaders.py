@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmrerank.data.dataset import ImageFiles, ImageLoadError
-from mmrerank.data.loaders import load_captions_table, load_hub_coco, load_hub_flickr30k, load_karpathy_json
+from mmrerank.core.items import ImageFiles, ImageLoadError
+from mmrerank.datasets.loaders import load_captions_table, load_hub_coco, load_hub_flickr30k, load_karpathy_json
 
 COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255)]
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mmrerank.data.run import PAD, Qrels, Run
+from mmrerank.core.run import PAD, Qrels, Run
 from mmrerank.metrics import evaluate, parse_measure, per_query
 
 SHARED = ["nDCG@1", "nDCG@5", "nDCG@10", "nDCG@50", "nDCG", "R@1", "R@5", "R@50", "Success@1", "Success@5",

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mmrerank.benchmark import DatasetConfig, FirstStageConfig, MLLMConfig, benchmark
-from mmrerank.data.mmdocir import load_mmdocir
-from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
+from mmrerank.datasets.mmdocir import load_mmdocir
+from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.evaluation import bm25_page_scores
 from mmrerank.rerankers.mllm import MLLMReranker, Page, build_tiny_vlm
 
@@ -60,7 +60,7 @@ def test_pages_only_rows_match_a_plain_loop(tiny_model, tmp_path):
 
 def test_image_text_row_reorders_only_the_head(tiny_model, tiny_config, tmp_path):
     mllm = MLLMConfig(model=tiny_model, pages=None, image_text=True, image_size=56, batch_size=16)
-    first_stage = FirstStageConfig(checkpoint=str(tmp_path / "fs.safetensors"), train_steps=2, batch_size=8)
+    first_stage = FirstStageConfig(checkpoint=str(tmp_path / "fs"), train_steps=2, batch_size=8)
     report = benchmark(DatasetConfig(synthetic=tiny_config), first_stage, mllm=mllm, directions=["t2i"], depth=10,
                        rerank_depth=2, measures=["Success@1", "Success@2", "Success@5"],
                        output_dir=str(tmp_path / "out"), progress=False)

@@ -9,10 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mmrerank.data.synthetic import load_synthetic
-from mmrerank.data.synthetic.render import render
-from mmrerank.data.synthetic.scenes import COLOUR_NAMES, SHAPES, Obj
-from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.datasets.synthetic import load_synthetic
+from mmrerank.datasets.synthetic.render import render
+from mmrerank.datasets.synthetic.scenes import COLOUR_NAMES, SHAPES, Obj
 from mmrerank.rerankers.mllm import MLLMReranker
 from mmrerank.rerankers.mllm.module import MLLMRerankerModule
 from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT
@@ -25,6 +24,7 @@ from mmrerank.rerankers.mllm.vision_pretrain import (
     distill_loss,
     pretrain_vlm,
 )
+from mmrerank.retrieval.clip import CLIPEncoder
 
 CONFIG = PretrainConfig(distill_steps=40, distill_batch=32, distill_lr=3e-3, caption_steps=30, caption_batch=8,
                         caption_lr=3e-3)
@@ -43,8 +43,8 @@ def one_thread():
 def teacher_checkpoint(tmp_path_factory):
     """A first-stage checkpoint (random weights: a random ResNet's features still differ by colour)."""
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("fs") / "fs.safetensors"
-    CLIPEncoder("mmrerank-tiny-resnet").save_weights(path)
+    path = tmp_path_factory.mktemp("fs") / "fs"
+    CLIPEncoder("mmrerank-tiny-resnet").save_pretrained(path)
     return path
 
 

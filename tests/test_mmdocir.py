@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrerank.data.dataset import ImageLoadError
-from mmrerank.data.mmdocir import load_mmdocir, load_mmdocir_annotations, load_mmdocir_layouts
-from mmrerank.data.run import PAD
+from mmrerank.core.items import ImageLoadError
+from mmrerank.core.run import PAD
+from mmrerank.datasets.mmdocir import load_mmdocir, load_mmdocir_annotations, load_mmdocir_layouts
 from mmrerank.metrics import _union_area, evaluate, mmdocir_layout_recall, mmdocir_page_metrics
 
 REAL_ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmdocir" / \

@@ -7,10 +7,10 @@ import torch
 
 pytest.importorskip("bm25s")
 
-from mmrerank.data.mmdocir import load_mmdocir  # noqa: E402
-from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages  # noqa: E402
-from mmrerank.encoders.bm25 import bm25_scores  # noqa: E402
+from mmrerank.datasets.mmdocir import load_mmdocir  # noqa: E402
+from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages  # noqa: E402
 from mmrerank.evaluation import Report, bm25_page_scores, evaluate_pages  # noqa: E402
+from mmrerank.retrieval.bm25 import bm25_scores  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_oracle_scores_reach_full_recall(pages):
 
 
 def test_page_groups_hold_gold_then_bm25_hard_negatives(pages):
-    from mmrerank.data.datamodules import PageGroups
+    from mmrerank.rerankers.mllm.data import PageGroups
 
     groups = PageGroups(pages, negatives=2)
     scores = bm25_page_scores(pages)
@@ -118,10 +118,10 @@ def test_rerank_pages_with_alpha_fuses(pages):
 
 
 def test_clip_page_scores_match_a_per_question_loop(tmp_path):
-    from mmrerank.data.mmdocir import load_mmdocir
-    from mmrerank.data.synthetic.pages import PagesConfig, ensure_pages
-    from mmrerank.encoders.clip import CLIPEncoder
+    from mmrerank.datasets.mmdocir import load_mmdocir
+    from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
     from mmrerank.evaluation import clip_page_scores
+    from mmrerank.retrieval.clip import CLIPEncoder
 
     folder = ensure_pages(PagesConfig(seed=5, documents=2, root=str(tmp_path)))
     data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")

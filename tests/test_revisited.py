@@ -15,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrerank.data.dataset import ImageLoadError
-from mmrerank.data.revisited import (
+from mmrerank.core.io import load_pickle, safe_unpickle
+from mmrerank.core.items import ImageLoadError
+from mmrerank.core.run import PAD, Run
+from mmrerank.datasets.revisited import (
     load_revisited,
     pixel_box,
     protocol_relevance,
@@ -24,8 +26,6 @@ from mmrerank.data.revisited import (
     revisited_per_query,
     revisited_qrels,
 )
-from mmrerank.data.run import PAD, Run
-from mmrerank.io import load_pickle, safe_unpickle
 
 DB = [f"d{j}" for j in range(8)]
 QUERIES = ["q_a", "q_b", "q_c"]

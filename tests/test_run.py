@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mmrerank.data.run import PAD, Qrels, Run
+from mmrerank.core.run import PAD, Qrels, Run
 
 
 def small_run() -> Run:

@@ -8,17 +8,17 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from mmrerank.encoders.clip import CLIPEncoder
 from mmrerank.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
-from mmrerank.scaling.cli import main as scaling_main
-from mmrerank.scaling.edje import (
+from mmrerank.rerankers.edje.sweep import (
     EvalTask,
     candidate_metrics,
     image_side_params,
     joint_config,
     non_embedding_params,
 )
+from mmrerank.retrieval.clip import CLIPEncoder
+from mmrerank.scaling.cli import main as scaling_main
 from mmrerank.scaling.grid import ModelSize, SweepConfig, run_sweep
 from mmrerank.scaling.results import read_evaluations
 
@@ -47,7 +47,7 @@ def test_joint_config_needs_the_shape():
 
 
 def test_candidate_metrics_equal_the_metrics_of_the_reordered_run():
-    from mmrerank.data.run import Qrels
+    from mmrerank.core.run import Qrels
 
     torch.manual_seed(0)
     q, n, k = 6, 20, 5
@@ -76,13 +76,14 @@ def test_candidate_metrics_equal_the_metrics_of_the_reordered_run():
 
 def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path):
     """Two sizes x two budgets x one loss on the tiny benchmark with a random first stage, then the report."""
-    first_stage = tmp_path / "fs.safetensors"
-    CLIPEncoder("mmrerank-tiny-resnet").save_weights(first_stage)
+    first_stage = tmp_path / "fs"
+    CLIPEncoder("mmrerank-tiny-resnet").save_pretrained(first_stage)
     synthetic = {k: getattr(tiny_config, k) for k in ("root", "seed", "train_images", "val_images", "test_images")}
     config = SweepConfig(
         sizes=[ModelSize("s1", 1, {"hidden": 16, "layers": 1, "heads": 2}),
                ModelSize("s2", 1, {"hidden": 32, "layers": 2, "heads": 2})],
-        budgets=[16, 32], losses=["listwise"], eval_fractions=[0.5, 1.0], trainer="mmrerank.scaling.edje:train_point",
+        budgets=[16, 32], losses=["listwise"], eval_fractions=[0.5, 1.0],
+        trainer="mmrerank.rerankers.edje.sweep:train_point",
         trainer_args={"candidates": 8, "batch_size": 4, "negatives": 3, "hard": 2, "eval_queries": 12,
                       "synthetic": synthetic, "first_stage": {"checkpoint": str(first_stage)},
                       "module": {"feature_index": 2, "num_image_tokens": 4, "patch_positions": True,

@@ -140,7 +140,7 @@ def test_trainer_is_resolved_by_dotted_path(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["sweep.yaml", "synthetic.yaml"])
 def test_example_sweep_configs_parse(name):
-    from mmrerank.scaling.edje import SweepArgs, joint_config
+    from mmrerank.rerankers.edje.sweep import SweepArgs, joint_config
 
     config = load_sweep_config(CONFIGS / name)
     assert len(config.sizes) >= 5 and config.losses == ["pointwise", "pairwise", "listwise"]

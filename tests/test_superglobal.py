@@ -311,8 +311,8 @@ def test_rerank_on_gpu_matches_cpu():
 def test_rerank_candidates_equals_rerank_on_the_cosine_shortlist():
     """Given each query's cosine top-M (as a flat RetrievalIndex run gives it), the shortlist's new order is
     the head of `rerank`'s full ranking."""
-    from mmrerank.index import RetrievalIndex
     from mmrerank.rerankers.superglobal import rerank_candidates
+    from mmrerank.retrieval.index import RetrievalIndex
 
     g = torch.Generator().manual_seed(5)
     centres = torch.nn.functional.normalize(torch.randn(6, 16, generator=g, dtype=torch.float64), dim=1)

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from mmrerank.benchmark import DatasetConfig, FirstStageConfig, SuperGlobalConfig, benchmark
-from mmrerank.data.revisited import protocol_relevance
-from mmrerank.data.synthetic.instances import InstanceConfig, load_instances
+from mmrerank.datasets.revisited import protocol_relevance
+from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
 from mmrerank.rerankers.superglobal import gem_plus, regional_gem
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
 
@@ -63,7 +63,7 @@ def test_unknown_backbone():
 
 def test_benchmark_rows(tmp_path, tiny_config):
     report = benchmark(
-        first_stage=FirstStageConfig(checkpoint=str(tmp_path / "fs.safetensors"), train_steps=1, batch_size=4),
+        first_stage=FirstStageConfig(checkpoint=str(tmp_path / "fs"), train_steps=1, batch_size=4),
         superglobal=SuperGlobalConfig(instances=tiny(tmp_path / "i2i"), top_m=20, k=3),
         directions=[], output_dir=str(tmp_path / "out"), progress=False,
         dataset=DatasetConfig(synthetic=tiny_config))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mmrerank.data.synthetic import SyntheticConfig, ensure_split, load_scenes, load_synthetic
-from mmrerank.data.synthetic.scenes import (
+from mmrerank.datasets.synthetic import SyntheticConfig, ensure_split, load_scenes, load_synthetic
+from mmrerank.datasets.synthetic.scenes import (
     COLOUR_NAMES,
     RELATION_WORDS,
     RELATIONS,

@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mmrerank.data.synthetic.pages import DOMAINS, FACTS, PagesConfig, ensure_pages
+from mmrerank.datasets.synthetic.pages import DOMAINS, FACTS, PagesConfig, ensure_pages
 
 
 def test_pages_formats_gold_pages_and_determinism(tmp_path):

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mmrerank.data.dataset import RetrievalTask
-from mmrerank.data.run import PAD, Run
+from mmrerank.core.items import RetrievalTask
+from mmrerank.core.run import PAD, Run
 
 
 @dataclass

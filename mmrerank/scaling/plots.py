@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mmrerank.io import atomic_write
+from mmrerank.core.io import atomic_write
 from mmrerank.scaling.forecast import Forecast
 
 

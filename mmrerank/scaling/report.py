@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mmrerank.io import atomic_write_json, atomic_write_text
+from mmrerank.core.io import atomic_write_json, atomic_write_text
 from mmrerank.scaling.forecast import (
     Forecast,
     ForecastConfig,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
-from mmrerank.io import atomic_path, atomic_write_json
+from mmrerank.core.io import atomic_path, atomic_write_json
 from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
 from mmrerank.rerankers.edje.joint import JointEncoder
 
@@ -168,7 +168,7 @@ class EDJE(nn.Module):
         device = self.joint.head.weight.device
         return self(ids.to(device), mask.to(device), image_tokens.to(device))
 
-    def save(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path) -> Path:
         """Write `config.json`, `model.safetensors` and `tokenizer/` into `folder` (each file atomically), and drop
         the token stores an earlier model left in `folder/tokens/`."""
         from safetensors.torch import save_file
@@ -189,8 +189,8 @@ class EDJE(nn.Module):
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> EDJE:
-        """Load a folder written by `save` (safetensors: no code is unpickled)."""
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> EDJE:
+        """Load a folder written by `save_pretrained` (safetensors: no code is unpickled)."""
         from safetensors.torch import load_file
 
         folder = Path(folder)

@@ -33,11 +33,26 @@ from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
 DEFAULT_JOINT = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
 
 
+def default_first_stage(spec: str, checkpoint: str | None, pretrained: str | None) -> str | None:
+    """The weights a `first_stage:<model>` side reads: `checkpoint`, or else (no pretrained tag either) the default
+    first stage's folder, trained into the cache first when missing."""
+    if checkpoint or pretrained or not spec.startswith("first_stage:"):
+        return checkpoint
+    from mmrerank.retrieval.first_stage import FirstStage
+
+    stage = FirstStage(spec.split(":", 1)[1])
+    stage.build(progress=False)
+    return str(stage.folder())
+
+
 class EDJEModule(L.LightningModule):
     """Lightning training of an `EDJE` model.
 
     Args:
-        vision, vision_checkpoint, vision_pretrained, feature_index, image_size: the frozen vision source.
+        vision, vision_checkpoint, vision_pretrained, feature_index, image_size: the frozen vision source;
+            `first_stage:<model>` without a checkpoint reads the default first stage (`FirstStage(<model>)`,
+            trained into the cache first when missing); so does the `first_stage:` text side without
+            `text_checkpoint`.
         num_image_tokens, adapter_heads, adapter_mlp_ratio, patch_positions, joint, max_text_len: `EDJEConfig`.
         tokenizer: a tokenizer folder / hub name; None builds a WordPiece vocabulary of `vocab_size` from the
             training captions (saved with the model).
@@ -54,7 +69,7 @@ class EDJEModule(L.LightningModule):
     """
 
     def __init__(self, vision: str = "first_stage:mmrerank-tiny-resnet",
-                 vision_checkpoint: str | None = "checkpoints/first_stage/mmrerank-tiny-resnet-synthetic.safetensors",
+                 vision_checkpoint: str | None = None,
                  vision_pretrained: str | None = None, feature_index: int = -1, image_size: int | None = None,
                  num_image_tokens: int | None = 64, adapter_heads: int = 8, adapter_mlp_ratio: int = 4,
                  patch_positions: bool = False, joint: dict[str, Any] | None = None, max_text_len: int = 64,
@@ -79,15 +94,25 @@ class EDJEModule(L.LightningModule):
 
     # --- building -------------------------------------------------------------------------------------------------
 
+    @property
+    def vision_checkpoint(self) -> str | None:
+        h = self.hparams
+        return default_first_stage(h.vision, h.vision_checkpoint, h.vision_pretrained)
+
+    @property
+    def text_checkpoint(self) -> str | None:
+        h = self.hparams
+        return default_first_stage(h.text, h.text_checkpoint, h.text_pretrained)
+
     def _config(self, source) -> EDJEConfig:
         h = self.hparams
         return EDJEConfig(vision=h.vision, patch_dim=source.dim, num_patches=source.num_patches,
-                          num_image_tokens=h.num_image_tokens, vision_checkpoint=h.vision_checkpoint,
+                          num_image_tokens=h.num_image_tokens, vision_checkpoint=self.vision_checkpoint,
                           vision_pretrained=h.vision_pretrained, feature_index=h.feature_index,
                           image_size=h.image_size, adapter_heads=h.adapter_heads,
                           adapter_mlp_ratio=h.adapter_mlp_ratio, patch_positions=h.patch_positions,
                           joint=dict(h.joint or DEFAULT_JOINT), max_text_len=h.max_text_len, text=h.text,
-                          text_checkpoint=h.text_checkpoint, text_pretrained=h.text_pretrained,
+                          text_checkpoint=self.text_checkpoint, text_pretrained=h.text_pretrained,
                           text_trainable=h.text_lr_scale > 0)
 
     def _tokenizer(self, texts: list[str]):
@@ -110,7 +135,7 @@ class EDJEModule(L.LightningModule):
         if self.hparams.recovery_weight > 0:  # the joint [CLS] -> the first stage's caption-embedding width
             self.recovery = nn.Linear(d, recovery_dim)
         if self.hparams.distill_weight > 0:
-            self.teacher = EDJE.load(self.hparams.teacher).requires_grad_(False)
+            self.teacher = EDJE.from_pretrained(self.hparams.teacher).requires_grad_(False)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -130,7 +155,7 @@ class EDJEModule(L.LightningModule):
         from mmrerank.rerankers.edje.vision import VisionTokenSource
 
         if not hasattr(self, "_source"):
-            source = VisionTokenSource(h.vision, h.vision_pretrained, h.vision_checkpoint, h.feature_index,
+            source = VisionTokenSource(h.vision, h.vision_pretrained, self.vision_checkpoint, h.feature_index,
                                        h.image_size)
             object.__setattr__(self, "_source", source)  # not a submodule: frozen, never saved, never trained
         return self._source
@@ -139,13 +164,13 @@ class EDJEModule(L.LightningModule):
         """`[N, P, D]` fp16 patch tokens of every image of a split, kept in memory for the whole fit and cached on disk
         (`<cache>/patches/`) by the vision source, its weights' file stamp and the split, so later fits (a scaling
         sweep runs many) skip the vision tower."""
-        from mmrerank.data.negatives import file_stamp
-        from mmrerank.io import atomic_write, cache_root, key_digest
+        from mmrerank.core.io import atomic_write, cache_root, key_digest
+        from mmrerank.retrieval.negatives import file_stamp
 
         h, config = self.hparams, dm.train_config if split == dm.train_config.split else dm.val_config
-        if not (h.vision_pretrained or h.vision_checkpoint or h.vision.startswith("hf:")):
+        if not (h.vision_pretrained or self.vision_checkpoint or h.vision.startswith("hf:")):
             return self._encode_patches(source, dm.splits[split].images)  # random weights: nothing to key a cache by
-        key = {"vision": h.vision, "pretrained": h.vision_pretrained, "checkpoint": file_stamp(h.vision_checkpoint),
+        key = {"vision": h.vision, "pretrained": h.vision_pretrained, "checkpoint": file_stamp(self.vision_checkpoint),
                "feature_index": h.feature_index, "image_size": h.image_size, "dataset": repr(config),
                "images": len(dm.splits[split].images)}
         path = cache_root() / "patches" / f"{key_digest(key)}.pt"
@@ -239,7 +264,7 @@ class EDJEModule(L.LightningModule):
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.model.save(self.hparams.export_dir)
+            self.model.save_pretrained(self.hparams.export_dir)
 
     # --- checkpoints carry the tokenizer and shapes, so `load_from_checkpoint` rebuilds the model ----------------
 

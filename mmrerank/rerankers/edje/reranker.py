@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mmrerank.data.dataset import Items, RetrievalTask
-from mmrerank.encoders.clip import resolve_device
+from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.store import TokenStore, precompute
+from mmrerank.retrieval.clip import resolve_device
 
 
 def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype: str = "bfloat16",
@@ -59,7 +59,7 @@ class EDJEReranker(Reranker):
     def __init__(self, model: str | Path | EDJE, store: str | Path | TokenStore | None = None, alpha: float = 0.0,
                  device: str = "auto") -> None:
         self.device = resolve_device(device)
-        self.model = (model if isinstance(model, EDJE) else EDJE.load(model)).to(self.device).eval()
+        self.model = (model if isinstance(model, EDJE) else EDJE.from_pretrained(model)).to(self.device).eval()
         self.store = TokenStore(store) if isinstance(store, (str, Path)) else store
         if self.store is not None and self.store.shape[1:] != (self.model.num_image_tokens, self.model.dim):
             raise ValueError(f"token store {self.store.root} holds {self.store.shape[1:]} tokens per image; the model "

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mmrerank.io import atomic_path, atomic_write_json
+from mmrerank.core.io import atomic_path, atomic_write_json
 
 FORMAT = "mmrerank.TokenStore"
 VERSION = 1

@@ -27,7 +27,7 @@ class FirstStageText(nn.Module):
     caption's states never depend on the padding after it, so batches are cut to their longest caption.
 
     Args:
-        model_name: the open_clip model (a name or a local config in `configs/open_clip/`).
+        model_name: the open_clip model (a name or a local config in `mmrerank/retrieval/model_configs/`).
         width: the joint encoder's width (the projection's output).
         checkpoint: first-stage weights (`CLIPEncoder.save_weights` or a Lightning checkpoint); None keeps the init
             (when the weights come from a saved EDJE folder instead).
@@ -38,7 +38,7 @@ class FirstStageText(nn.Module):
     def __init__(self, model_name: str, width: int, checkpoint: str | None = None, pretrained: str | None = None,
                  trainable: bool = False) -> None:
         super().__init__()
-        from mmrerank.encoders.clip import CLIPEncoder
+        from mmrerank.retrieval.clip import CLIPEncoder
 
         encoder = CLIPEncoder(model_name, pretrained)
         if checkpoint:

@@ -2,8 +2,8 @@
 
 One class, four kinds of tower, named by a prefix:
 
-- `open_clip:<model>` an open_clip image tower (a local config from `configs/open_clip/` or a hub model with
-  `pretrained`); ViT towers give their patch tokens (`output_tokens`), timm-trunk towers (the tiny ResNet) a
+- `open_clip:<model>` an open_clip image tower (a local config in `mmrerank/retrieval/model_configs/` or a hub
+  model with `pretrained`); ViT towers give their patch tokens (`output_tokens`), timm-trunk towers (the tiny ResNet) a
   feature map, flattened row by row.
 - `first_stage:<model>`: the same, with weights from a first-stage checkpoint (`CLIPEncoder.save_weights` or a
   `CLIPModule` Lightning checkpoint): the synthetic benchmark's default, so the reranker sees what the retriever saw.
@@ -60,7 +60,7 @@ class VisionTokenSource(nn.Module):
     @staticmethod
     def _build(kind: str, model: str, pretrained, checkpoint, image_size):
         if kind in ("open_clip", "first_stage"):
-            from mmrerank.encoders.clip import CLIPEncoder
+            from mmrerank.retrieval.clip import CLIPEncoder
 
             encoder = CLIPEncoder(model, pretrained if kind == "open_clip" else None)
             if kind == "first_stage":

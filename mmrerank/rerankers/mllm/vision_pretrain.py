@@ -32,11 +32,11 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import Qwen2VLForConditionalGeneration
 
-from mmrerank.data.dataset import ImageTextDataset
-from mmrerank.encoders.clip import CLIPEncoder
+from mmrerank.datasets.imagetext import ImageTextDataset
 from mmrerank.rerankers.mllm.module import sft_loss
 from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT, MLLMReranker
 from mmrerank.rerankers.mllm.tiny import build_tiny_vlm
+from mmrerank.retrieval.clip import CLIPEncoder
 
 
 @dataclass

@@ -97,7 +97,7 @@ def build_backbone(name: str, pretrained: bool = False, checkpoint: str | None =
         checkpoint: weights to load: a first stage's checkpoint, or a timm state dict (safetensors / weights-only).
     """
     if name.startswith("first_stage:"):
-        from mmrerank.encoders.clip import CLIPEncoder
+        from mmrerank.retrieval.clip import CLIPEncoder
 
         encoder = CLIPEncoder(name.split(":", 1)[1])
         if checkpoint:
@@ -110,7 +110,7 @@ def build_backbone(name: str, pretrained: bool = False, checkpoint: str | None =
         raise ValueError(f"unknown timm model {name!r}")
     trunk = timm.create_model(name, pretrained=pretrained, num_classes=0, global_pool="")
     if checkpoint:
-        from mmrerank.encoders.clip import load_state_dict
+        from mmrerank.retrieval.clip import load_state_dict
 
         trunk.load_state_dict(load_state_dict(checkpoint), strict=False)
     mean = trunk.pretrained_cfg.get("mean", IMAGENET_MEAN)
@@ -151,7 +151,7 @@ class SuperGlobalExtractor(nn.Module):
             ValueError: the file's tensors do not cover this trunk (names or shapes), or it has a head and this
                 extractor none.
         """
-        from mmrerank.encoders.clip import load_state_dict
+        from mmrerank.retrieval.clip import load_state_dict
 
         raw = load_state_dict(path) if path.endswith(".safetensors") else _weights_only(path)
         trunk_state, head_state = cvnet_to_timm(raw)

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from mmrerank.data.run import PAD, Run
-from mmrerank.io import atomic_write_json
+from mmrerank.core.io import atomic_write_json
+from mmrerank.core.run import PAD, Run
 
 KINDS = ("flat", "ivf", "hnsw")
 DEVICES = ("auto", "cpu", "cuda")

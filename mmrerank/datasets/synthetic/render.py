@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmrerank.data.synthetic.scenes import COLOUR_NAMES, COLOURS, RADIUS, SHAPES, Obj
+from mmrerank.datasets.synthetic.scenes import COLOUR_NAMES, COLOURS, RADIUS, SHAPES, Obj
 
 SUPERSAMPLE = 3  # draw large, then downsample: smooth edges without relying on PIL's antialiasing
 

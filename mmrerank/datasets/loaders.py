@@ -38,7 +38,8 @@ import pyarrow.parquet as pq
 import torch
 from datasets.table import InMemoryTable
 
-from mmrerank.data.dataset import ImageFiles, ImageLoadError, ImageTextDataset, Texts
+from mmrerank.core.items import ImageFiles, ImageLoadError, Texts
+from mmrerank.datasets.imagetext import ImageTextDataset
 
 Source = str | Path | tuple[str, bytes]
 

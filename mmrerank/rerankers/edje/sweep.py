@@ -1,4 +1,4 @@
-"""EDJE as the reranker of a scaling sweep: `trainer: mmrerank.scaling.edje:train_point` in a sweep config.
+"""EDJE as the reranker of a scaling sweep: `trainer: mmrerank.rerankers.edje.sweep:train_point` in a sweep config.
 
 Every grid point trains a fresh EDJE (`EDJEModule` on `EDJEDataModule`'s first-stage groups, the same code path as
 `mmrerank fit --config configs/edje/synthetic.yaml`) whose joint encoder has the size's `dims`, with the point's
@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from mmrerank.data.run import Run
+from mmrerank.core.run import Run
 from mmrerank.metrics import evaluate
 from mmrerank.scaling.grid import EvalRecorder, GridPoint
 
@@ -60,14 +60,15 @@ class SweepArgs:
 
     def dataset(self, split: str):
         from mmrerank.benchmark import DatasetConfig
-        from mmrerank.data.synthetic import SyntheticConfig
+        from mmrerank.datasets.synthetic import SyntheticConfig
 
         return DatasetConfig(split=split, synthetic=SyntheticConfig(**self.synthetic))
 
     def retriever(self):
-        from mmrerank.benchmark import FirstStageConfig
+        from mmrerank.datasets.synthetic import SyntheticConfig
+        from mmrerank.retrieval.first_stage import FirstStage
 
-        return FirstStageConfig(**self.first_stage)
+        return FirstStage(**self.first_stage).trained_on(SyntheticConfig(**self.synthetic))
 
     @classmethod
     def from_point(cls, point: GridPoint) -> SweepArgs:
@@ -149,7 +150,7 @@ def eval_task(args: SweepArgs) -> EvalTask:
     if candidates > len(data.images):
         raise ValueError(f"candidates={candidates} exceeds the {len(data.images)} images of the "
                          f"{args.eval_split} split")
-    encoder = args.retriever().build(config.synthetic, progress=False)
+    encoder = args.retriever().build(progress=False)
     rows = list(range(len(data.captions) if queries is None else min(queries, len(data.captions))))
     captions = data.captions.subset(rows)
     with torch.no_grad():
@@ -219,7 +220,7 @@ class EvaluateAt(L.Callback):
 
 def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     """Train and evaluate one grid point (see the module docstring); the sweep runner's trainer."""
-    from mmrerank.data.datamodules import EDJEDataModule
+    from mmrerank.rerankers.edje.data import EDJEDataModule
     from mmrerank.rerankers.edje.module import EDJEModule
 
     args = SweepArgs.from_point(point)

@@ -7,7 +7,7 @@ Files, as the benchmark distributes them::
 
 The ground-truth pickle is a dict: `imlist` (the N database image names, no extension), `qimlist` (the Q = 70
 query image names) and `gnd`, one dict per query with `bbx` (the query region `[x1, y1, x2, y2]` in pixels) and
-the database indices labelled `easy`, `hard` and `junk` for that query. It is read with `mmrerank.io.safe_unpickle`
+the database indices labelled `easy`, `hard` and `junk` for that query. It is read with `mmrerank.core.io.safe_unpickle`
 (plain containers, numbers and numpy arrays only), so a crafted file cannot run code.
 
 Protocols (`protocol_relevance`): each query's positives and the images ignored when scoring it.
@@ -53,9 +53,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mmrerank.data.dataset import ImageLoadError
-from mmrerank.data.run import PAD, Qrels, Run
-from mmrerank.io import safe_unpickle
+from mmrerank.core.io import safe_unpickle
+from mmrerank.core.items import ImageLoadError
+from mmrerank.core.run import PAD, Qrels, Run
 
 __all__ = ["DATASETS", "PROTOCOLS", "RevisitedDataset", "load_revisited", "pixel_box", "protocol_relevance",
            "revisited_map", "revisited_per_query", "revisited_qrels"]

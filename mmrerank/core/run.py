@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mmrerank.io import atomic_write_text
+from mmrerank.core.io import atomic_write_text
 
 PAD = -1  # candidate index of an empty slot (a query with fewer than K candidates)
 

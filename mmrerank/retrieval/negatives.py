@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mmrerank.data.dataset import ImageTextDataset
-from mmrerank.io import atomic_write, cache_root, key_digest
+from mmrerank.core.io import atomic_write, cache_root, key_digest
+from mmrerank.datasets.imagetext import ImageTextDataset
 
 
 @dataclass
@@ -105,7 +105,9 @@ def cached_hard_negatives(dataset: ImageTextDataset, key: dict, encode, k: int =
 
 
 def file_stamp(path: str | Path | None) -> dict | None:
-    """Identity of a checkpoint file for cache keys: path, size and modification time."""
+    """Identity of a checkpoint file (or `save_pretrained` folder) for cache keys: path, size and modification time."""
+    if path and Path(path).is_dir():
+        path = Path(path) / "model.safetensors"
     if not path or not Path(path).is_file():
         return None
     stat = Path(path).stat()

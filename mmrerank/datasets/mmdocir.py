@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmrerank.data.dataset import ImageFiles, Texts
-from mmrerank.data.run import PAD, Qrels, Run
+from mmrerank.core.items import ImageFiles, Texts
+from mmrerank.core.run import PAD, Qrels, Run
 
 __all__ = [
     "HUB_REPO",

@@ -8,7 +8,7 @@ Each query is a scene; the database holds, per query, re-renderings of the same 
 
 plus the query scene's near-duplicate twin (swapped binding or places: a hard negative) and many distractor
 scenes. It is written in the benchmark's own layout (`jpg/<name>.jpg` and `gnd_<name>.pkl`), so
-`mmrerank.data.revisited.load_revisited` reads it like the real ROxford5k. Same seed, same bytes.
+`mmrerank.datasets.revisited.load_revisited` reads it like the real ROxford5k. Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from mmrerank.data.revisited import RevisitedDataset, load_revisited
-from mmrerank.data.synthetic.render import render
-from mmrerank.data.synthetic.scenes import COLOURS, RADIUS, SHAPES, Obj, _fits, near_duplicate, sample_scene
-from mmrerank.io import cache_root, generate_folder_once
+from mmrerank.core.io import cache_root, generate_folder_once
+from mmrerank.datasets.revisited import RevisitedDataset, load_revisited
+from mmrerank.datasets.synthetic.render import render
+from mmrerank.datasets.synthetic.scenes import COLOURS, RADIUS, SHAPES, Obj, _fits, near_duplicate, sample_scene
 
 NAME = "synthetic"
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
-from mmrerank.io import cache_root, generate_folder_once
+from mmrerank.core.io import cache_root, generate_folder_once
 
 DOMAINS = ["Academic paper", "Financial report", "Government", "Laws", "Research report / Introduction",
            "Guidebook", "Tutorial/Workshop", "Brochure", "Administration/Industry file", "News"]

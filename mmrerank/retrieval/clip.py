@@ -13,10 +13,10 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from mmrerank import distributed
-from mmrerank.data.dataset import Items
+from mmrerank.core import distributed
+from mmrerank.core.items import Items
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "open_clip"
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 
 
 @cache
@@ -36,10 +36,10 @@ class CLIPEncoder(nn.Module):
     """An open_clip model with its image transform and tokenizer.
 
     Args:
-        model_name: an open_clip model name (`ViT-B-32`, ...) or a local config in `configs/open_clip/`
+        model_name: an open_clip model name (`ViT-B-32`, ...) or a local config in `mmrerank/retrieval/model_configs/`
             (`mmrerank-tiny-resnet`, `mmrerank-tiny-vit`).
         pretrained: open_clip pretrained tag or checkpoint path (needs the network the first time); `None` for
-            a random init, to be trained here or loaded with `load_weights`.
+            a random init, to be trained here or loaded with `load_weights` / `from_pretrained`.
     """
 
     def __init__(self, model_name: str = "mmrerank-tiny-resnet", pretrained: str | None = None) -> None:
@@ -90,15 +90,46 @@ class CLIPEncoder(nn.Module):
         return distributed.gather_shards(out, self.device)
 
     def load_weights(self, path: str | Path) -> None:
-        """Load weights saved by `save_weights` (safetensors), or a Lightning checkpoint of `CLIPModule`."""
+        """Load a `save_pretrained` folder's weights, a safetensors state dict, or the encoder of a `CLIPModule`
+        Lightning checkpoint (conversion)."""
         self.model.load_state_dict(load_state_dict(path, prefix="encoder.model."))
 
-    def save_weights(self, path: str | Path) -> None:
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write `config.json` (the model name) and `model.safetensors` into `folder`, config last (it marks a
+        whole folder)."""
         from safetensors.torch import save_file
 
-        from mmrerank.io import atomic_write
-        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-        atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"model_name": self.model_name}))
+        from mmrerank.core.io import atomic_path, atomic_write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(state, str(tmp), metadata={"model_name": self.model_name})
+        atomic_write_json(folder / "config.json", {"model_name": self.model_name})
+        return folder
+
+    @staticmethod
+    def is_saved(path: str | Path) -> bool:
+        """Is there an encoder at `path`: a `save_pretrained` folder, or a weights file?"""
+        path = Path(path)
+        return (path / "config.json").is_file() if path.is_dir() else path.is_file()
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, model_name: str | None = None) -> CLIPEncoder:
+        """Load a `save_pretrained` folder, or (with the architecture's `model_name`) a safetensors file or a
+        `CLIPModule` Lightning checkpoint."""
+        path = Path(path)
+        if path.is_dir():
+            import json
+
+            model_name = json.loads((path / "config.json").read_text())["model_name"]
+            path = path / "model.safetensors"
+        if model_name is None:
+            raise ValueError(f"{path} is a weights file: pass the model_name it was saved from")
+        encoder = cls(model_name)
+        encoder.load_weights(path)
+        return encoder
 
 
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
@@ -107,6 +138,8 @@ def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, Tensor]:
     For a Lightning checkpoint the keys under `prefix` are taken, with the prefix stripped.
     """
     path = Path(path)
+    if path.is_dir():  # a `save_pretrained` folder
+        path = path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if path.suffix == ".safetensors":

@@ -17,10 +17,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmrerank.data.dataset import ImageArray, ImageTextDataset, Texts
-from mmrerank.data.run import Qrels
-from mmrerank.data.synthetic.render import render
-from mmrerank.data.synthetic.scenes import (
+from mmrerank.core.io import cache_root, generate_folder_once, key_digest
+from mmrerank.core.items import ImageArray, Texts
+from mmrerank.core.run import Qrels
+from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.synthetic.render import render
+from mmrerank.datasets.synthetic.scenes import (
     Obj,
     caption_scene,
     near_duplicate,
@@ -29,7 +31,6 @@ from mmrerank.data.synthetic.scenes import (
     satisfies_pairs,
     scene_arrays,
 )
-from mmrerank.io import cache_root, generate_folder_once, key_digest
 
 SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1  # bump when generation changes, so stale caches are not reused

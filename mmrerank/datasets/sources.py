@@ -1,0 +1,133 @@
+"""The image-text benchmarks by name: each is a class, chosen in configs by jsonargparse `class_path`.
+
+```yaml
+dataset:
+  class_path: Flickr30k      # short names resolve: every source is exported from `mmrerank.datasets`
+  init_args: {split: test}
+```
+
+A new image-text dataset is one subclass of `ImageTextSource` (anywhere importable) plus a YAML file; nothing in
+the benchmark or the training code names the datasets.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
+
+SPLITS = ("train", "val", "test")
+
+
+class ImageTextSource(ABC):
+    """An image-text dataset split, loadable on demand.
+
+    Args:
+        split: `train`, `val` or `test` (checked here, before anything is loaded).
+    """
+
+    name = "image-text"
+
+    def __init__(self, split: str = "test") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"{type(self).__name__}: unknown split {split!r}; choose one of {SPLITS}")
+        self.split = split
+
+    @abstractmethod
+    def load(self) -> ImageTextDataset:
+        """The split's images, captions and judgements."""
+
+    def with_split(self, split: str) -> ImageTextSource:
+        """The same dataset, another split."""
+        other = copy.copy(self)
+        ImageTextSource.__init__(other, split)
+        return other
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that identifies the data (reports and cache keys)."""
+        return {"class": type(self).__name__, **{k: asdict(v) if is_dataclass(v) else v for k, v in vars(self).items()}}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class Synthetic(ImageTextSource):
+    """The built-in synthetic benchmark (rendered scenes with exact scene graphs; see `SyntheticConfig`)."""
+
+    name = "synthetic"
+
+    def __init__(self, split: str = "test", synthetic: SyntheticConfig | None = None) -> None:
+        super().__init__(split)
+        self.synthetic = synthetic or SyntheticConfig()
+
+    def load(self) -> ImageTextDataset:
+        return load_synthetic(self.split, self.synthetic)
+
+
+class Flickr30k(ImageTextSource):
+    """Flickr30k (Karpathy splits) from the hub dataset `nlphuji/flickr30k`."""
+
+    name = "flickr30k"
+
+    def __init__(self, split: str = "test", skip_corrupt: bool = False) -> None:
+        super().__init__(split)
+        self.skip_corrupt = skip_corrupt
+
+    def load(self) -> ImageTextDataset:
+        from mmrerank.datasets import loaders  # datasets / pyarrow: only for real data
+
+        return loaders.load_hub_flickr30k(self.split, skip_corrupt=self.skip_corrupt)
+
+
+class COCO(ImageTextSource):
+    """COCO Karpathy splits: captions from the hub (`yerevann/coco-karpathy`), images from a local folder.
+
+    Args:
+        image_root: the folder holding `train2014/` and `val2014/`.
+    """
+
+    name = "coco"
+
+    def __init__(self, image_root: str, split: str = "test", skip_corrupt: bool = False) -> None:
+        super().__init__(split)
+        self.image_root, self.skip_corrupt = image_root, skip_corrupt
+
+    def load(self) -> ImageTextDataset:
+        from mmrerank.datasets import loaders
+
+        return loaders.load_hub_coco(self.image_root, self.split, skip_corrupt=self.skip_corrupt)
+
+
+class Karpathy(ImageTextSource):
+    """A local Karpathy `dataset_*.json` (COCO, Flickr8k / 30k) with its images under `image_root`."""
+
+    name = "karpathy"
+
+    def __init__(self, karpathy_json: str, image_root: str, split: str = "test", skip_corrupt: bool = False) -> None:
+        super().__init__(split)
+        self.karpathy_json, self.image_root, self.skip_corrupt = karpathy_json, image_root, skip_corrupt
+
+    def load(self) -> ImageTextDataset:
+        from mmrerank.datasets import loaders
+
+        return loaders.load_karpathy_json(self.karpathy_json, self.image_root, self.split,
+                                          skip_corrupt=self.skip_corrupt)
+
+
+class CaptionTable(ImageTextSource):
+    """A local parquet file or imagefolder of (image, caption) rows at `path` (one split)."""
+
+    name = "table"
+
+    def __init__(self, path: str, split: str = "test", skip_corrupt: bool = False) -> None:
+        super().__init__(split)
+        self.path, self.skip_corrupt = path, skip_corrupt
+
+    def load(self) -> ImageTextDataset:
+        from mmrerank.datasets import loaders
+
+        return loaders.load_captions_table(self.path, skip_corrupt=self.skip_corrupt)

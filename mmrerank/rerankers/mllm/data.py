@@ -1,0 +1,236 @@
+"""The MLLM reranker's training data: groups of (query, [positive, hard negatives...]) over document pages and
+over synthetic images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mmrerank.core.io import atomic_write_json, cache_root, key_digest
+from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.synthetic import SyntheticConfig, ensure_split, load_scenes, load_synthetic
+from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
+from mmrerank.datasets.synthetic.scenes import satisfies, scene_arrays
+from mmrerank.retrieval.first_stage import FirstStage
+
+
+class PageGroups(Dataset):
+    """Item q: (question q, [its gold page, n hard negative pages]) as `Page`s (image + OCR text).
+
+    Hard negatives are the non-gold pages of the question's own document that the BM25 first stage ranks highest
+    (mined once, when the dataset is built).
+    """
+
+    def __init__(self, dataset, negatives: int) -> None:
+        from mmrerank.evaluation import bm25_page_scores
+
+        self.dataset = dataset
+        self.groups: list[tuple[int, list[int]]] = []  # (question, [page rows]), positive first
+        for q, (question, scores) in enumerate(zip(dataset.annotations.questions, bm25_page_scores(dataset))):
+            pages = dataset.candidates(q)
+            gold = set(question.gold_pages)
+            ranked = [int(p) for p in torch.sort(scores, descending=True, stable=True).indices if int(p) not in gold]
+            if len(ranked) >= negatives:
+                self.groups.append((q, [pages[question.gold_pages[0]], *(pages[p] for p in ranked[:negatives])]))
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int):
+        from mmrerank.rerankers.mllm import Page
+
+        q, rows = self.groups[i]
+        return self.dataset.questions[q], [Page(self.dataset.images[r], self.dataset.ocr_text[r]) for r in rows]
+
+
+class GroupsDataModule(L.LightningDataModule):
+    """Base of the MLLM data modules: `train_set` / `val_set` of (query, [positive, negatives...]) groups, batched
+    by `collate_groups` (subclasses set the sets in `setup` and `batch_size` / `num_workers` in `__init__`)."""
+
+    def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        from mmrerank.rerankers.mllm.module import collate_groups
+
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_groups, drop_last=shuffle)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class PageGroupsDataModule(GroupsDataModule):
+    """Groups of (question, gold page + BM25 hard negatives) from the synthetic document pages (MMDocIR format).
+
+    Args:
+        train, val: the synthetic page sets (different seeds give disjoint documents).
+        negatives: hard negatives per question.
+        batch_size: groups per batch.
+    """
+
+    def __init__(self, train: PagesConfig | None = None, val: PagesConfig | None = None, negatives: int = 3,
+                 batch_size: int = 4, num_workers: int = 0) -> None:
+        super().__init__()
+        self.train_config = train or PagesConfig(seed=0)
+        self.val_config = val or PagesConfig(seed=1, documents=20)
+        self.negatives, self.batch_size, self.num_workers = negatives, batch_size, num_workers
+
+    @staticmethod
+    def _load(config: PagesConfig):
+        from mmrerank.datasets.mmdocir import load_mmdocir
+
+        folder = ensure_pages(config)
+        return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
+
+    def prepare_data(self) -> None:
+        ensure_pages(self.train_config)
+        ensure_pages(self.val_config)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = PageGroups(self._load(self.train_config), self.negatives)
+        self.val_set = PageGroups(self._load(self.val_config), self.negatives)
+
+
+def _relevant(folder: Path, captions: np.ndarray, images: np.ndarray) -> np.ndarray:
+    """`[C, K]` bool: does image `images[c, k]`'s scene satisfy caption `captions[c]` (synthetic split `folder`)."""
+    attrs, rels = scene_arrays(load_scenes(folder))
+    specs = np.load(folder / "specs.npy")[captions]
+    # Only each caption's own candidates are checked, so the cost is C x K, never C x N.
+    return np.stack([satisfies(specs[c:c + 1], attrs[images[c]], rels[images[c]])[0] for c in range(len(captions))])
+
+
+def mine_image_groups(data: ImageTextDataset, ranked: torch.Tensor, captions: np.ndarray, relevant: np.ndarray,
+                      negatives: int) -> list[list[int]]:
+    """Groups `[caption, its image, n hard negative images]` from a first-stage ranking.
+
+    Args:
+        data: the split (gives each caption's own image).
+        ranked: `[C, K]` image rows, the first stage's top K for each caption in `captions`, best first.
+        captions: `[C]` caption rows.
+        relevant: `[C, K]` bool, True where the ranked image satisfies the caption (excluded as a negative).
+        negatives: hard negatives per group: the best-ranked images that are neither the caption's own image
+            nor relevant to it. Captions with fewer such images in their top K get no group.
+    """
+    groups = []
+    for c, row, rel in zip(captions.tolist(), ranked.tolist(), relevant):
+        own = int(data.caption_image[c])
+        hard = [i for i, r in zip(row, rel) if i != own and not r][:negatives]
+        if len(hard) == negatives:
+            groups.append([c, own, *hard])
+    return groups
+
+
+class ImageGroups(Dataset):
+    """Item g: (caption, [its image, n hard negative images]) as a string and PIL images.
+
+    Args:
+        data: the synthetic split.
+        groups: `[caption row, image rows...]` lists from `mine_image_groups`.
+        image_size: resize the images to this side (the tiny VLM turns 56 px into 4 visual tokens, 112 px
+            into 16), or None to keep them.
+    """
+
+    def __init__(self, data: ImageTextDataset, groups: list[list[int]], image_size: int | None = None) -> None:
+        self.data, self.groups, self.image_size = data, groups, image_size
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def _image(self, row: int) -> Image.Image:
+        image = self.data.images[row]
+        return image.resize((self.image_size,) * 2, Image.BICUBIC) if self.image_size else image
+
+    def __getitem__(self, g: int):
+        caption, *rows = self.groups[g]
+        return self.data.captions[caption], [self._image(r) for r in rows]
+
+
+class ImageGroupsDataModule(GroupsDataModule):
+    """Groups of (caption, its image + first-stage hard negatives) from the built-in synthetic image-text benchmark.
+
+    Hard negatives are the first stage's top images for the caption that do not satisfy it (`scenes.satisfies`:
+    a synthetic caption can describe other images too; those are never used as negatives). They are mined once
+    per split and cached as JSON (atomically), keyed by the data, the first stage's weights and these settings.
+
+    Args:
+        synthetic: the benchmark's size and seed.
+        first_stage: the dual encoder that ranks the images (`FirstStageConfig`; it is trained and saved first
+            when its checkpoint does not exist, as in `mmrerank benchmark`).
+        negatives: hard negatives per caption.
+        depth: first-stage candidates the negatives come from.
+        train_captions, val_captions: captions drawn (seeded) from each split's captions as queries.
+        image_size: see `ImageGroups`.
+        batch_size: groups per batch.
+        seed: seeds the choice of captions.
+        cache_dir: where the mined groups go (default `$MMRERANK_CACHE/image-groups`).
+    """
+
+    def __init__(self, synthetic: SyntheticConfig | None = None, first_stage: FirstStage | None = None,
+                 negatives: int = 3, depth: int = 16, train_captions: int = 4000, val_captions: int = 400,
+                 image_size: int | None = 112, batch_size: int = 4, num_workers: int = 0, seed: int = 0,
+                 cache_dir: str | None = None) -> None:
+        super().__init__()
+        if negatives < 1 or depth <= negatives:
+            raise ValueError(f"need 1 <= negatives < depth, got negatives={negatives}, depth={depth}")
+        self.synthetic = synthetic or SyntheticConfig()
+        self.first_stage = (first_stage or FirstStage()).trained_on(self.synthetic)
+        self.negatives, self.depth, self.image_size, self.seed = negatives, depth, image_size, seed
+        self.counts = {"train": train_captions, "val": val_captions}
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "image-groups"
+
+    def _cache_file(self, split: str, weights: str) -> Path:
+        key = {"synthetic": {k: v for k, v in asdict(self.synthetic).items() if k != "root"}, "split": split,
+               "weights": weights, "negatives": self.negatives, "depth": self.depth,
+               "captions": self.counts[split], "seed": self.seed, "version": 1}
+        return self.cache_dir / f"{split}-{key_digest(key)}.json"
+
+    def _weights_key(self) -> str:
+        """What identifies the first stage's weights: a hash of the checkpoint file, or the pretrained tag."""
+        fs = self.first_stage
+        if fs.pretrained:
+            return f"{fs.model_name}:{fs.pretrained}"
+        fs.build(progress=False)  # trains the first stage and saves it first when missing
+        path = fs.folder()
+        path = path / "model.safetensors" if path.is_dir() else path
+        return f"{fs.model_name}:{hashlib.sha1(path.read_bytes()).hexdigest()}"
+
+    def _mine(self, split: str, data: ImageTextDataset) -> list[list[int]]:
+        from mmrerank.evaluation import retrieve
+
+        rng = np.random.default_rng([self.seed, ("train", "val").index(split)])
+        captions = np.sort(rng.permutation(len(data.captions))[:self.counts[split]])
+        encoder = self.first_stage.build(progress=False)
+        image_emb = encoder.encode(data.images, progress=False)
+        text_emb = encoder.encode(data.captions.subset(captions.tolist()), progress=False)
+        depth = min(self.depth, len(data.images))
+        ranked = retrieve(text_emb, image_emb, [str(c) for c in captions], data.images.ids, depth).sorted().indices
+        relevant = _relevant(ensure_split(self.synthetic, split, progress=False), captions, ranked.cpu().numpy())
+        return mine_image_groups(data, ranked.cpu(), captions, relevant, self.negatives)
+
+    def groups(self, split: str) -> ImageGroups:
+        """The split's groups, mined with the first stage on first use and read from the cache afterwards."""
+        data = load_synthetic(split, self.synthetic, relevance=False, progress=False)
+        path = self._cache_file(split, self._weights_key())
+        if path.is_file():
+            groups = json.loads(path.read_text())
+        else:
+            groups = self._mine(split, data)
+            atomic_write_json(path, groups)
+        return ImageGroups(data, groups, self.image_size)
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val"):
+            self.groups(split)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set, self.val_set = self.groups("train"), self.groups("val")
