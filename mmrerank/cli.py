@@ -13,7 +13,8 @@ import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
-from mmrerank.benchmark import benchmark, precompute
+from mmrerank.benchmark import benchmark
+from mmrerank.rerankers.edje.benchmark import precompute
 
 
 class MMRerankCLI(LightningCLI):

@@ -20,40 +20,25 @@ from datetime import datetime, timezone
 
 import torch
 
-from mmrerank.benchmark import DatasetConfig, FirstStageConfig
 from mmrerank.core.run import Run
-from mmrerank.evaluation import retrieve
+from mmrerank.datasets import Synthetic
 from mmrerank.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEReranker, precompute_images
+from mmrerank.rerankers.fusion import Fused, Memoized
+from mmrerank.retrieval.first_stage import FirstStage
+from mmrerank.retrieval.index import retrieve
 
 MEASURES = ["Success@1", "Success@5", "Success@10", "nDCG@10"]
 ALPHAS = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
 
 
-def fuse(first: Run, reranked: Run, depth: int, alpha: float) -> Run:
-    """Re-sort the reranked head by `logit + alpha * first-stage score` (the tail is untouched)."""
-    head_first = first.sorted()
-    logits = {}
-    for q in range(len(reranked)):
-        for d, s in zip(reranked.indices[q, :depth].tolist(), reranked.scores[q, :depth].tolist()):
-            logits[q, d] = s
-    indices, scores = head_first.indices.clone(), head_first.scores.clone()
-    for q in range(len(indices)):
-        docs = indices[q, :depth]
-        fused = torch.tensor([logits[q, int(d)] for d in docs]) + alpha * head_first.scores[q, :depth]
-        order = torch.sort(fused, descending=True, stable=True).indices
-        indices[q, :depth], scores[q, :depth] = docs[order], fused[order]
-        scores[q, depth:] = fused.min() - torch.arange(1, indices.shape[1] - depth + 1, dtype=scores.dtype)
-    return Run(indices, scores, first.query_ids, first.doc_ids)
-
-
 def split_rows(model: EDJE, encoder, split: str, depth: int, store_root: str, queries: int = 0) -> dict:
-    """Per direction: the task, the first-stage run and the EDJE-reranked run (alpha 0), over the first `queries`
-    queries (0: all)."""
-    data = DatasetConfig(split=split).load()
+    """Per direction: the task, the first-stage run, the EDJE-reranked run (alpha 0) and the memoized reranker (its
+    fused runs for any alpha then cost no model pass), over the first `queries` queries (0: all)."""
+    data = Synthetic(split).load()
     image_emb, text_emb = encoder.encode(data.images, 256, False), encoder.encode(data.captions, 256, False)
     store = precompute_images(model, data.images, f"{store_root}/synthetic-{split}", progress=False)
-    reranker = EDJEReranker(model, store)
+    reranker = Memoized(EDJEReranker(model, store))
     out = {}
     for direction in ("t2i", "i2t"):
         task = data.task(direction)
@@ -63,13 +48,19 @@ def split_rows(model: EDJE, encoder, split: str, depth: int, store_root: str, qu
             run = Run(run.indices[:queries], run.scores[:queries], run.query_ids[:queries], run.doc_ids)
         start = time.perf_counter()
         reranked = reranker.rerank(run, task, depth, batch_size=512, progress=False)
-        out[direction] = (task, run, reranked, time.perf_counter() - start)
+        out[direction] = (task, run, reranked, time.perf_counter() - start, reranker)
     return out
 
 
 def score(run: Run, qrels, measures: list[str]) -> dict[str, float]:
     """The measures over the run's queries only (judged queries left out by `--queries` do not count as misses)."""
     return evaluate(run, qrels, measures, count_missing=False)
+
+
+def fused(split: dict, direction: str, depth: int, alpha: float) -> Run:
+    """The direction's run reranked by `logit + alpha * first-stage score` (`Fused`: the one fusion rule)."""
+    task, run, _, _, reranker = split[direction]
+    return Fused(reranker, alpha).rerank(run, task, depth, batch_size=512, progress=False)
 
 
 def main() -> None:
@@ -79,27 +70,29 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=0, help="rerank only the first N queries (0: all)")
     args = parser.parse_args()
     model = EDJE.from_pretrained(args.model)
-    encoder = FirstStageConfig().build(DatasetConfig().synthetic, progress=False)
+    encoder = FirstStage().build(progress=False)
     val = split_rows(model, encoder, "val", args.depth, f"{args.model}/tokens", args.queries)
-    best = max(ALPHAS, key=lambda a: sum(score(fuse(run, rr, args.depth, a), task.qrels, ["Success@1"])["Success@1"]
-                                         for task, run, rr, _ in val.values()))
+    def val_success(alpha: float) -> float:
+        return sum(score(fused(val, d, args.depth, alpha), val[d][0].qrels, ["Success@1"])["Success@1"] for d in val)
+
+    best = max(ALPHAS, key=val_success)
     test = split_rows(model, encoder, "test", args.depth, f"{args.model}/tokens", args.queries)
     print(f"- command: `python {shlex.join(sys.argv)}`")
     print(f"- machine: 2 CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; alpha chosen on val: {best:g}\n")
     columns = [f"{d}/{m}" for d in ("t2i", "i2t") for m in MEASURES]
     print("| system | " + " | ".join(columns) + " |\n| --- |" + " ---: |" * len(columns))
-    systems = {"first stage": lambda run, rr: run, f"EDJE (top {args.depth})": lambda run, rr: rr,
-               f"EDJE + {best:g} x first stage": lambda run, rr: fuse(run, rr, args.depth, best)}
+    systems = {"first stage": lambda d: test[d][1], f"EDJE (top {args.depth})": lambda d: test[d][2],
+               f"EDJE + {best:g} x first stage": lambda d: fused(test, d, args.depth, best)}
     for name, pick in systems.items():
         row = {}
-        for direction, (task, run, rr, _) in test.items():
-            row.update({f"{direction}/{k}": v for k, v in score(pick(run, rr), task.qrels, MEASURES).items()})
+        for direction in test:
+            row.update({f"{direction}/{k}": v for k, v in score(pick(direction), test[direction][0].qrels,
+                                                                 MEASURES).items()})
         print(f"| {name} | " + " | ".join(f"{row[c]:.4f}" for c in columns) + " |")
-    print("\nrerank time (test): " + ", ".join(f"{d} {t:.1f} s" for d, (_, _, _, t) in test.items()))
+    print("\nrerank time (test): " + ", ".join(f"{d} {v[3]:.1f} s" for d, v in test.items()))
     for alpha in ALPHAS:
-        s1 = [score(fuse(run, rr, args.depth, alpha), task.qrels, ["Success@1"])["Success@1"]
-              for task, run, rr, _ in val.values()]
+        s1 = [score(fused(val, d, args.depth, alpha), val[d][0].qrels, ["Success@1"])["Success@1"] for d in val]
         print(f"val alpha {alpha:g}: t2i S@1 {s1[0]:.4f}, i2t S@1 {s1[1]:.4f}")
 
 

@@ -1,6 +1,7 @@
 """The MLLM yes/no reranker on the synthetic image-text benchmark, t2i: rerank the first stage's top `depth`
 images per caption, alone and fused with the first stage (`final = MLLM score + alpha * first-stage cosine`,
-EDJE's fusion), alpha chosen on val (Success@1), reported on test. Prints Success@1/5 of each row.
+the one fusion rule, `rerankers.fusion.Fused`), alpha chosen on val (Success@1), reported on test. Prints
+Success@1/5 of each row.
 
     OMP_NUM_THREADS=1 python scripts/bench_mllm_images.py --checkpoint checkpoints/mllm/synthetic-images/last.ckpt
 
@@ -16,53 +17,38 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from mmrerank.core.items import RetrievalTask
+from mmrerank.core.run import Run
 from mmrerank.datasets.synthetic import load_synthetic
-from mmrerank.evaluation import retrieve
+from mmrerank.rerankers.fusion import Fused, Memoized
 from mmrerank.rerankers.mllm import MLLMReranker
-from mmrerank.rerankers.mllm.module import MLLMRerankerModule
+from mmrerank.rerankers.mllm.benchmark import ResizedImages
+from mmrerank.rerankers.mllm.module import load_reranker_checkpoint
 from mmrerank.retrieval.clip import CLIPEncoder
+from mmrerank.retrieval.first_stage import FirstStage
+from mmrerank.retrieval.index import retrieve
 
 ALPHAS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 
-def candidates(encoder: CLIPEncoder, split: str, depth: int, captions: int, seed: int):
-    """The split, the sampled caption rows `[Q]`, and the first stage's top `depth`: rows and cosines `[Q, depth]`."""
+def split_task(encoder: CLIPEncoder, split: str, depth: int, captions: int, seed: int) -> tuple[RetrievalTask, Run]:
+    """The split's t2i task over `captions` sampled captions (seeded), and the first stage's top-`depth` run."""
     data = load_synthetic(split, progress=False)
     rows = torch.randperm(len(data.captions), generator=torch.Generator().manual_seed(seed))[:captions].sort().values
+    full = data.task("t2i")
+    task = RetrievalTask(full.name, data.captions.subset(rows.tolist()), data.images, full.qrels)
     image_emb = encoder.encode(data.images, progress=False)
-    text_emb = encoder.encode(data.captions.subset(rows.tolist()), progress=False)
-    run = retrieve(text_emb, image_emb, [str(r) for r in rows.tolist()], data.images.ids, depth).sorted()
-    return data, rows, run.indices, run.scores
-
-
-def mllm_scores(reranker, data, rows: torch.Tensor, top: torch.Tensor, image_size: int) -> torch.Tensor:
-    """`[Q, depth]` MLLM scores of each caption with each of its candidate images (resized as in training)."""
-    images = {}
-    out = torch.empty(top.shape)
-    for q, row in enumerate(rows.tolist()):
-        cands = []
-        for i in top[q].tolist():
-            if i not in images:
-                images[i] = data.images[i].convert("RGB").resize((image_size, image_size), Image.BICUBIC)
-            cands.append(images[i])
-        out[q] = reranker.score([data.captions[row]] * len(cands), cands)
-    return out
-
-
-def success(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> float:
-    """Success@k over the reranked depth: some relevant image among the top k by `scores` `[Q, depth]`."""
-    order = scores.argsort(dim=1, descending=True, stable=True)[:, :k]
-    return relevant.gather(1, order).any(dim=1).float().mean().item()
+    text_emb = encoder.encode(task.queries, progress=False)
+    return task, retrieve(text_emb, image_emb, task.queries.ids, data.images.ids, depth)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="checkpoints/mllm/synthetic-images/last.ckpt")
     parser.add_argument("--first-stage", default="mmrerank-tiny-resnet")
-    parser.add_argument("--first-stage-checkpoint",
-                        default="checkpoints/first_stage/mmrerank-tiny-resnet-synthetic.safetensors")
+    parser.add_argument("--first-stage-checkpoint", default=None,
+                        help="a saved first stage (default: the default one, trained into the cache if missing)")
     parser.add_argument("--depth", type=int, default=16)
     parser.add_argument("--val-captions", type=int, default=500)
     parser.add_argument("--test-captions", type=int, default=5000)
@@ -70,30 +56,35 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
-    encoder = CLIPEncoder(args.first_stage)
-    encoder.load_weights(args.first_stage_checkpoint)
+    encoder = CLIPEncoder.from_pretrained(args.first_stage_checkpoint, args.first_stage) \
+        if args.first_stage_checkpoint else FirstStage(args.first_stage).build(progress=False)
     if Path(args.checkpoint).is_dir():  # a saved VLM folder, e.g. the pretrained one before reranker training
-        reranker = MLLMReranker(args.checkpoint, device="cpu")
+        mllm = MLLMReranker(args.checkpoint, device="cpu")
     else:
-        reranker = MLLMRerankerModule.load_from_checkpoint(args.checkpoint, map_location="cpu").reranker.eval()
-    reranker.batch_size = args.batch_size
+        mllm = load_reranker_checkpoint(args.checkpoint)
+    mllm.batch_size = args.batch_size
+    reranker = Memoized(ResizedImages(mllm, args.image_size))  # fused rows reuse its scores
+    measures = ["Success@1", "Success@5"]
     results = {}
     for split, n in (("val", args.val_captions), ("test", args.test_captions)):
         start = time.perf_counter()
-        data, rows, top, first = candidates(encoder, split, args.depth, n, seed=0)
-        relevant = data.pair_relevance(rows[:, None].expand_as(top).flatten(), top.flatten()).reshape(top.shape)
-        scores = mllm_scores(reranker, data, rows, top, args.image_size)
-        results[split] = (relevant.bool(), scores, first)
-        print(f"{split}: {len(rows)} captions x {args.depth} images scored in {time.perf_counter() - start:.0f} s")
-    relevant, scores, first = results["val"]
-    best = max(ALPHAS, key=lambda a: success(scores + a * first, relevant, 1))
-    print(f"alpha chosen on val: {best:g} (val Success@1 " + ", ".join(
-        f"{a:g}: {success(scores + a * first, relevant, 1):.4f}" for a in ALPHAS) + ")")
-    for split, (relevant, scores, first) in results.items():
-        systems = {"first stage": first, "MLLM alone": scores, f"MLLM + {best:g} x first stage": scores + best * first}
-        for name, s in systems.items():
-            print(f"{split} | {name} | Success@1 {success(s, relevant, 1):.4f} | "
-                  f"Success@5 {success(s, relevant, 5):.4f}")
+        task, run = split_task(encoder, split, args.depth, n, seed=0)
+        reranked = reranker.rerank(run, task, args.depth, args.batch_size, progress=False)
+        print(f"{split}: {len(run)} captions x {args.depth} images scored in {time.perf_counter() - start:.0f} s")
+
+        def fused(alpha: float, task=task, run=run) -> Run:
+            return Fused(reranker, alpha).rerank(run, task, args.depth, args.batch_size, progress=False)
+
+        results[split] = (task, run, reranked, fused)
+    task, _, _, fused = results["val"]
+    val = {a: task.measure(fused(a), ["Success@1"])["Success@1"] for a in ALPHAS}
+    best = max(ALPHAS, key=val.get)
+    print(f"alpha chosen on val: {best:g} (val Success@1 " + ", ".join(f"{a:g}: {v:.4f}" for a, v in val.items()) + ")")
+    for split, (task, run, reranked, fused) in results.items():
+        systems = {"first stage": run, "MLLM alone": reranked, f"MLLM + {best:g} x first stage": fused(best)}
+        for name, system in systems.items():
+            scores = task.measure(system, measures)
+            print(f"{split} | {name} | " + " | ".join(f"{m} {scores[m]:.4f}" for m in measures))
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ import torch
 
 from mmrerank.datasets.mmdocir import load_mmdocir
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-from mmrerank.evaluation import Report, bm25_page_scores, evaluate_pages, fuse_first_stage, rerank_pages
-from mmrerank.rerankers.mllm import build_tiny_vlm
+from mmrerank.evaluation import Report, evaluate
+from mmrerank.evaluation.suites import PageTask
+from mmrerank.rerankers.fusion import Fused, Memoized
 from mmrerank.rerankers.mllm.data import PageGroupsDataModule
 from mmrerank.rerankers.mllm.module import MLLMRerankerModule
+from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
+from mmrerank.retrieval.pages import bm25_page_scores
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,8 +61,8 @@ def train(args: argparse.Namespace, loss: str, report: Report) -> MLLMRerankerMo
     """Train one tiny reranker with `loss` on the training documents; log its wall time in `report`."""
     L.seed_everything(0, verbose=False)
     model = Path(args.work) / f"tiny-qwen2-vl-h{args.hidden}-l{args.layers}-v{args.vocab}-d{args.train_docs}"
-    if args.vocab and not model.exists():
-        build_tiny_vlm(model, hidden=args.hidden, layers=args.layers, corpus=training_text(args.train_docs),
+    if args.vocab:
+        ensure_tiny_vlm(model, hidden=args.hidden, layers=args.layers, corpus=training_text(args.train_docs),
                        vocab_size=args.vocab)
     module = MLLMRerankerModule(str(model), build_tiny=True, tiny_hidden=args.hidden, tiny_layers=args.layers,
                                 loss=loss, use_ocr=True, lr=args.lr, schedule=args.schedule,
@@ -81,18 +84,15 @@ def main() -> None:
     folder = ensure_pages(PagesConfig(seed=1, documents=args.val_docs))
     data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
     report = Report(f"synthetic pages (val: {args.val_docs} documents, {len(data.questions)} questions)")
-    bm25 = bm25_page_scores(data)
-    evaluate_pages(report, data, bm25, "BM25")
+    run, task = data.per_document_run(bm25_page_scores(data)), PageTask(data)
+    evaluate(report, task, run, first_stage="BM25")
     for loss in args.losses:
         module = train(args, loss, report)
-        module.reranker.eval()
-        start = time.perf_counter()
-        scores = rerank_pages(module.reranker, data, bm25, args.depth, progress=False)
-        report.timings[f"rerank {loss}"] = time.perf_counter() - start
-        evaluate_pages(report, data, scores, f"BM25 + MLLM ({loss}, top {args.depth})")
-        for alpha in args.alphas:  # fusion reuses the reranker's scores: no second pass through the model
-            fused = [fuse_first_stage(s, b, args.depth, alpha) for s, b in zip(scores, bm25)]
-            evaluate_pages(report, data, fused, f"BM25 + MLLM ({loss}, top {args.depth}, alpha {alpha:g})")
+        reranker = Memoized(module.reranker.eval())  # the fused rows reuse its scores: no second model pass
+        rows = {f"BM25 + MLLM ({loss}, top {args.depth})": reranker}
+        rows.update({f"BM25 + MLLM ({loss}, top {args.depth}, alpha {alpha:g})": Fused(reranker, alpha, "minmax")
+                     for alpha in args.alphas})
+        evaluate(report, task, run, rows, args.depth, progress=False, first_stage="BM25")  # timings: pages <row>
         print(report.to_markdown(), file=sys.stderr, flush=True)  # partial results while the next loss trains
     print(f"- command: `python {shlex.join(sys.argv)}`")
     print(f"- machine: 2 CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "

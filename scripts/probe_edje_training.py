@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrerank.benchmark import DatasetConfig, FirstStageConfig
+from mmrerank.datasets import Synthetic
 from mmrerank.rerankers.edje.data import EDJEDataModule
 from mmrerank.rerankers.edje.joint import build_wordpiece_tokenizer, tokenize
 from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
 from mmrerank.rerankers.edje.module import EDJEModule
+from mmrerank.retrieval.first_stage import FirstStage
 
 ALPHAS = [0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0]
 
@@ -63,9 +64,9 @@ def parse() -> argparse.Namespace:
 def headroom() -> None:
     """How much a reranker of the top 2 could gain: the first stage's t2i Success@1 and @2 on val and test, and the
     share of its misses whose top image is the caption's near-duplicate twin."""
-    encoder = FirstStageConfig().build(DatasetConfig().synthetic, progress=False)
+    encoder = FirstStage().build(progress=False)
     for split in ("val", "test"):
-        data = DatasetConfig(split=split).load()
+        data = Synthetic(split).load()
         text, image = encoder.encode(data.captions, 256, False), encoder.encode(data.images, 256, False)
         top = (text @ image.T).topk(2, dim=1).indices  # [C, 2]
         rows = torch.arange(len(text))[:, None].expand_as(top)
@@ -87,11 +88,11 @@ class Probe:
         module = EDJEModule(feature_index=args.feature_index)  # for its vision source and on-disk patch-token cache
         source = module._vision_source()
         self.patches = {s: module._cached_patches(source, self.dm, s) for s in ("train", "val")}
-        encoder = FirstStageConfig().build(DatasetConfig().synthetic, progress=False)
+        encoder = FirstStage().build(progress=False)
         splits = ("train", "val") if args.alpha else ("val",)
         self.emb = {s: (encoder.encode(self.dm.splits[s].captions, 256, False),
                         encoder.encode(self.dm.splits[s].images, 256, False)) for s in splits}
-        tokenizer = build_wordpiece_tokenizer(self.dm.train_texts(), 1000)
+        tokenizer = build_wordpiece_tokenizer(self.dm.edje_inputs().texts, 1000)
         # split -> (word-piece ids, mask), each [C, T]
         self.words = {s: tokenize(tokenizer, self.dm.splits[s].captions.texts, 32) for s in ("train", "val")}
         joint = {"hidden_size": 128, "num_hidden_layers": args.layers, "num_attention_heads": 4,

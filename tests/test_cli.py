@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from mmrerank.cli import MMRerankCLI, benchmark_parser
+from mmrerank.datasets import ImageTextSource
+from mmrerank.rerankers import RerankerSpec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("benchmark", "superglobal", "scaling"))
@@ -44,10 +46,13 @@ def test_training_config_parses(path, tmp_path, monkeypatch):
 def test_benchmark_config_parses(path):
     parser = benchmark_parser()
     config = parser.instantiate_classes(parser.parse_args(["--config", str(path)]))
-    assert config.dataset is None or config.dataset.name in {"synthetic", "coco", "flickr30k", "karpathy", "table"}
-    assert config.depth >= config.rerank_depth
+    image_text = config.image_text
+    assert image_text.dataset is None or isinstance(image_text.dataset, ImageTextSource)
+    assert image_text.depth >= image_text.rerank_depth
+    assert all(isinstance(spec, RerankerSpec) for suite in (image_text, config.pages, config.instances)
+               if suite is not None for spec in suite.rerankers or [])
     if path.parent.name == "superglobal":
-        assert config.directions == [] and config.superglobal.dataset in {"synthetic", "roxford5k", "rparis6k"}
+        assert image_text.directions == [] and config.instances.dataset in {"synthetic", "roxford5k", "rparis6k"}
 
 
 def fit_args(tiny_config, root: Path, *extra: str) -> list[str]:
@@ -74,6 +79,7 @@ def run_cli(args: list[str], cwd: Path | None = None) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_fit_single_and_ddp_take_the_same_steps(tiny_config, tmp_path):
     run_cli(fit_args(tiny_config, tmp_path / "one", "--trainer.devices=1", "--trainer.accelerator=cpu"))
     run_cli(fit_args(tiny_config, tmp_path / "ddp", "--trainer.strategy=ddp", "--trainer.devices=2",
@@ -86,15 +92,15 @@ def test_fit_single_and_ddp_take_the_same_steps(tiny_config, tmp_path):
     assert not torch.equal(one["state_dict"][key], ddp["state_dict"][key])
 
 
+@pytest.mark.slow
 def test_benchmark_command_writes_report(tiny_config, tmp_path):
     out = tmp_path / "report"
-    run_cli(["benchmark", f"--dataset.synthetic.root={tiny_config.root}",
-             f"--dataset.synthetic.seed={tiny_config.seed}",
-             f"--dataset.synthetic.train_images={tiny_config.train_images}",
-             f"--dataset.synthetic.val_images={tiny_config.val_images}",
-             f"--dataset.synthetic.test_images={tiny_config.test_images}",
+    synthetic = "--image_text.dataset.init_args.synthetic"
+    run_cli(["benchmark", "--image_text.dataset=Synthetic", f"{synthetic}.root={tiny_config.root}",
+             f"{synthetic}.seed={tiny_config.seed}", f"{synthetic}.train_images={tiny_config.train_images}",
+             f"{synthetic}.val_images={tiny_config.val_images}", f"{synthetic}.test_images={tiny_config.test_images}",
              f"--first_stage.checkpoint={tmp_path / 'fs'}", "--first_stage.train_steps=2",
-             "--first_stage.batch_size=8", "--depth=20", f"--output_dir={out}", "--progress=false"])
+             "--first_stage.batch_size=8", "--image_text.depth=20", f"--output_dir={out}", "--progress=false"])
     report = json.loads((out / "report.json").read_text())
     row = report["rows"]["first stage"]
     assert set(row) == {f"{d}/{m}" for d in ("t2i", "i2t") for m in ("Success@1", "Success@5", "Success@10", "nDCG@10")}
@@ -107,6 +113,7 @@ def last_checkpoint(root: Path, name: str) -> dict:
     return torch.load(root / "checkpoints" / "mllm" / name / "last.ckpt", map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow
 def test_fit_mllm_on_synthetic_pages(tmp_path):
     run_cli(["fit", "--config", str(CONFIGS / "mllm" / "synthetic_pages.yaml"),
              f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=3", "--trainer.limit_val_batches=1",
@@ -118,6 +125,7 @@ def test_fit_mllm_on_synthetic_pages(tmp_path):
     assert last_checkpoint(tmp_path, "synthetic-pages")["global_step"] == 3  # the last step, after validation at 2
 
 
+@pytest.mark.slow
 def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
     """A few `fit` steps of the image-text config on a tiny split: mines groups with a 2-step first stage, trains,
     and leaves the final weights where the config's checkpoint callback puts them (under the working folder)."""

@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmrerank.core import distributed
 from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
-from mmrerank.evaluation import Report, evaluate_task
+from mmrerank.evaluation import Report, evaluate
 from mmrerank.rerankers.base import Reranker
 from mmrerank.retrieval.clip import CLIPEncoder
+from mmrerank.retrieval.index import retrieve
+
+pytestmark = pytest.mark.slow  # end to end: several processes
 
 
 class FirstCharReranker(Reranker):
@@ -30,10 +34,11 @@ def evaluate_once(config: SyntheticConfig) -> dict:
     image_emb = encoder.encode(data.images, 8, progress=False)  # 8 per batch: several batches per rank
     text_emb = encoder.encode(data.captions, 32, progress=False)
     report = Report("ddp")
-    evaluate_task(report, data.task("t2i"), text_emb, image_emb, depth=10, measures=["Success@1", "nDCG@10"],
-                  progress=False)
-    evaluate_task(report, data.task("i2t"), image_emb, text_emb, {"chars": FirstCharReranker()}, depth=12,
-                  rerank_depth=6, measures=["Success@1", "nDCG@10", "AP@12"], progress=False)
+    setups = (("t2i", text_emb, image_emb, 10, {}), ("i2t", image_emb, text_emb, 12, {"chars": FirstCharReranker()}))
+    for direction, queries, corpus, depth, rerankers in setups:
+        task = data.task(direction)
+        run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, depth)
+        evaluate(report, task, run, rerankers, 6, ["Success@1", "nDCG@10", "AP@12"], progress=False)
     return {"rows": report.rows, "image_emb": image_emb, "text_emb": text_emb}
 
 

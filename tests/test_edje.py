@@ -318,3 +318,18 @@ def test_corrupt_store_errors_name_the_file(tmp_path):
     (root / "header.json").write_text("{not json")
     with pytest.raises(TokenStoreError, match="header.json.*not valid JSON"):
         TokenStore(root)
+
+
+def test_wordpiece_vocabulary_is_deterministic_and_covers_its_alphabet():
+    texts = ["a red circle left of a blue square", "A green star above a box", "a red star"] * 2
+    vocabs = [build_wordpiece_tokenizer(texts, vocab_size=60).get_vocab() for _ in range(4)]
+    assert all(v == vocabs[0] for v in vocabs)  # the same texts, the same ids, call after call
+    vocab = vocabs[0]
+    assert [vocab[s] for s in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")] == [0, 1, 2, 3, 4]
+    alphabet = sorted(set("".join(texts).lower()) - {" "})
+    assert [vocab[c] for c in alphabet] == list(range(5, 5 + len(alphabet)))  # characters, then ## pieces
+    assert vocab["a"] < vocab["##a"] and "red" in vocab and "star" in vocab  # "a" counted 7 times, "red" 4
+    words = sorted(vocab, key=vocab.get)[5 + 2 * len(alphabet):]
+    assert words[:3] == ["red", "star", "above"]  # by count (a: already a character), ties alphabetical
+    tokenizer = build_wordpiece_tokenizer(texts, vocab_size=60)
+    assert tokenizer.tokenize("a crab") == ["a", "c", "##r", "##a", "##b"]  # unseen words fall back to characters

@@ -15,8 +15,11 @@ from mmrerank.datasets.synthetic import ensure_split, load_scenes, load_syntheti
 from mmrerank.datasets.synthetic.scenes import satisfies, scene_arrays
 from mmrerank.losses import listwise_softmax
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, EDJEReranker, VisionTokenSource, build_wordpiece_tokenizer
+from mmrerank.rerankers.fusion import Fused
 from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.negatives import first_non_relevant, mine_hard_negatives
+
+pytestmark = pytest.mark.slow  # end to end: trains models
 
 CONFIG = "configs/edje/synthetic.yaml"
 TINY_JOINT = '{"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}'
@@ -161,8 +164,9 @@ def trained(request, tiny_config, tmp_path_factory, bert_folder):
     root = tmp_path_factory.mktemp("edje")
     first_stage = root / "fs"
     CLIPEncoder("mmrerank-tiny-resnet").save_pretrained(first_stage)
-    syn = [f"--data.init_args.{split}.synthetic.{k}={getattr(tiny_config, k)}" for split in ("train", "val")
-           for k in ("root", "seed", "train_images", "val_images", "test_images")]
+    syn = [arg for split in ("train", "val") for arg in
+           (f"--data.init_args.{split}=Synthetic", f"--data.init_args.{split}.init_args.split={split}",
+            *synthetic_args(f"data.init_args.{split}.init_args", tiny_config))]
     joint = TINY_JOINT
     if request.param == "first_stage":
         text = [f"--model.init_args.text_checkpoint={first_stage}"]
@@ -178,7 +182,6 @@ def trained(request, tiny_config, tmp_path_factory, bert_folder):
           "--model.init_args.num_image_tokens=4", *text, f"--model.init_args.export_dir={root / 'model'}",
           "--data.init_args.batch_size=4", "--data.init_args.n=3", "--data.init_args.hard=2",
           "--data.init_args.pool=4", "--data.init_args.mined=8",
-          "--data.init_args.train.split=train", "--data.init_args.val.split=val",
           f"--data.init_args.first_stage.checkpoint={first_stage}", *syn])
     return root
 
@@ -186,6 +189,10 @@ def trained(request, tiny_config, tmp_path_factory, bert_folder):
 def synthetic_args(prefix: str, config) -> list[str]:
     return [f"--{prefix}.synthetic.{k}={getattr(config, k)}" for k in
             ("root", "seed", "train_images", "val_images", "test_images")]
+
+
+def image_text_args(config) -> list[str]:
+    return ["--image_text.dataset=Synthetic", *synthetic_args("image_text.dataset.init_args", config)]
 
 
 def test_fit_exports_a_model_with_its_tokenizer(trained):
@@ -202,7 +209,7 @@ def test_fit_exports_a_model_with_its_tokenizer(trained):
 def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, tiny_test_split, tmp_path):
     store = tmp_path / "store"
     main(["precompute", f"--model={trained / 'model'}", f"--store={store}", "--shard_size=16", "--progress=false",
-          *synthetic_args("dataset", tiny_config)])
+          "--dataset=Synthetic", *synthetic_args("dataset.init_args", tiny_config)])
     model = EDJE.from_pretrained(trained / "model")
     reranker = EDJEReranker(model, store)
     assert len(reranker.store) == len(tiny_test_split.images) and reranker.store.bytes_per_image == 4 * 32 * 2
@@ -227,9 +234,9 @@ def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, ti
         order = indices[row, :depth][torch.sort(expected, descending=True, stable=True).indices]
         assert reranked.indices[row, :depth].tolist() == order.tolist()
 
-    # i2t: an image's stored tokens against its captions; alpha adds the first-stage score exactly
+    # i2t: an image's stored tokens against its captions; fusion adds alpha x the first-stage score exactly
     i2t = tiny_test_split.task("i2t")
-    fused = EDJEReranker(model, store, alpha=2.0)
+    fused = Fused(reranker, 2.0)
     rows, cands, first = torch.tensor([0, 1]), torch.tensor([3, 4]), torch.tensor([0.5, -0.25])
     plain = reranker.score_rows(i2t, rows, cands, first)
     torch.testing.assert_close(fused.score_rows(i2t, rows, cands, first), plain + 2.0 * first)
@@ -239,10 +246,10 @@ def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, ti
 
 def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
     out = tmp_path / "report"
-    main(["benchmark", *synthetic_args("dataset", tiny_config),
-          f"--first_stage.checkpoint={trained / 'fs'}",
-          f"--edje.model={trained / 'model'}", "--edje.alpha=1.0", f"--edje.store={tmp_path / 'store'}",
-          "--depth=20", "--rerank_depth=5", f"--output_dir={out}", "--progress=false"])
+    main(["benchmark", *image_text_args(tiny_config), f"--first_stage.checkpoint={trained / 'fs'}",
+          "--image_text.rerankers+=EDJERows", f"--image_text.rerankers.model={trained / 'model'}",
+          "--image_text.rerankers.alpha=1.0", f"--image_text.rerankers.store={tmp_path / 'store'}",
+          "--image_text.depth=20", "--image_text.rerank_depth=5", f"--output_dir={out}", "--progress=false"])
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert set(rows) == {"first stage", "edje", "edje + 1 x first stage"}
     for system in rows.values():
@@ -253,6 +260,7 @@ def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
 
 def test_missing_model_is_a_clear_error(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="train one first"):
-        main(["benchmark", *synthetic_args("dataset", tiny_config), f"--first_stage.checkpoint={tmp_path / 'fs'}",
-              "--first_stage.train_steps=1", "--first_stage.batch_size=8", f"--edje.model={tmp_path / 'nothing'}",
-              f"--output_dir={tmp_path / 'out'}", "--progress=false"])
+        main(["benchmark", *image_text_args(tiny_config), f"--first_stage.checkpoint={tmp_path / 'fs'}",
+              "--first_stage.train_steps=1", "--first_stage.batch_size=8", "--image_text.rerankers+=EDJERows",
+              f"--image_text.rerankers.model={tmp_path / 'nothing'}", f"--output_dir={tmp_path / 'out'}",
+              "--progress=false"])

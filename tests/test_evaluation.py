@@ -10,10 +10,11 @@ import torch
 
 from mmrerank.core.items import RetrievalTask, Texts
 from mmrerank.core.run import PAD
-from mmrerank.evaluation import FIRST_STAGE, Report, evaluate_task, retrieve
-from mmrerank.metrics import evaluate
+from mmrerank.evaluation import FIRST_STAGE, Report, evaluate
+from mmrerank.metrics import evaluate as measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.retrieval.clip import CLIPEncoder
+from mmrerank.retrieval.index import retrieve
 
 
 class OracleReranker(Reranker):
@@ -83,13 +84,13 @@ def test_oracle_reranker_reaches_first_stage_success_at_depth(tiny_test_split, e
     for direction in ("t2i", "i2t"):
         task = id_task(tiny_test_split.task(direction))
         queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
-        evaluate_task(report, task, queries, corpus, {"oracle": OracleReranker(task)}, depth=20, rerank_depth=8,
-                      measures=["Success@1", "Success@8", "nDCG@10"], progress=False)
+        run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, 20)
+        evaluate(report, task, run, {"oracle": OracleReranker(task)}, depth=8,
+                 measures=["Success@1", "Success@8", "nDCG@10"], progress=False)
         first, oracle = report.rows[FIRST_STAGE], report.rows["oracle"]
         assert oracle[f"{direction}/Success@1"] == pytest.approx(first[f"{direction}/Success@8"])
         assert oracle[f"{direction}/Success@1"] >= first[f"{direction}/Success@1"]
-        run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, 20)
-        assert report.curves[FIRST_STAGE][direction][4] == pytest.approx(evaluate(run, task.qrels, ["Success@5"])[
+        assert report.curves[FIRST_STAGE][direction][4] == pytest.approx(measure(run, task.qrels, ["Success@5"])[
             "Success@5"])
     paths = report.save(tmp_path / "out")
     assert [p.name for p in paths] == ["report.json", "report.md", "success_at_k.png"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from mmrerank.benchmark import FirstStageConfig
 from mmrerank.datasets.synthetic import ensure_split, load_synthetic
 from mmrerank.rerankers.mllm.data import ImageGroupsDataModule, _relevant, mine_image_groups
+from mmrerank.retrieval.first_stage import FirstStage
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_bad_settings_raise(tiny_config):
 
 
 def test_groups_are_mined_once_then_cached(tiny_config, tmp_path, monkeypatch):
-    first_stage = FirstStageConfig(checkpoint=str(tmp_path / "fs"), train_steps=2, batch_size=8)
+    first_stage = FirstStage(checkpoint=str(tmp_path / "fs"), train_steps=2, batch_size=8)
     module = ImageGroupsDataModule(tiny_config, first_stage, negatives=2, depth=6, train_captions=12,
                                    val_captions=6, image_size=56, cache_dir=str(tmp_path / "cache"))
     groups = module.groups("val")

@@ -205,7 +205,7 @@ def fake_load_dataset(monkeypatch, tables: dict[str, datasets.Dataset]) -> list[
 def test_hub_flickr30k(monkeypatch, tmp_path):
     calls = fake_load_dataset(monkeypatch, {"test": hub_flickr_table()})
     ds = load_hub_flickr30k(cache_dir=str(tmp_path))
-    assert calls == [("nlphuji/flickr30k", "test", {"cache_dir": str(tmp_path)})]
+    assert calls == [("nlphuji/flickr30k", "test", {"revision": "refs/convert/parquet", "cache_dir": str(tmp_path)})]
     assert ds.name == "flickr30k"
     assert ds.images.ids == ["1000092795", "1000268201"]
     assert ds.captions.ids == ["0", "1", "2", "4", "5"]

@@ -6,11 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmrerank.benchmark import DatasetConfig, FirstStageConfig, MLLMConfig, benchmark
+from mmrerank.benchmark import benchmark
+from mmrerank.datasets import Synthetic
 from mmrerank.datasets.mmdocir import load_mmdocir
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-from mmrerank.evaluation import bm25_page_scores
+from mmrerank.evaluation.suites import ImageText, Pages
 from mmrerank.rerankers.mllm import MLLMReranker, Page, build_tiny_vlm
+from mmrerank.rerankers.mllm.benchmark import MLLMRows
+from mmrerank.retrieval.first_stage import FirstStage
+from mmrerank.retrieval.pages import bm25_page_scores
+
+pytestmark = pytest.mark.slow  # end to end: trains models
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +35,11 @@ def _recall_at_1(data, scores) -> float:
 
 def test_pages_only_rows_match_a_plain_loop(tiny_model, tmp_path):
     pages = PagesConfig(seed=5, documents=4, root=str(tmp_path / "pages"))
-    mllm = MLLMConfig(model=tiny_model, pages=pages, depth=3, alpha=[2.0], batch_size=8)
-    checkpoint = tmp_path / "never.safetensors"
-    report = benchmark(first_stage=FirstStageConfig(checkpoint=str(checkpoint)), mllm=mllm, directions=[],
-                       output_dir=str(tmp_path / "out"), progress=False)
+    mllm = MLLMRows(model=tiny_model, alpha=[2.0], batch_size=8)
+    checkpoint = tmp_path / "never"
+    report = benchmark(first_stage=FirstStage(checkpoint=str(checkpoint)), image_text=ImageText(directions=[]),
+                       pages=Pages(pages, depth=3, batch_size=8, rerankers=[mllm]), output_dir=str(tmp_path / "out"),
+                       progress=False)
     assert not checkpoint.exists()  # no image-text directions, no SuperGlobal: the first stage was never built
     folder = ensure_pages(pages)
     data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
@@ -59,11 +66,11 @@ def test_pages_only_rows_match_a_plain_loop(tiny_model, tmp_path):
 
 
 def test_image_text_row_reorders_only_the_head(tiny_model, tiny_config, tmp_path):
-    mllm = MLLMConfig(model=tiny_model, pages=None, image_text=True, image_size=56, batch_size=16)
-    first_stage = FirstStageConfig(checkpoint=str(tmp_path / "fs"), train_steps=2, batch_size=8)
-    report = benchmark(DatasetConfig(synthetic=tiny_config), first_stage, mllm=mllm, directions=["t2i"], depth=10,
-                       rerank_depth=2, measures=["Success@1", "Success@2", "Success@5"],
-                       output_dir=str(tmp_path / "out"), progress=False)
+    mllm = MLLMRows(model=tiny_model, directions=["t2i"], image_size=56, batch_size=16)
+    first_stage = FirstStage(checkpoint=str(tmp_path / "fs"), train_steps=2, batch_size=8)
+    image_text = ImageText(Synthetic(synthetic=tiny_config), ["t2i"], depth=10, rerank_depth=2,
+                           measures=["Success@1", "Success@2", "Success@5"], rerankers=[mllm])
+    report = benchmark(first_stage, image_text, output_dir=str(tmp_path / "out"), progress=False)
     first, reranked = report.rows["first stage"], report.rows["mllm"]
     assert set(reranked) == {"t2i/Success@1", "t2i/Success@2", "t2i/Success@5"}
     # reordering the top 2 keeps which images are in the top 2 and top 5

@@ -26,6 +26,8 @@ from mmrerank.rerankers.mllm.vision_pretrain import (
 )
 from mmrerank.retrieval.clip import CLIPEncoder
 
+pytestmark = pytest.mark.slow  # end to end: trains models
+
 CONFIG = PretrainConfig(distill_steps=40, distill_batch=32, distill_lr=3e-3, caption_steps=30, caption_batch=8,
                         caption_lr=3e-3)
 

@@ -17,7 +17,8 @@ from PIL import Image
 from mmrerank.core.items import ImageLoadError
 from mmrerank.core.run import PAD
 from mmrerank.datasets.mmdocir import load_mmdocir, load_mmdocir_annotations, load_mmdocir_layouts
-from mmrerank.metrics import _union_area, evaluate, mmdocir_layout_recall, mmdocir_page_metrics
+from mmrerank.datasets.mmdocir.metrics import _union_area, mmdocir_layout_recall, mmdocir_page_metrics
+from mmrerank.metrics import evaluate
 
 REAL_ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmdocir" / \
     "MMDocIR_annotations.jsonl"
@@ -253,7 +254,8 @@ RECORDS = [
     #   (trec_eval's AP would divide by 2 gold: 1/4); MRR 1/2.
     {"domain": "A", "page_id": [3, 4], "scores_page": [0.1, 0.9, 0.5, 0.9, 0.2]},
     # q2, domain A, 2 pages (< k = 3). Ranking 1, 0; gold {0} at rank 2.
-    #   recall 1; precision 1/3 (still over k); nDCG = L3 / 1; MAP = (1/2) / 1 = 1/2; MRR 1/2.
+    #   recall 1; precision 1/2 (over the 2 pages ranked, as the official code); nDCG = L3 / 1; MAP = (1/2) / 1 = 1/2;
+    #   MRR 1/2.
     {"domain": "A", "page_id": [0], "scores_page": [0.3, 0.7]},
     # q3, domain B, 4 pages. Ranking 0, 1, 2, 3; top 3 [0, 1, 2]; gold {0, 2, 3}: hits at ranks 1 and 3.
     #   recall 2/3; precision 2/3; DCG = 1 + 1/2, ideal = 1 + L3 + 1/2; MAP = (1/1 + 2/3) / 2 = 5/6; MRR 1.
@@ -266,7 +268,7 @@ def test_page_metrics_hand_computed():
     ndcg = [L3 / (1 + L3), L3, 1.5 / (1.5 + L3)]
     expected = {  # per question, in RECORDS order
         "recall": [1 / 2, 1, 2 / 3],
-        "precision": [1 / 3, 1 / 3, 2 / 3],
+        "precision": [1 / 3, 1 / 2, 2 / 3],
         "ndcg": ndcg,
         "map": [1 / 2, 1 / 2, 5 / 6],
         "mrr": [1 / 2, 1 / 2, 1],
@@ -291,9 +293,10 @@ def test_page_metrics_edge_cases():
     # all scores tied: page order decides, so page 0 is rank 1
     out = mmdocir_page_metrics([{"domain": "A", "page_id": [0], "scores_page": [0.5, 0.5, 0.5]}], 1)
     assert out["mrr"]["micro"] == 1 and out["precision"]["micro"] == 1
-    # k = 10 > 3 pages: all gold found, precision 2/10; nDCG ideal over min(10, 2) = 2 gold -> ranks 2, 3 vs 1, 2
+    # k = 10 > 3 pages: all gold found, precision 2/3 (3 pages ranked); nDCG ideal over min(3, 2) = 2 gold -> ranks
+    # 2, 3 vs 1, 2
     out = mmdocir_page_metrics([{"domain": "A", "page_id": [0, 2], "scores_page": [0.5, 0.9, 0.1]}], 10)
-    assert out["recall"]["micro"] == 1 and out["precision"]["micro"] == pytest.approx(0.2)
+    assert out["recall"]["micro"] == 1 and out["precision"]["micro"] == pytest.approx(2 / 3)
     assert out["ndcg"]["micro"] == pytest.approx((L3 + 0.5) / (1 + L3))
     assert out["map"]["micro"] == pytest.approx((1 / 2 + 2 / 3) / 2)
     # more gold pages (3) than k (2): the ideal DCG stops at k
@@ -313,7 +316,8 @@ def test_page_metrics_edge_cases():
 
 
 def test_page_metrics_agree_with_generic_metrics_where_definitions_match(files):
-    # recall, precision, nDCG and RR share their definitions with R@k, P@k, nDCG@k and RR@k (no ties here)
+    # recall, precision, nDCG and RR share their definitions with R@k, P@k, nDCG@k and RR@k (no ties here); precision
+    # only while k <= the pages of every document (3 and 2 here): beyond, the official code divides by the pages
     ds = load_mmdocir(files["annotations"], load_images=False)
     gen = torch.Generator().manual_seed(0)
     scores = [torch.rand(len(ds.candidates(q)), generator=gen) for q in range(len(ds))]
@@ -321,7 +325,8 @@ def test_page_metrics_agree_with_generic_metrics_where_definitions_match(files):
         ours = mmdocir_page_metrics(ds.page_records(scores), k)
         generic = evaluate(ds.per_document_run(scores), ds.qrels, [f"R@{k}", f"P@{k}", f"nDCG@{k}", f"RR@{k}"])
         assert ours["recall"]["micro"] == pytest.approx(generic[f"R@{k}"])
-        assert ours["precision"]["micro"] == pytest.approx(generic[f"P@{k}"])
+        if k <= 2:
+            assert ours["precision"]["micro"] == pytest.approx(generic[f"P@{k}"])
         assert ours["ndcg"]["micro"] == pytest.approx(generic[f"nDCG@{k}"])
         assert ours["mrr"]["micro"] == pytest.approx(generic[f"RR@{k}"])
 

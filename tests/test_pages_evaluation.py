@@ -1,4 +1,5 @@
-"""Page retrieval on the synthetic MMDocIR stand-in: BM25 first stage and page-recall rows."""
+"""Page retrieval on the synthetic MMDocIR stand-in: BM25 first stage, reranking through the one loop, and
+page-recall rows."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ pytest.importorskip("bm25s")
 
 from mmrerank.datasets.mmdocir import load_mmdocir  # noqa: E402
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages  # noqa: E402
-from mmrerank.evaluation import Report, bm25_page_scores, evaluate_pages  # noqa: E402
+from mmrerank.evaluation import Report, evaluate  # noqa: E402
+from mmrerank.evaluation.suites import PageTask  # noqa: E402
+from mmrerank.rerankers.base import Reranker  # noqa: E402
+from mmrerank.rerankers.fusion import Fused  # noqa: E402
 from mmrerank.retrieval.bm25 import bm25_scores  # noqa: E402
+from mmrerank.retrieval.pages import bm25_page_scores, clip_page_scores  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +35,7 @@ def test_bm25_rows_match_a_per_question_loop(pages):
         best = int(torch.sort(alone, descending=True, stable=True).indices[0])  # ties: lower page first
         hits.append(best in question.gold_pages)
     report = Report("pages")
-    evaluate_pages(report, pages, scores, "BM25")
+    evaluate(report, PageTask(pages), pages.per_document_run(scores), first_stage="BM25")
     assert report.rows["BM25"]["pages/micro/R@1"] == pytest.approx(sum(hits) / len(hits))
 
 
@@ -41,7 +46,7 @@ def test_oracle_scores_reach_full_recall(pages):
         row[question.gold_pages] = 1.0
         oracle.append(row)
     report = Report("pages")
-    evaluate_pages(report, pages, oracle, "oracle")
+    evaluate(report, PageTask(pages), pages.per_document_run(oracle), first_stage="oracle")
     assert all(v == pytest.approx(1.0) for v in report.rows["oracle"].values())
 
 
@@ -64,17 +69,16 @@ def test_page_groups_hold_gold_then_bm25_hard_negatives(pages):
     assert candidates[0].text == pages.ocr_text[groups.groups[0][1][0]]
 
 
-def test_rerank_pages_reorders_only_the_head(pages):
-    from mmrerank.evaluation import rerank_pages
-    from mmrerank.rerankers.base import Reranker
+class TextLength(Reranker):
+    """Scores a page by its OCR text's length / 100."""
 
-    class TextLength(Reranker):
-        def score(self, queries, candidates):
-            return torch.tensor([float(len(page.text)) for page in candidates])
+    def score(self, queries, candidates):
+        return torch.tensor([float(len(page.text)) / 100 for page in candidates])
 
-    first = bm25_page_scores(pages)
-    depth = 2
-    reranked = rerank_pages(TextLength(), pages, first, depth, progress=False)
+
+def test_reranking_pages_reorders_only_the_head(pages):
+    first, task, depth = bm25_page_scores(pages), PageTask(pages), 2
+    reranked = task.page_scores(TextLength().rerank(pages.per_document_run(first), task, depth, progress=False))
     for q, (before, after) in enumerate(zip(first, reranked)):
         texts = [pages.ocr_text[p] for p in pages.candidates(q)]
         order = torch.sort(before, descending=True, stable=True).indices.tolist()
@@ -83,44 +87,25 @@ def test_rerank_pages_reorders_only_the_head(pages):
         assert torch.sort(after, descending=True, stable=True).indices.tolist() == expected
 
 
-def test_fusion_adds_normalised_first_stage_to_the_head_only():
-    from mmrerank.evaluation import fuse_first_stage
-
-    first = torch.tensor([1.0, 5.0, 3.0, 3.0, 0.0])  # first-stage order: 1, 2, 3, 0, 4
-    reranked = torch.tensor([-9.0, -2.0, -1.0, -3.0, 99.0])  # only pages 1, 2, 3 (the top 3) are read
-    fused = fuse_first_stage(reranked, first, depth=3, alpha=4.0)
-    # head min-max over BM25 (3, 5): page 1 -> 1, pages 2, 3 -> 0; fused = reranked + 4 * that
-    assert fused[[1, 2, 3]].tolist() == [2.0, -1.0, -3.0]
-    assert fused[0] < fused[[1, 2, 3]].min() and fused[4] < fused[0]  # the tail: below the head, in BM25 order
-    alone = fuse_first_stage(reranked, first, depth=3, alpha=0.0)
-    assert alone[[1, 2, 3]].tolist() == [-2.0, -1.0, -3.0]
-    tied = fuse_first_stage(reranked, torch.full((5,), 2.0), depth=2, alpha=4.0)  # all tie: nothing to add
-    assert tied[[0, 1]].tolist() == [-9.0, -2.0] and tied[[2, 3, 4]].tolist() == [-10.0, -11.0, -12.0]
-    with pytest.raises(ValueError, match="same 1-D shape"):
-        fuse_first_stage(reranked, first[:4], depth=3, alpha=1.0)
-
-
-def test_rerank_pages_with_alpha_fuses(pages):
-    from mmrerank.evaluation import fuse_first_stage, rerank_pages
-    from mmrerank.rerankers.base import Reranker
-
-    class TextLength(Reranker):
-        def score(self, queries, candidates):
-            return torch.tensor([float(len(page.text)) / 100 for page in candidates])
-
-    first = bm25_page_scores(pages)
-    alone = rerank_pages(TextLength(), pages, first, 3, progress=False)
-    fused = rerank_pages(TextLength(), pages, first, 3, progress=False, alpha=2.0)
-    for a, f, b in zip(alone, fused, first):
-        torch.testing.assert_close(f, fuse_first_stage(a, b, 3, 2.0))
-    assert any(not torch.equal(torch.sort(a, descending=True, stable=True).indices,
-                               torch.sort(f, descending=True, stable=True).indices) for a, f in zip(alone, fused))
+def test_fused_pages_add_min_max_bm25_over_each_head(pages):
+    first, task, depth, alpha = bm25_page_scores(pages), PageTask(pages), 3, 2.0
+    run = pages.per_document_run(first)
+    fused = task.page_scores(Fused(TextLength(), alpha, "minmax").rerank(run, task, depth, progress=False))
+    changed = False
+    for q, (bm25, after) in enumerate(zip(first, fused)):
+        texts = [pages.ocr_text[p] for p in pages.candidates(q)]
+        order = torch.sort(bm25, descending=True, stable=True).indices.tolist()
+        head = bm25[order[:depth]]
+        span = float(head.max() - head.min())
+        norm = [(float(bm25[p]) - float(head.min())) / span if span > 0 else 0.0 for p in order[:depth]]
+        expected = [len(texts[p]) / 100 + alpha * n for p, n in zip(order[:depth], norm)]  # by hand, per page
+        torch.testing.assert_close(after[order[:depth]], torch.tensor(expected))
+        alone = sorted(order[:depth], key=lambda p: -len(texts[p]))
+        changed |= torch.sort(after, descending=True, stable=True).indices.tolist()[:depth] != alone
+    assert changed  # the fusion changes some order
 
 
 def test_clip_page_scores_match_a_per_question_loop(tmp_path):
-    from mmrerank.datasets.mmdocir import load_mmdocir
-    from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-    from mmrerank.evaluation import clip_page_scores
     from mmrerank.retrieval.clip import CLIPEncoder
 
     folder = ensure_pages(PagesConfig(seed=5, documents=2, root=str(tmp_path)))

@@ -22,6 +22,8 @@ from mmrerank.scaling.cli import main as scaling_main
 from mmrerank.scaling.grid import ModelSize, SweepConfig, run_sweep
 from mmrerank.scaling.results import read_evaluations
 
+pytestmark = pytest.mark.slow  # end to end: trains models
+
 
 def test_non_embedding_params_count_the_joint_encoder_but_its_embedding_tables():
     tok = build_wordpiece_tokenizer(["a red circle", "a blue square"], vocab_size=60)

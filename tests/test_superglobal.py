@@ -260,14 +260,16 @@ def test_rerank_hand_computed_case():
 
 def test_nearest_others_breaks_ties_by_lower_position():
     nan = float("nan")  # the diagonal is overwritten, whatever it holds
-    sims = torch.tensor([[[nan, 0.5, 0.9, 0.5, 0.5],  # 0.9 at 2, then the first of the tied 0.5s: 1
+    rows = torch.tensor([[[nan, 0.5, 0.9, 0.5, 0.5],  # 0.9 at 2, then the first of the tied 0.5s: 1
                           [0.3, nan, 0.3, 0.3, 0.1],  # three-way tie at the top: 0 and 2
                           [0.7, 0.7, nan, 0.7, 0.7],  # all tied: 0 and 1
                           [0.2, 0.8, 0.8, nan, 0.1],  # tie inside the top two, listed in position order
                           [0.6, 0.1, 0.2, 0.3, nan]]])  # no ties: 0 then 3
-    positions, values = _nearest_others(sims.clone(), k=2)
-    assert positions.tolist() == [[[2, 1], [0, 2], [0, 1], [1, 2], [0, 3]]]
-    torch.testing.assert_close(values, torch.tensor([[[0.9, 0.5], [0.3, 0.3], [0.7, 0.7], [0.8, 0.8], [0.6, 0.3]]]))
+    # Item j's similarities are read down column j: hand over the transpose, so that item j's are the row above.
+    positions, values = _nearest_others(rows.transpose(1, 2).contiguous(), 5, k=2)  # [1, k, M]: neighbour r of j
+    assert positions.transpose(1, 2).tolist() == [[[2, 1], [0, 2], [0, 1], [1, 2], [0, 3]]]
+    torch.testing.assert_close(values.transpose(1, 2),
+                               torch.tensor([[[0.9, 0.5], [0.3, 0.3], [0.7, 0.7], [0.8, 0.8], [0.6, 0.3]]]))
 
 
 def test_batching_does_not_change_the_ranking():

@@ -9,11 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmrerank.benchmark import DatasetConfig, FirstStageConfig, SuperGlobalConfig, benchmark
+from mmrerank.benchmark import benchmark
 from mmrerank.datasets.revisited import protocol_relevance
 from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
+from mmrerank.evaluation.suites import ImageText, Instances
 from mmrerank.rerankers.superglobal import gem_plus, regional_gem
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
+from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
+from mmrerank.retrieval.first_stage import FirstStage
 
 
 def tiny(root, seed: int = 0) -> InstanceConfig:
@@ -63,10 +66,9 @@ def test_unknown_backbone():
 
 def test_benchmark_rows(tmp_path, tiny_config):
     report = benchmark(
-        first_stage=FirstStageConfig(checkpoint=str(tmp_path / "fs"), train_steps=1, batch_size=4),
-        superglobal=SuperGlobalConfig(instances=tiny(tmp_path / "i2i"), top_m=20, k=3),
-        directions=[], output_dir=str(tmp_path / "out"), progress=False,
-        dataset=DatasetConfig(synthetic=tiny_config))
+        first_stage=FirstStage(checkpoint=str(tmp_path / "fs"), train_steps=1, batch_size=4, synthetic=tiny_config),
+        instances=Instances(instances=tiny(tmp_path / "i2i"), top_m=20, rerankers=[SuperGlobalRows(k=3)]),
+        image_text=ImageText(directions=[]), output_dir=str(tmp_path / "out"), progress=False)
     assert list(report.rows) == ["GeM", "SuperGlobal pooling", "SuperGlobal pooling + rerank"]
     for row in report.rows.values():
         assert set(row) == {"i2i/medium/mAP", "i2i/hard/mAP"}
@@ -103,7 +105,8 @@ def test_cvnet_weights_load_into_timm_trunk(tmp_path):
               "encoder_q.head.fc.bias": source.head.bias.detach()}
     torch.save({"model_state": state}, tmp_path / "cvnet.pth")
     loaded = SuperGlobalExtractor("resnet26", PoolingConfig.plain_gem(), head_dim=2048, min_side=32,
-                                  cvnet_checkpoint=str(tmp_path / "cvnet.pth"))
+                                  cvnet_checkpoint=str(tmp_path / "cvnet.pth"), cvnet_preprocessing=False,
+                                  relu_plus=False)  # the weights alone: the official setting is tested elsewhere
     pixels = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(loaded.eval()(pixels), source.eval()(pixels), atol=1e-5)

@@ -1,25 +1,62 @@
-"""File helpers: atomic writes and safe loading of files from outside."""
+"""File helpers: atomic writes (files and folders, umask applied, fsynced), the cache root and cache keys.
+
+Pickles from outside are read by `mmrerank.core.pickles`."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (`/proc/self/status`)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # os.umask can only be read by setting it; the old value is back one call later
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_file(path: str | Path) -> None:
+    """Flush a written file's data to disk, so a rename that publishes it never outlives its content in a crash."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; skipped where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
-def atomic_path(path: str | Path):
+def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on error it vanishes.
 
-    Readers therefore see either the old file or the complete new one, never a half-written file.
+    Readers therefore see either the old file or the complete new one, never a half-written file. The new file
+    gets the mode a plain `open` would give it (0o666 less the umask; `mkstemp` alone makes it 0o600), and it is
+    fsynced before the rename and its folder after, so after a crash `path` holds the old or the whole new file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,10 +64,13 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -47,91 +87,64 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-# --- pickles from outside -------------------------------------------------------------------------------------------
-
-class _NdarrayMark:
-    """Stands in for the `numpy.ndarray` global, so that a pickle can name it only as `_reconstruct`'s argument.
-
-    Handing out the real class would let a pickle call `ndarray(shape)` itself and allocate whatever it likes.
-    """
-
-    def __repr__(self) -> str:
-        return "<numpy.ndarray, admitted only as the subtype argument of _reconstruct>"
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder`, itself included."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync_file(Path(root) / name)
+        _fsync_dir(root)
 
 
-_NDARRAY_MARK = _NdarrayMark()
+def _swap_folder(new: Path, final: Path) -> None:
+    """Move folder `new` to `final` (same parent), replacing the folder there as a whole; renames only.
 
-
-def _checked_reconstruct(subtype: Any, shape: Any, dtype: Any) -> Any:
-    """numpy's `_reconstruct`, only in the form numpy's own pickles use: an empty base-class array.
-
-    numpy writes `_reconstruct(ndarray, (0,), b"b")` and fills the array in the following BUILD (`__setstate__`),
-    which checks that the raw data matches shape and dtype; so no subclass and no allocation from the pickle.
-    """
-    import numpy as np
-
-    if subtype is not _NDARRAY_MARK or not (isinstance(shape, tuple) and shape == (0,)):
-        raise pickle.UnpicklingError(f"refusing _reconstruct({subtype!r}, {shape!r}, ...): only the empty "
-                                     "numpy.ndarray that numpy's own pickles start from is admitted")
-    return _numpy_reconstruct()(np.ndarray, (0,), dtype)
-
-
-def _numpy_reconstruct() -> Any:
-    import numpy as np
-
-    # the function numpy itself pickles arrays with, whatever its module is called in this numpy version
-    # (numpy.core.multiarray before 2.0, numpy._core.multiarray since)
-    return np.empty(0).__reduce__()[0]
-
-
-class SafeUnpickler(pickle.Unpickler):
-    """An unpickler for files from outside: plain containers, numbers and numpy arrays, nothing else.
-
-    Containers, strings, bytes and numbers need no global at protocol 3 and above. The only globals admitted are
-    what numpy arrays pickle through (Python 3 at protocols 3 and 4; Python 2 pickles with `encoding="latin1"`):
-    `numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct` (checked to build only an empty
-    `ndarray`, see `_checked_reconstruct`), `numpy.ndarray` (only as that argument) and `numpy.dtype`.
-    Every other global (`os.system`, `collections.OrderedDict`, `builtins.set`, numpy scalars via
-    `numpy._core.multiarray.scalar`, protocol-5 arrays via `numpy._core.numeric._frombuffer`, protocol 0-2 bytes
-    via `_codecs.encode`, ...) raises `pickle.UnpicklingError` naming it.
-    Persistent ids are refused too (the base class's default).
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")}:
-            return _checked_reconstruct
-        if (module, name) == ("numpy", "ndarray"):
-            return _NDARRAY_MARK
-        if (module, name) == ("numpy", "dtype"):
-            import numpy as np
-
-            return np.dtype
-        raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}: only plain containers, "
-                                     "numbers and numpy arrays are admitted")
-
-
-def safe_unpickle(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryview, *,
-                  encoding: str = "ASCII") -> Any:
-    """Load a pickle from outside through `SafeUnpickler` (plain containers, numbers, numpy arrays).
-
-    Args:
-        path_or_bytes: a file path, or the pickle's bytes.
-        encoding: how to decode Python 2 `str` objects, as in `pickle.load` ("latin1" for Python 2 numpy arrays).
+    Replacing takes two renames, old -> a hidden backup beside `final`, then new -> `final`; the backup is
+    deleted last. A crash between the two leaves no folder at `final` and the old one whole in
+    `.<name>.*.old/folder`, never a mix of both. Meant for one writer at a time.
 
     Raises:
-        FileNotFoundError: the path does not exist.
-        pickle.UnpicklingError: the pickle names a global that is not admitted (the message names it). Truncated
-            or corrupt data raises what `pickle` raises for it (`UnpicklingError`, `EOFError`, ...).
+        NotADirectoryError: `final` exists and is not a folder.
     """
-    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        return SafeUnpickler(BytesIO(path_or_bytes), encoding=encoding).load()
-    with open(path_or_bytes, "rb") as f:
-        return SafeUnpickler(f, encoding=encoding).load()
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final} exists and is not a folder; refusing to replace it with one")
+    try:
+        os.rename(new, final)  # nothing at `final` yet (or an empty folder, which POSIX rename replaces)
+        return
+    except OSError:
+        if not final.is_dir():
+            raise
+    backup = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+    os.rename(final, backup / "folder")
+    try:
+        os.rename(new, final)
+    except BaseException:
+        os.rename(backup / "folder", final)  # put the old folder back
+        backup.rmdir()
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
 
 
-def load_pickle(path: str | os.PathLike) -> Any:
-    """`safe_unpickle` of a file path."""
-    return safe_unpickle(Path(path))
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside `path` to write into; on success it takes `path`'s place, on error it vanishes.
+
+    A folder already at `path` is replaced as a whole (nothing of it survives, see `_swap_folder` for the two
+    renames and the brief moment when neither folder is at `path`), so readers never load a mix of the old and the
+    new contents, and an exception while writing leaves the old folder untouched. The folder gets the mode a plain
+    `mkdir` would give it (umask applied), and all of it is fsynced before the swap.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
+        yield tmp
+        _fsync_tree(tmp)
+        _swap_folder(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def cache_root() -> Path:
@@ -147,8 +160,9 @@ def key_digest(key: Any, length: int = 16) -> str:
 def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], None]) -> Path:
     """Return `final`, first filling it with `generate(tmp_folder)` unless `final / marker` exists.
 
-    The folder is generated beside its final place and renamed into it in one step, so a reader never sees a
-    half-written folder; if another process finished the same folder first, its (identical) copy is kept.
+    The folder is generated beside its final place (with `mkdir`'s mode, fsynced) and renamed into it in one
+    step, so a reader never sees a half-written folder; if another process finished the same folder first, its
+    (identical) copy is kept. A folder at `final` without `marker` (left half-written by other code) is replaced.
     """
     final = Path(final)
     if (final / marker).exists():
@@ -156,12 +170,18 @@ def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], No
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
         generate(tmp)
+        _fsync_tree(tmp)
         try:
             tmp.rename(final)
-        except OSError:  # `final` appeared meanwhile
-            shutil.rmtree(tmp)
+        except OSError:
+            if (final / marker).exists():  # another process finished it meanwhile
+                shutil.rmtree(tmp)
+            else:  # a half-written folder is in the way
+                _swap_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_dir(final.parent)
     return final

@@ -7,6 +7,7 @@ in coordinate form. Both read and write the TREC formats that ir-measures, ranx 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +128,11 @@ class Run:
 
     @classmethod
     def read_trec(cls, path: str | Path, doc_ids: Sequence[str] | None = None) -> Run:
-        """Read a 6-column TREC run file; rows are queries in order of first appearance."""
+        """Read a 6-column TREC run file; rows are queries in order of first appearance.
+
+        Raises:
+            ValueError: a line without 6 columns or whose score is not a number or is NaN (naming `file:line`).
+        """
         run: dict[str, dict[str, float]] = {}
         for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
             if not line.strip():
@@ -136,7 +141,7 @@ class Run:
             if len(parts) != 6:
                 raise ValueError(f"{path}:{lineno}: a TREC run line has 6 columns, got {len(parts)}: {line!r}")
             qid, _, docid, _, score, _ = parts
-            run.setdefault(qid, {})[docid] = float(score)
+            run.setdefault(qid, {})[docid] = _parse_score(score, f"{path}:{lineno}", line)
         return cls.from_dict(run, doc_ids)
 
 
@@ -146,7 +151,8 @@ class Qrels:
 
     Attributes:
         query_ids: the query id space; doc_ids: the doc id space.
-        query_index, doc_index, grade: `[R]` long each, one entry per judged (query, doc) pair.
+        query_index, doc_index, grade: `[R]` long each, one entry per judged (query, doc) pair (a pair given twice
+            is merged into one with its highest grade, with a warning).
     """
 
     query_ids: list[str]
@@ -160,6 +166,27 @@ class Qrels:
         self.grade = self.grade.long()
         if not (self.query_index.shape == self.doc_index.shape == self.grade.shape) or self.grade.dim() != 1:
             raise ValueError("query_index, doc_index and grade must be 1-D tensors of one length")
+        self._merge_duplicates()
+
+    def _merge_duplicates(self) -> None:
+        """Keep one judgement per (query, doc) pair, the highest grade, with a warning.
+
+        A repeated pair would count twice in the ideal DCG and in recall's denominator, silently lowering both.
+        """
+        n_docs = max(len(self.doc_ids), 1)
+        keys = self.query_index * n_docs + self.doc_index  # [R]
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        if unique.numel() == keys.numel():
+            return
+        lowest = torch.iinfo(torch.long).min
+        grade = torch.full(unique.shape, lowest, dtype=torch.long, device=keys.device)
+        grade = grade.scatter_reduce(0, inverse, self.grade, reduce="amax")
+        counts = torch.bincount(inverse)
+        q, d = divmod(int(unique[int(torch.argmax(counts))]), n_docs)  # the most repeated pair, for the message
+        warnings.warn(f"{keys.numel() - unique.numel()} duplicate judgement(s) of the same (query, doc) pair, e.g. "
+                      f"({self.query_ids[q]!r}, {self.doc_ids[d]!r}); kept the highest grade of each pair",
+                      stacklevel=3)
+        self.query_index, self.doc_index, self.grade = unique // n_docs, unique % n_docs, grade
 
     def __len__(self) -> int:
         return self.grade.numel()
@@ -201,14 +228,32 @@ class Qrels:
     @classmethod
     def read_trec(cls, path: str | Path, query_ids: Sequence[str] | None = None,
                   doc_ids: Sequence[str] | None = None) -> Qrels:
+        """Read a 4-column TREC qrels file (`qid 0 docid grade`, integer grades).
+
+        A pair judged on several lines keeps its highest grade, with a warning naming the lines.
+
+        Raises:
+            ValueError: a line without 4 columns or with a grade that is not an integer (naming `file:line`).
+        """
         qrels: dict[str, dict[str, int]] = {}
+        repeated: list[str] = []
         for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
             if not line.strip():
                 continue
             parts = line.split()
             if len(parts) != 4:
                 raise ValueError(f"{path}:{lineno}: a TREC qrels line has 4 columns, got {len(parts)}: {line!r}")
-            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+            qid, _, docid, grade_text = parts
+            grade = _parse_grade(grade_text, f"{path}:{lineno}", line)
+            judged = qrels.setdefault(qid, {})
+            if docid in judged:
+                repeated.append(f"{path}:{lineno}")
+                grade = max(grade, judged[docid])
+            judged[docid] = grade
+        if repeated:
+            warnings.warn(f"{len(repeated)} repeated (query, doc) judgement(s) at {', '.join(repeated[:5])}"
+                          + (" ..." if len(repeated) > 5 else "") + "; kept the highest grade of each pair",
+                          stacklevel=2)
         return cls.from_dict(qrels, query_ids, doc_ids)
 
     def transpose(self) -> Qrels:
@@ -224,6 +269,25 @@ class Qrels:
         q, d = q_map[self.query_index], d_map[self.doc_index]
         keep = (q >= 0) & (d >= 0)
         return Qrels(list(query_ids), list(doc_ids), q[keep], d[keep], self.grade[keep])
+
+
+def _parse_score(text: str, where: str, line: str) -> float:
+    """A run line's score column as a float; `where` is `file:line` for the message."""
+    try:
+        score = float(text)
+    except ValueError:
+        raise ValueError(f"{where}: the score (5th column) must be a number, got {text!r}: {line!r}") from None
+    if math.isnan(score):
+        raise ValueError(f"{where}: the score (5th column) is NaN, which has no rank: {line!r}")
+    return score
+
+
+def _parse_grade(text: str, where: str, line: str) -> int:
+    """A qrels line's grade column as an int (TREC grades are integers; `1.5` or `rel` is refused)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{where}: the grade (4th column) must be an integer, got {text!r}: {line!r}") from None
 
 
 def _remap(old_ids: Sequence[str], new_ids: Sequence[str]) -> Tensor:

@@ -1,1 +1,10 @@
-"""Benchmarks: the built-in synthetic ones and loaders of the real ones (with their own metrics)."""
+"""Benchmarks: the built-in synthetic ones and loaders of the real ones (with their own metrics).
+
+The image-text sources are exported here by their short `class_path` names (`Synthetic`, `Flickr30k`, `COCO`,
+`Karpathy`, `CaptionTable`).
+"""
+
+from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.sources import COCO, CaptionTable, Flickr30k, ImageTextSource, Karpathy, Synthetic
+
+__all__ = ["COCO", "CaptionTable", "Flickr30k", "ImageTextDataset", "ImageTextSource", "Karpathy", "Synthetic"]

@@ -49,7 +49,8 @@ class ImageTextSource(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Everything that identifies the data (reports and cache keys)."""
-        return {"class": type(self).__name__, **{k: asdict(v) if is_dataclass(v) else v for k, v in vars(self).items()}}
+        fields = {k: asdict(v) if is_dataclass(v) else v for k, v in vars(self).items()}
+        return {"class": type(self).__name__, "name": self.name, **fields}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
@@ -69,18 +70,25 @@ class Synthetic(ImageTextSource):
 
 
 class Flickr30k(ImageTextSource):
-    """Flickr30k (Karpathy splits) from the hub dataset `nlphuji/flickr30k`."""
+    """Flickr30k (Karpathy splits) from the hub dataset `nlphuji/flickr30k`.
+
+    Args:
+        repo, revision: the hub repository and revision; the default branch `refs/convert/parquet` is the hub's
+            parquet copy, which current `datasets` reads (it refuses the repository's loading script).
+    """
 
     name = "flickr30k"
 
-    def __init__(self, split: str = "test", skip_corrupt: bool = False) -> None:
+    def __init__(self, split: str = "test", repo: str = "nlphuji/flickr30k",
+                 revision: str | None = "refs/convert/parquet", skip_corrupt: bool = False) -> None:
         super().__init__(split)
-        self.skip_corrupt = skip_corrupt
+        self.repo, self.revision, self.skip_corrupt = repo, revision, skip_corrupt
 
     def load(self) -> ImageTextDataset:
         from mmrerank.datasets import loaders  # datasets / pyarrow: only for real data
 
-        return loaders.load_hub_flickr30k(self.split, skip_corrupt=self.skip_corrupt)
+        return loaders.load_hub_flickr30k(self.split, repo=self.repo, revision=self.revision,
+                                          skip_corrupt=self.skip_corrupt)
 
 
 class COCO(ImageTextSource):

@@ -14,6 +14,9 @@ from tqdm.auto import tqdm
 from mmrerank.core.items import RetrievalTask
 from mmrerank.core.run import PAD, Run
 
+# What `Reranker.rerank` does with a NaN or infinite score: raise, or rank it below the finite reranked scores.
+NONFINITE_MODES = ("error", "demote")
+
 
 @dataclass
 class RankedResults:
@@ -49,8 +52,8 @@ class Reranker(ABC):
         """
         return self.score([task.queries[int(i)] for i in query_rows], [task.corpus[int(d)] for d in candidate_rows])
 
-    def rerank(self, run: Run, task: RetrievalTask, depth: int, batch_size: int = 256,
-               progress: bool = True) -> Run:
+    def rerank(self, run: Run, task: RetrievalTask, depth: int, batch_size: int = 256, progress: bool = True,
+               nonfinite: str = "error") -> Run:
         """Rescore each query's top `depth` candidates and sort them by the new scores.
 
         Each batch holds whole candidate lists (at least one query), so a query is never split. Candidates
@@ -62,25 +65,95 @@ class Reranker(ABC):
             task: gives the query and candidate items.
             depth: how many top candidates to rescore.
             batch_size: pairs per `score` call (rounded to whole queries).
+            progress: show a progress bar.
+            nonfinite: what a NaN or infinite reranker score does. `"error"` (the default): raise. `"demote"`:
+                the candidate goes below every finite reranked score of its query but stays above the un-reranked
+                tail (the first stage did put it in the top `depth`), candidates demoted together keeping their
+                first-stage order; their scores become placeholders between the two.
 
         Returns:
             A run `[Q, K]` over the same candidates.
+
+        Raises:
+            ValueError: a non-finite score with `nonfinite="error"` (the message names the query and candidate
+                ids), or an unknown `nonfinite`.
         """
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         run = run.sorted()
-        head, tail = run.indices[:, :depth], run.indices[:, depth:]
-        new_scores = torch.full(head.shape, float("-inf"))
+        head, tail = run.indices[:, :depth].cpu(), run.indices[:, depth:].cpu()
+        new_scores = self._head_scores(run, task, head, batch_size, progress)
+        bad = ~torch.isfinite(new_scores) & (head != PAD)
+        if nonfinite == "error" and bad.any():
+            raise ValueError(_nonfinite_message(run, head, new_scores, bad))
+        indices, scores = _merge_reranked(head, tail, new_scores, bad)
+        # rows are already in order; sorting (stable) only moves empty slots that sat among the tail to the end
+        return Run(indices.to(run.indices.device), scores.to(run.scores.device), run.query_ids, run.doc_ids).sorted()
+
+    def _head_scores(self, run: Run, task: RetrievalTask, head: Tensor, batch_size: int, progress: bool) -> Tensor:
+        """The reranker's scores of the `[Q, depth]` candidates `head` (CPU), `[Q, depth]` float; empty slots 0."""
+        new_scores = torch.zeros(head.shape)
+        depth = head.shape[1]
         per_batch = max(1, batch_size // max(depth, 1))
         for start in tqdm(range(0, len(run), per_batch), desc=f"reranking {task.name}", disable=not progress,
                           leave=False):
-            rows = head[start:start + per_batch].cpu()
+            rows = head[start:start + per_batch]
             q, c = (rows != PAD).nonzero(as_tuple=True)
             if len(q) == 0:
                 continue
             first = run.scores[start:start + per_batch].cpu()[q, c]
             scores = self.score_rows(task, start + q, rows[q, c], first)
             new_scores[start + q, c] = scores.float().cpu()
-        floor = new_scores.masked_fill(head.cpu() == PAD, float("inf")).min(dim=1, keepdim=True).values
-        floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))
-        tail_scores = floor - torch.arange(1, tail.shape[1] + 1, dtype=torch.float)
-        scores = torch.cat([new_scores, tail_scores], dim=1).to(run.scores.device)
-        return Run(torch.cat([head, tail], dim=1), scores, run.query_ids, run.doc_ids).sorted()
+        return new_scores
+
+
+def _nonfinite_message(run: Run, head: Tensor, scores: Tensor, bad: Tensor) -> str:
+    """Names the first few (query id, candidate id, score) with a non-finite reranker score."""
+    rows, cols = bad.nonzero(as_tuple=True)
+    pairs = [f"query {run.query_ids[r]!r} candidate {run.doc_ids[int(head[r, c])]!r}: {float(scores[r, c])}"
+             for r, c in zip(rows.tolist()[:5], cols.tolist()[:5])]
+    more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+    return (f"the reranker gave {len(rows)} non-finite score(s): {'; '.join(pairs)}{more}. Fix the reranker, or "
+            "pass nonfinite='demote' to rank such candidates below the finite reranked ones")
+
+
+def _placeholders(floor: Tensor, count: int) -> Tensor:
+    """`[Q, count]` scores strictly decreasing from just below `floor` `[Q, 1]`.
+
+    The step is at least 1 and at least 2^-16 of the floor's magnitude, so it stays well above float32's rounding
+    (2^-23 of the magnitude) even for huge floors, where `floor - 1` would round back to `floor`.
+    """
+    step = torch.clamp(floor.abs() * 2.0 ** -16, min=1.0)
+    return floor - step * torch.arange(1, count + 1, dtype=torch.float)
+
+
+def _merge_reranked(head: Tensor, tail: Tensor, scores: Tensor, bad: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's final order and scores: the finite reranked candidates by score (ties in first-stage order),
+    then the `bad` (non-finite) ones in first-stage order, then the tail; empty slots last.
+
+    Args:
+        head: `[Q, depth]` reranked candidates, first-stage order; `tail`: `[Q, K - depth]` the others.
+        scores: `[Q, depth]` reranker scores; `bad`: `[Q, depth]` which of them are non-finite (to demote).
+
+    Returns:
+        indices `[Q, K]` and scores `[Q, K]`, rows non-increasing, demoted and tail candidates on placeholders.
+    """
+    good = (head != PAD) & ~bad
+    # sort key of a head slot: finite scores first (by score), then demoted ones, then empty slots
+    group = torch.where(good, 0, torch.where(bad, 1, 2))
+    by_score = torch.sort(scores.masked_fill(~good, 0.0), dim=1, descending=True, stable=True).indices
+    order = by_score.gather(1, torch.sort(group.gather(1, by_score), dim=1, stable=True).indices)
+    # the lowest finite reranked score (an extra +inf column keeps depth 0 from reducing over nothing)
+    masked = torch.cat([scores.masked_fill(~good, float("inf")), torch.full((len(scores), 1), float("inf"))], dim=1)
+    floor = masked.min(dim=1, keepdim=True).values
+    floor = torch.where(torch.isfinite(floor), floor, torch.zeros_like(floor))  # no finite score: start below 0
+    n_bad = int(bad.sum(dim=1).max()) if bad.numel() else 0
+    below = _placeholders(floor, n_bad + tail.shape[1])
+    # a row's j-th demoted slot (in first-stage order) takes placeholder j; its tail continues after the last one
+    head_scores = scores
+    if n_bad:
+        head_scores = torch.where(bad, below.gather(1, (bad.cumsum(dim=1) - 1).clamp(min=0)), scores)
+    tail_scores = below.gather(1, bad.sum(dim=1, keepdim=True) + torch.arange(tail.shape[1]).expand(tail.shape))
+    indices = torch.cat([head.gather(1, order), tail], dim=1)
+    merged = torch.cat([head_scores.gather(1, order), tail_scores], dim=1)
+    return indices, merged.masked_fill(indices == PAD, float("-inf"))

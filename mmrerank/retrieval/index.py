@@ -174,6 +174,11 @@ class RetrievalIndex:
         if d != self.dim:
             raise ValueError(f"vectors have dimension {d} but the index was built for dimension {self.dim}")
         start = len(self._ids)
+        if ids is not None:
+            missing = [row for row, i in enumerate(ids) if i is None]
+            if missing:  # str(None) would file the vector under the id 'None'
+                raise ValueError(f"id of vector {missing[0]} is None ({len(missing)} such ids); every vector "
+                                 "needs an id")
         new_ids = [str(start + i) for i in range(n)] if ids is None else [str(i) for i in ids]
         if len(new_ids) != n:
             raise ValueError(f"got {n} vectors but {len(new_ids)} ids")
@@ -308,6 +313,7 @@ class RetrievalIndex:
             if meta.get("format") != FORMAT:
                 raise ValueError(f"format is {meta.get('format')!r}, expected {FORMAT!r}")
             config, ids = meta["config"], meta["ids"]
+            _check_ids(ids)
             index = cls(**config, device=device)
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"corrupt RetrievalIndex metadata in {meta_path}: {err}") from err
@@ -320,6 +326,9 @@ class RetrievalIndex:
             if cpu_index.ntotal != len(ids) or cpu_index.d != index.dim:
                 raise ValueError(f"{index_path} holds {cpu_index.ntotal} vectors of dimension {cpu_index.d}, but "
                                  f"{meta_path} lists {len(ids)} ids of dimension {index.dim}")
+            mismatch = _kind_mismatch(cpu_index, index)
+            if mismatch:
+                raise ValueError(f"{index_path} does not match {meta_path} (kind {index.kind!r}): {mismatch}")
             index._index = index._place(cpu_index)
         elif ids or config["kind"] != "ivf":
             raise ValueError(f"corrupt RetrievalIndex at {path}: missing {INDEX_FILE}")
@@ -330,3 +339,44 @@ class RetrievalIndex:
     def __repr__(self) -> str:
         where = "gpu" if self.use_gpu else "cpu"
         return f"RetrievalIndex(kind={self.kind!r}, dim={self.dim}, n={len(self)}, device={where!r})"
+
+
+_FAISS_CLASS = {"flat": "IndexFlat", "ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
+
+
+def _check_ids(ids: Any) -> None:
+    """Saved ids must be a list of distinct strings (a search would otherwise name the wrong or no document)."""
+    if not isinstance(ids, list):
+        raise ValueError(f"'ids' is a {type(ids).__name__}, expected a list of strings")
+    first: dict[str, int] = {}
+    for row, doc_id in enumerate(ids):
+        if not isinstance(doc_id, str):
+            raise ValueError(f"id of row {row} is {doc_id!r}, expected a string")
+        if doc_id in first:
+            raise ValueError(f"id {doc_id!r} appears twice (rows {first[doc_id]} and {row}); ids must be unique")
+        first[doc_id] = row
+
+
+def _kind_mismatch(cpu_index: faiss.Index, index: RetrievalIndex) -> str | None:
+    """Why a faiss index read from disk is not what the metadata describes (another kind, metric or cell count),
+    or None when it is."""
+    expected = getattr(faiss, _FAISS_CLASS[index.kind])
+    if not isinstance(cpu_index, expected):
+        return f"the faiss file holds a {type(cpu_index).__name__}, expected a {expected.__name__}"
+    if cpu_index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return f"the faiss index's metric is {cpu_index.metric_type}, expected inner product"
+    if index.kind == "ivf" and cpu_index.nlist != index.nlist:
+        return f"the faiss index has {cpu_index.nlist} cells, the metadata says nlist={index.nlist}"
+    return None
+
+
+def retrieve(query_emb: Tensor, corpus_emb: Tensor, query_ids: Sequence[str], corpus_ids: Sequence[str], depth: int,
+             index_kind: str = "flat") -> Run:
+    """A first-stage run through a `RetrievalIndex`: the top `depth` corpus items per query by inner product.
+
+    Args:
+        query_emb: `[Q, d]`, corpus_emb: `[N, d]` (L2-normalised), with their ids.
+    """
+    index = RetrievalIndex(corpus_emb.shape[1], kind=index_kind)
+    index.add(corpus_emb, corpus_ids)
+    return index.search(query_emb, depth, query_ids)

@@ -8,6 +8,7 @@ first stage) and cached on disk.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def mine_hard_negatives(dataset: ImageTextDataset, image_emb: Tensor, text_emb: 
         k: negatives kept per query.
         depth: candidates retrieved per query before the relevant ones are removed.
     """
-    from mmrerank.evaluation import retrieve
+    from mmrerank.retrieval.index import retrieve
 
     n, c = len(dataset.images), len(dataset.captions)
     image_ids, caption_ids = [str(i) for i in range(n)], [str(i) for i in range(c)]
@@ -105,10 +106,19 @@ def cached_hard_negatives(dataset: ImageTextDataset, key: dict, encode, k: int =
 
 
 def file_stamp(path: str | Path | None) -> dict | None:
-    """Identity of a checkpoint file (or `save_pretrained` folder) for cache keys: path, size and modification time."""
+    """Identity of a checkpoint file (or `save_pretrained` folder, by its `model.safetensors`) for cache keys: the
+    sha256 of its bytes, or None when there is no such file.
+
+    By content, not by path, size and modification time: a retrained checkpoint written in place with the same
+    size (same architecture) and an equal mtime (coarse file-system clocks, copies that keep mtimes) would
+    otherwise keep its old key and silently reuse caches computed from the old weights.
+    """
     if path and Path(path).is_dir():
         path = Path(path) / "model.safetensors"
     if not path or not Path(path).is_file():
         return None
-    stat = Path(path).stat()
-    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest is Python 3.11+
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest()}

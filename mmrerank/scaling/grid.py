@@ -9,6 +9,8 @@ path (`trainer: mypackage.module:train_point`); tests pass one directly.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib
 import shlex
 import warnings
@@ -74,14 +76,66 @@ class SweepConfig:
             raise ValueError("need at least one seed and eval_fractions in (0, 1]")
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> SweepConfig:
-        sizes = [s if isinstance(s, ModelSize) else ModelSize(**s) for s in raw["sizes"]]
-        return cls(**{**raw, "sizes": sizes})
+    def from_dict(cls, raw: Mapping[str, Any], origin: str = "sweep config") -> SweepConfig:
+        """Build a config from its parsed YAML / JSON form.
+
+        Args:
+            raw: the settings (`sizes` a list of `{name, params, dims}`; see the attributes).
+            origin: where `raw` comes from (a file), for messages.
+
+        Raises:
+            ValueError: an unknown or missing key (naming it, `origin` and the valid keys), a list setting given as
+                something else, or a value `__post_init__` refuses.
+        """
+        _check_keys(raw, cls, origin)
+        for name in ("sizes", "budgets", "losses", "seeds", "eval_fractions"):
+            if name in raw and not isinstance(raw[name], list):
+                raise ValueError(f"{origin}: {name!r} must be a list, got {raw[name]!r}")
+        sizes = [s if isinstance(s, ModelSize) else _model_size(s, f"{origin}: sizes[{j}]")
+                 for j, s in enumerate(raw["sizes"])]
+        try:
+            return cls(**{**raw, "sizes": sizes})
+        except (ValueError, TypeError) as err:  # TypeError: e.g. a budget given as a string
+            raise ValueError(f"{origin}: {err}") from err
+
+
+def _model_size(raw: Any, origin: str) -> ModelSize:
+    _check_keys(raw, ModelSize, origin)
+    if not isinstance(raw.get("dims", {}), Mapping):
+        raise ValueError(f"{origin}: 'dims' must be a mapping (hidden, layers, ...), got {raw['dims']!r}")
+    return ModelSize(**raw)
+
+
+def _check_keys(raw: Any, cls: type, origin: str) -> None:
+    """`raw` must be a mapping holding every required field of dataclass `cls` and no other key."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{origin}: expected a mapping with keys {fields}, got {type(raw).__name__} {raw!r:.80}")
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{origin}: unknown key {key!r}{hint}; valid keys: {', '.join(fields)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ValueError(f"{origin}: missing key(s) {', '.join(map(repr, missing))}; valid keys: {', '.join(fields)}")
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    """Read a sweep config from YAML (or JSON)."""
-    return SweepConfig.from_dict(yaml.safe_load(Path(path).read_text()))
+    """Read a sweep config from YAML (or JSON).
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: the file does not parse, or holds an unknown / missing key or a bad value (naming the file).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    return SweepConfig.from_dict(raw, origin=str(path))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from mmrerank.datasets.synthetic.scenes import (
 )
 
 SPLITS = ("train", "val", "test")
+SPLIT_FILES = ("images.npy", "specs.npy", "captions.json", "scenes.json")  # what `generate_split` writes
+MARKER = "captions.json"  # a split folder with it is complete (folders are renamed into place whole)
 FORMAT_VERSION = 1  # bump when generation changes, so stale caches are not reused
 
 
@@ -91,9 +93,30 @@ def generate_split(config: SyntheticConfig, split: str, out: Path, progress: boo
 
 
 def ensure_split(config: SyntheticConfig, split: str, progress: bool = True) -> Path:
-    """The split's cache folder, generated first if absent (atomically: see `generate_folder_once`)."""
-    return generate_folder_once(config.split_dir(split), "captions.json",
-                                lambda tmp: generate_split(config, split, tmp, progress))
+    """The split's cache folder, generated first if absent (atomically: see `generate_folder_once`).
+
+    Raises:
+        FileExistsError: the folder exists, is not empty and lacks some of `SPLIT_FILES` (a leftover of an
+            interrupted or foreign copy: a new split cannot be renamed onto it, and it is never silently reused).
+    """
+    folder = config.split_dir(split)
+    _check_split_folder(folder, generated=False)
+    folder = generate_folder_once(folder, MARKER, lambda tmp: generate_split(config, split, tmp, progress))
+    _check_split_folder(folder, generated=True)
+    return folder
+
+
+def _check_split_folder(folder: Path, generated: bool) -> None:
+    """A split folder must be absent or empty (before generating: the new one is renamed onto it) or complete."""
+    if not generated and (not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))):
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"synthetic split cache {folder} is not a folder; delete it to regenerate the split")
+    missing = [name for name in SPLIT_FILES if not (folder / name).is_file()]
+    if missing:
+        found = sorted(p.name for p in folder.iterdir())
+        raise FileExistsError(f"synthetic split cache {folder} lacks {', '.join(missing)} (it holds {found[:10]}): a "
+                              "leftover of an interrupted or foreign copy; delete it to regenerate the split")
 
 
 def load_scenes(folder: Path) -> list[list[Obj]]:

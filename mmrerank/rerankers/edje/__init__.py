@@ -18,15 +18,17 @@ from mmrerank.rerankers.edje.joint import (
 from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
 from mmrerank.rerankers.edje.reranker import EDJEReranker, precompute_images
 from mmrerank.rerankers.edje.store import (
+    CorruptTokenStoreError,
     IncompleteTokenStoreError,
+    StaleTokenStoreError,
     TokenStore,
     TokenStoreError,
-    TokenStoreWriter,
+    TokenStoreLockedError,
     canonical_dtype,
     footprint,
-    precompute,
 )
 from mmrerank.rerankers.edje.vision import VisionTokenSource
+from mmrerank.rerankers.edje.writer import TokenStoreWriter, precompute
 
 __all__ = [
     "EDJE",
@@ -35,7 +37,10 @@ __all__ = [
     "VisionTokenSource",
     "precompute_images",
     "MINILM",
+    "CorruptTokenStoreError",
     "IncompleteTokenStoreError",
+    "StaleTokenStoreError",
+    "TokenStoreLockedError",
     "JointEncoder",
     "TokenCompressionAdapter",
     "TokenStore",

@@ -1,13 +1,24 @@
-"""EDJE's training data: groups of (query, positive, hard negatives) in both directions, as row indices."""
+"""EDJE's training data: groups of (query, positive, hard negatives) in both directions.
+
+Batches are self-contained (the pairs' texts, their image rows, the group size, the first stage's caption
+embeddings); what the module needs once before training (the images to compute patch tokens for, the captions to
+build a tokenizer from) it gets from one call, `EDJEDataModule.edje_inputs()`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import lightning as L
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from mmrerank.benchmark import DatasetConfig
+from mmrerank.core.items import Items
 from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.sources import ImageTextSource, Synthetic
 from mmrerank.retrieval.first_stage import FirstStage
 
 
@@ -32,31 +43,45 @@ class RerankGroups(Dataset):
         n: negatives per group.
         hard: how many of them are hard.
         pool: hard negatives are drawn from the first `pool` mined ones.
-        seed: sampling seed (a different stream per item and epoch via `set_epoch`).
+        seed: sampling seed (a different stream per item and epoch).
         twins: put the near-duplicate first among the negatives (above).
+        clock: `() -> (epoch, step)` of the training (the data module passes the trainer's); the epoch picks the
+            sampling stream, the step the curriculum. None: epoch 0, hard negatives on (or as `use_hard` says).
+        curriculum_steps: with a clock, hard negatives start at this step.
     """
 
     def __init__(self, dataset: ImageTextDataset, negatives, n: int = 7, hard: int = 4, pool: int = 16,
-                 seed: int = 0, twins: bool = False) -> None:
+                 seed: int = 0, twins: bool = False, clock: Callable[[], tuple[int, int]] | None = None,
+                 curriculum_steps: int = 0) -> None:
         if not 0 <= hard <= n:
             raise ValueError(f"hard={hard} must lie in [0, n={n}]")
         if twins and dataset.near_duplicates is None:
             raise ValueError(f"twins=True, but dataset {dataset.name!r} has no near_duplicates")
         self.dataset, self.negatives, self.n, self.hard, self.pool, self.seed = dataset, negatives, n, hard, pool, seed
-        self.twins = twins
-        self.epoch = 0
-        self.hard_active = True
+        self.twins, self.clock, self.curriculum_steps = twins, clock, curriculum_steps
+        self._epoch, self._hard = 0, None
         # image row -> its caption rows, for the twin's captions
         order = torch.argsort(dataset.caption_image, stable=True)
         self._caption_start = torch.searchsorted(dataset.caption_image[order], torch.arange(len(dataset.images) + 1))
         self._captions_by_image = order
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """The sampling stream's epoch when there is no clock."""
+        self._epoch = epoch
 
-    def use_hard(self, active: bool) -> None:
-        """Switch the hard negatives on or off (off: all n negatives are random), for a curriculum."""
-        self.hard_active = active
+    def use_hard(self, active: bool | None) -> None:
+        """Force the hard negatives on or off (off: all n negatives are random); None: follow the clock."""
+        self._hard = active
+
+    @property
+    def epoch(self) -> int:
+        return self.clock()[0] if self.clock else self._epoch
+
+    @property
+    def hard_active(self) -> bool:
+        if self._hard is not None:
+            return self._hard
+        return self.clock()[1] >= self.curriculum_steps if self.clock else True
 
     def __len__(self) -> int:
         return len(self.dataset.captions)
@@ -101,27 +126,45 @@ class RerankGroups(Dataset):
                 "t2i_images": torch.tensor([image, *images]), "i2t_captions": torch.tensor([c, *captions])}
 
 
+@dataclass
+class EDJEInputs:
+    """What `EDJEModule` needs from its data once, before training.
+
+    Attributes:
+        images: image set name (the split) -> its images; `batch["images"]` rows index `images[batch["image_set"]]`.
+        image_keys: image set name -> what identifies those images (keys of the module's patch-token cache).
+        texts: the training captions (a WordPiece vocabulary is built from them).
+        text_dim: the width of the first stage's caption embeddings (target of text-embedding recovery).
+    """
+
+    images: dict[str, Items]
+    image_keys: dict[str, dict[str, Any]]
+    texts: list[str]
+    text_dim: int
+
+
 class EDJEDataModule(L.LightningDataModule):
     """Image-text training groups with first-stage hard negatives (see `RerankGroups`), for `EDJEModule`.
 
-    Batches are dicts of row indices into the split (`caption [B]`, `image [B]`, `t2i_images [B, 1+n]`,
-    `i2t_captions [B, 1+n]`) plus `split`; the module turns rows into texts and (cached) patch tokens.
+    A batch holds `texts` (`2 * B * k` strings: the t2i groups' captions, then the i2t groups'), `images`
+    (`[2 * B * k]` image rows of the same pairs), `image_set` (the split whose rows they are), `k` (1 + n, the
+    group size, positive first) and `caption_emb` (`[B, e]`, the first stage's embedding of each group's caption).
 
     Args:
-        train, val: the splits (`mmrerank.benchmark.DatasetConfig`; default: the synthetic train / val splits).
-        first_stage: the retriever whose top candidates are the hard negatives (`FirstStageConfig`).
+        train, val: the splits (any `ImageTextSource`; default: the synthetic train / val splits).
+        first_stage: the retriever whose top candidates are the hard negatives (`FirstStage`).
         n, hard, pool: negatives per group, how many hard, drawn from how many mined.
         mined: hard negatives kept per query when mining (>= pool).
         batch_size: captions per batch (each gives a t2i and an i2t group).
         curriculum_steps: the first this many training steps draw only random negatives; hard ones join after. A
             joint encoder trained from scratch on first-stage hard negatives from the first step collapses to a
             constant score (loss ln(1 + n)); on random negatives it learns, and then profits from hard ones.
-            Needs `num_workers=0` (the switch is made in the main process).
+            Needs `num_workers=0` (the groups read the trainer's step in the main process).
         twins: the near-duplicate image / caption as the first negative of each group once hard negatives are on
             (datasets with `near_duplicates`: the synthetic benchmark); see `RerankGroups`.
     """
 
-    def __init__(self, train: DatasetConfig | None = None, val: DatasetConfig | None = None,
+    def __init__(self, train: ImageTextSource | None = None, val: ImageTextSource | None = None,
                  first_stage: FirstStage | None = None, n: int = 7, hard: int = 4, pool: int = 16,
                  mined: int = 32, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
                  curriculum_steps: int = 0, twins: bool = False) -> None:
@@ -129,9 +172,9 @@ class EDJEDataModule(L.LightningDataModule):
         if curriculum_steps and num_workers:
             raise ValueError("curriculum_steps needs num_workers=0: workers hold their own copy of the groups")
         self.curriculum_steps, self.twins = curriculum_steps, twins
-        self.train_config = train or DatasetConfig(split="train")
-        self.val_config = val or DatasetConfig(split="val")
-        self.first_stage = (first_stage or FirstStage()).trained_on(self.train_config.synthetic)
+        self.train_config = train or Synthetic("train")
+        self.val_config = val or Synthetic("val")
+        self.first_stage = (first_stage or FirstStage()).trained_on(getattr(self.train_config, "synthetic", None))
         self.n, self.hard, self.pool, self.mined = n, hard, pool, max(mined, pool)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.splits: dict[str, ImageTextDataset] = {}
@@ -144,7 +187,7 @@ class EDJEDataModule(L.LightningDataModule):
         data = config.load()
         self.splits[config.split] = data
         stage = self.first_stage
-        key = {"dataset": repr(config), "first_stage": stage.model_name, "pretrained": stage.pretrained,
+        key = {"dataset": config.describe(), "first_stage": stage.model_name, "pretrained": stage.pretrained,
                "checkpoint": file_stamp(stage.folder())}
 
         def encode():
@@ -153,7 +196,13 @@ class EDJEDataModule(L.LightningDataModule):
 
         negatives = cached_hard_negatives(data, key, encode, k=self.mined, depth=4 * self.mined)
         self.negatives[config.split] = negatives
-        return RerankGroups(data, negatives, self.n, self.hard, self.pool, self.seed, self.twins)
+        return RerankGroups(data, negatives, self.n, self.hard, self.pool, self.seed, self.twins, self._clock,
+                            self.curriculum_steps)
+
+    def _clock(self) -> tuple[int, int]:
+        """The training's (epoch, step); (0, 0) before a trainer is attached."""
+        trainer = self.trainer
+        return (trainer.current_epoch, trainer.global_step) if trainer is not None else (0, 0)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and not hasattr(self, "train_set"):
@@ -161,15 +210,24 @@ class EDJEDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and not hasattr(self, "val_set"):
             self.val_set = self._groups(self.val_config)
 
-    def train_texts(self) -> list[str]:
-        """The training captions (for building a tokenizer)."""
-        return list(self.splits[self.train_config.split].captions.texts)
+    def edje_inputs(self) -> EDJEInputs:
+        """The images of every set batches name, the training captions and the caption-embedding width."""
+        configs = {self.train_config.split: self.train_config, self.val_config.split: self.val_config}
+        keys = {s: {"dataset": configs[s].describe(), "images": len(d.images)} for s, d in self.splits.items()}
+        return EDJEInputs({s: d.images for s, d in self.splits.items()}, keys,
+                          list(self.splits[self.train_config.split].captions.texts),
+                          self.negatives[self.train_config.split].text_emb.shape[1])
 
     def _loader(self, data: RerankGroups, shuffle: bool, split: str) -> DataLoader:
-        def collate(rows):
-            batch = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
-            batch["split"] = split
-            return batch
+        def collate(rows: list[dict[str, Tensor]]) -> dict[str, Any]:
+            t2i = torch.stack([r["t2i_images"] for r in rows])  # [B, k]
+            i2t = torch.stack([r["i2t_captions"] for r in rows])  # [B, k]
+            caption, image = torch.stack([r["caption"] for r in rows]), torch.stack([r["image"] for r in rows])
+            b, k = t2i.shape
+            captions = torch.cat([caption[:, None].expand(b, k), i2t]).reshape(-1)
+            return {"texts": [data.dataset.captions[int(c)] for c in captions],
+                    "images": torch.cat([t2i, image[:, None].expand(b, k)]).reshape(-1),
+                    "image_set": split, "k": k, "caption_emb": data.negatives.text_emb[caption]}
 
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, drop_last=shuffle)

@@ -34,17 +34,34 @@ def minilm_config(**overrides: Any) -> BertConfig:
 
 def build_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 1000, lowercase: bool = True,
                               model_max_length: int = 512) -> PreTrainedTokenizerFast:
-    """Train a BERT-style WordPiece tokenizer on `texts` offline and wrap it for transformers.
+    """A BERT-style WordPiece tokenizer for `texts`, built offline and deterministically, wrapped for transformers.
 
-    The special tokens come first, so `[PAD]` = 0, `[UNK]` = 1, `[CLS]` = 2, `[SEP]` = 3, `[MASK]` = 4. The result
-    can `save_pretrained` and be reloaded with `AutoTokenizer` / `PreTrainedTokenizerFast.from_pretrained`.
+    The vocabulary is the special tokens (`[PAD]` = 0, `[UNK]` = 1, `[CLS]` = 2, `[SEP]` = 3, `[MASK]` = 4), then
+    every character of the normalised texts, alone and as a `##` continuation (so any word of that alphabet
+    tokenizes), then whole words by falling frequency (ties: alphabetical) up to `vocab_size` entries. It depends on
+    the texts only: `tokenizers`' own WordPiece trainer breaks ties in hash-map order and gives another vocabulary
+    on every run (huggingface/tokenizers#1794), which would make same-seed trainings differ. The result can
+    `save_pretrained` and be reloaded with `AutoTokenizer` / `PreTrainedTokenizerFast.from_pretrained`.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS))
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=lowercase), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    alphabet = sorted({c for word in counts for c in word})
+    vocab = [*SPECIAL_TOKENS, *alphabet, *(f"##{c}" for c in alphabet)]
+    known = set(vocab)
+    for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if word not in known:
+            vocab.append(word)
+            known.add(word)
+    tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     # Only used with add_special_tokens=True; JointEncoder adds its own specials around the image segment.
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

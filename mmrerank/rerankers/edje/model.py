@@ -10,7 +10,6 @@ A saved folder holds `config.json`, `model.safetensors` and `tokenizer/`.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +19,12 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
-from mmrerank.core.io import atomic_path, atomic_write_json
+from mmrerank.core.io import atomic_folder, atomic_write_json
 from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
 from mmrerank.rerankers.edje.joint import JointEncoder
+
+# What `save_pretrained` writes, plus the token stores kept inside a model folder: all that a re-export replaces.
+_FOLDER_ENTRIES = {"config.json", "model.safetensors", "tokenizer", "tokens"}
 
 
 @dataclass
@@ -169,23 +171,32 @@ class EDJE(nn.Module):
         return self(ids.to(device), mask.to(device), image_tokens.to(device))
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write `config.json`, `model.safetensors` and `tokenizer/` into `folder` (each file atomically), and drop
-        the token stores an earlier model left in `folder/tokens/`."""
+        """Write the folder `folder`: `config.json`, `model.safetensors` and `tokenizer/`.
+
+        The folder is written beside `folder` and swapped in whole (`atomic_folder`), so an interrupted re-export
+        leaves the old model intact, never new weights beside the old tokenizer and config. Token stores that an
+        earlier model left in `folder/tokens/` (the default place) go with it: a resumed precompute would
+        otherwise silently reuse tokens of the model being replaced. While the two folders are swapped there is
+        a moment with no folder at `folder` (the old one is then whole in a hidden `.<name>.*.old/` beside it).
+
+        Raises:
+            FileExistsError: `folder` holds entries an EDJE folder does not have (nothing is deleted then).
+        """
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        # Token stores kept inside the folder (`<model>/tokens/`, the default place) were computed by the model being
-        # replaced; a resumed precompute would silently reuse them, so they go with it.
-        shutil.rmtree(folder / "tokens", ignore_errors=True)
+        foreign = sorted(p.name for p in folder.iterdir() if p.name not in _FOLDER_ENTRIES) if folder.is_dir() else []
+        if foreign:
+            raise FileExistsError(f"{folder} holds {foreign}, which an EDJE folder does not; refusing to replace it "
+                                  "(save to a new or empty folder)")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_path(folder / "model.safetensors") as tmp:
-            save_file(state, str(tmp))
-        self.tokenizer.save_pretrained(folder / "tokenizer")
         config = asdict(self.config)
         if "name" in config["joint"]:  # a pretrained encoder's weights are in the file: record its shape instead
             config["joint"] = self.joint.bert.config.to_diff_dict()
-        atomic_write_json(folder / "config.json", config)  # last: its presence marks a whole folder
+        with atomic_folder(folder) as tmp:
+            save_file(state, str(tmp / "model.safetensors"))
+            self.tokenizer.save_pretrained(tmp / "tokenizer")
+            atomic_write_json(tmp / "config.json", config)
         return folder
 
     @classmethod

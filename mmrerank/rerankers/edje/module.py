@@ -12,8 +12,8 @@ Each batch holds, per caption, a t2i group (the caption against its image and n 
 - `distill_weight`: BCE between the student's logit and sigmoid of an uncompressed teacher's logit (`teacher`: an
   exported `EDJE` folder with `num_image_tokens: null`, trained first with this same module).
 
-The frozen vision source's patch tokens are computed once per split in `setup`, kept in memory (fp16) and cached on
-disk.
+The frozen vision source's patch tokens are computed once per image set in `setup` (the images come from the data
+module's `edje_inputs()`, its only read of the data module), kept in memory (fp16) and cached on disk.
 `export_dir` receives the trained `EDJE` folder (what `mmrerank precompute` and the reranker load).
 """
 
@@ -138,17 +138,16 @@ class EDJEModule(L.LightningModule):
             self.teacher = EDJE.from_pretrained(self.hparams.teacher).requires_grad_(False)
 
     def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule
+        inputs = self.trainer.datamodule.edje_inputs()  # the one read of the data module (see `EDJEInputs`)
         source = self._vision_source()
         fresh = self.model is None
         if fresh:
-            recovery_dim = dm.negatives[dm.train_config.split].text_emb.shape[1]
-            self._build(self._config(source), self._tokenizer(dm.train_texts()), recovery_dim)
-        for split in dm.splits:
-            if split not in self.patches:
-                self.patches[split] = self._cached_patches(source, dm, split)
+            self._build(self._config(source), self._tokenizer(inputs.texts), inputs.text_dim)
+        for name, images in inputs.images.items():
+            if name not in self.patches:
+                self.patches[name] = self._cached_patches(source, images, inputs.image_keys[name])
         if fresh and self.hparams.standardize_patches:
-            self.model.set_patch_statistics(self.patches[dm.train_config.split][:4096])
+            self.model.set_patch_statistics(self.patches[next(iter(inputs.images))][:4096])  # the training set
 
     def _vision_source(self):
         h = self.hparams
@@ -160,53 +159,27 @@ class EDJEModule(L.LightningModule):
             object.__setattr__(self, "_source", source)  # not a submodule: frozen, never saved, never trained
         return self._source
 
-    def _cached_patches(self, source, dm, split: str) -> Tensor:
-        """`[N, P, D]` fp16 patch tokens of every image of a split, kept in memory for the whole fit and cached on disk
-        (`<cache>/patches/`) by the vision source, its weights' file stamp and the split, so later fits (a scaling
-        sweep runs many) skip the vision tower."""
-        from mmrerank.core.io import atomic_write, cache_root, key_digest
+    def _cached_patches(self, source, images, key: dict) -> Tensor:
+        """`[N, P, D]` fp16 patch tokens of a set of images, kept in memory for the whole fit and cached on disk by
+        the vision source, its weights' digest and the images' `key`, so later fits (a scaling sweep runs many)
+        skip the vision tower."""
+        from mmrerank.rerankers.edje.vision import TOKEN_CONTRACT
         from mmrerank.retrieval.negatives import file_stamp
 
-        h, config = self.hparams, dm.train_config if split == dm.train_config.split else dm.val_config
+        h = self.hparams
         if not (h.vision_pretrained or self.vision_checkpoint or h.vision.startswith("hf:")):
-            return self._encode_patches(source, dm.splits[split].images)  # random weights: nothing to key a cache by
+            return encode_patches(source, images)  # random weights: nothing to key a cache by
         key = {"vision": h.vision, "pretrained": h.vision_pretrained, "checkpoint": file_stamp(self.vision_checkpoint),
-               "feature_index": h.feature_index, "image_size": h.image_size, "dataset": repr(config),
-               "images": len(dm.splits[split].images)}
-        path = cache_root() / "patches" / f"{key_digest(key)}.pt"
-        if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
-        patches = self._encode_patches(source, dm.splits[split].images)
-        atomic_write(path, lambda tmp: torch.save(patches, tmp))
-        return patches
-
-    @staticmethod
-    def _encode_patches(source, images, batch_size: int = 256) -> Tensor:
-        """`[N, P, D]` fp16 patch tokens of every image."""
-        from tqdm.auto import tqdm
-
-        out = []
-        for start in tqdm(range(0, len(images), batch_size), desc="patch tokens", leave=False):
-            rows = [images[i] for i in range(start, min(start + batch_size, len(images)))]
-            out.append(source.encode(rows).half().cpu())
-        return torch.cat(out)
+               "feature_index": h.feature_index, "image_size": h.image_size, "contract": TOKEN_CONTRACT, **key}
+        return cached_patch_tokens(key, lambda: encode_patches(source, images))
 
     # --- losses ---------------------------------------------------------------------------------------------------
 
-    def _pairs(self, batch: dict[str, Any]) -> tuple[list[str], Tensor, int]:
-        """Texts `[2 * B * k]` and image rows `[2 * B * k]` of the t2i groups, then the i2t groups."""
-        data = self.trainer.datamodule.splits[batch["split"]]
-        t2i, i2t = batch["t2i_images"], batch["i2t_captions"]  # [B, k] each
-        b, k = t2i.shape
-        captions = torch.cat([batch["caption"][:, None].expand(b, k), i2t]).reshape(-1)
-        images = torch.cat([t2i, batch["image"][:, None].expand(b, k)]).reshape(-1)
-        return [data.captions[int(c)] for c in captions], images, k
-
     def _losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        texts, images, k = self._pairs(batch)
+        texts, images, k = batch["texts"], batch["images"], batch["k"]
         # Each image is compressed once, however many pairs it is in (an i2t group repeats its image k times).
         unique, inverse = images.unique(return_inverse=True)
-        patches = self.patches[batch["split"]][unique].to(self.device).float()  # [U, P, D]
+        patches = self.patches[batch["image_set"]][unique].to(self.device).float()  # [U, P, D]
         tokens = self.model.compress(patches)[inverse]  # [2Bk, m, d]
         ids, mask = self.model.joint.tokenize(texts)
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -221,7 +194,7 @@ class EDJEModule(L.LightningModule):
         if h.mlm_weight > 0:
             losses["mlm"] = self._mlm(ids[positives], mask[positives], tokens[positives])
         if h.recovery_weight > 0:
-            target = self.trainer.datamodule.negatives[batch["split"]].text_emb[batch["caption"]]
+            target = batch["caption_emb"]
             cls = self.model.joint.encode_text(ids[positives], mask[positives])
             losses["recovery"] = 1 - F.cosine_similarity(self.recovery(cls), target.to(self.device), dim=-1).mean()
         if h.distill_weight > 0:
@@ -246,21 +219,13 @@ class EDJEModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         losses = self._losses(batch)
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True,
-                      batch_size=len(batch["caption"]))
+                      batch_size=len(batch["caption_emb"]))
         return losses["loss"]
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         losses = self._losses(batch)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=len(batch["caption"]),
-                      sync_dist=True)
-
-    def on_train_epoch_start(self) -> None:
-        self.trainer.datamodule.train_set.set_epoch(self.current_epoch)
-
-    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
-        dm = self.trainer.datamodule
-        # the curriculum: random negatives only for the first steps (the loader runs a batch ahead; harmless)
-        dm.train_set.use_hard(self.global_step >= getattr(dm, "curriculum_steps", 0))
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, prog_bar=True,
+                      batch_size=len(batch["caption_emb"]), sync_dist=True)
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
@@ -292,3 +257,26 @@ class EDJEModule(L.LightningModule):
         return adamw_warmup_cosine(self, self.hparams.lr, self.hparams.weight_decay, self.hparams.warmup_steps,
                                    self.trainer.estimated_stepping_batches,
                                    lr_scale=lambda p: self.hparams.text_lr_scale if id(p) in tower else 1.0)
+
+
+def encode_patches(source, images, batch_size: int = 256) -> Tensor:
+    """`[N, P, D]` fp16 patch tokens of every image."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc="patch tokens", leave=False):
+        rows = [images[i] for i in range(start, min(start + batch_size, len(images)))]
+        out.append(source.encode(rows).half().cpu())
+    return torch.cat(out)
+
+
+def cached_patch_tokens(key: dict, encode) -> Tensor:
+    """`encode()`'s `[N, P, D]` tokens, cached as `<cache>/patches/<digest of key>.pt` (read with weights_only)."""
+    from mmrerank.core.io import atomic_write, cache_root, key_digest
+
+    path = cache_root() / "patches" / f"{key_digest(key)}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    patches = encode()
+    atomic_write(path, lambda tmp: torch.save(patches, tmp))
+    return patches

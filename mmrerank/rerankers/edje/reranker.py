@@ -4,14 +4,15 @@
 (an image against its top-k captions). Image tokens come from a `TokenStore` by image id, so the vision tower
 never runs online; images without a store (`score` on PIL images) are encoded on the fly.
 
-Final score = the joint encoder's logit, or `logit + alpha * first-stage score` when `alpha` is set (default 0:
-the reranker alone). The first stage's cosine similarity carries what it already got right; a small alpha lets
-it break the joint encoder's near-ties.
+The score is the joint encoder's logit; fusing in the first stage's score is `rerankers.fusion.Fused`'s job.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +23,38 @@ from torch import Tensor
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
-from mmrerank.rerankers.edje.store import TokenStore, precompute
+from mmrerank.rerankers.edje.provenance import images_digest, state_digest
+from mmrerank.rerankers.edje.store import TokenStore
+from mmrerank.rerankers.edje.writer import precompute
 from mmrerank.retrieval.clip import resolve_device
 
 
 def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype: str = "bfloat16",
                       shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
-                      progress: bool = True) -> TokenStore:
+                      progress: bool = True, on_mismatch: str = "rebuild") -> TokenStore:
     """Encode `images` with the model's frozen vision source and adapter into a token store `[N, m, d]`.
 
     Resumable: shards an interrupted run finished are kept (see `TokenStoreWriter`). The store's ids are the
-    images' ids.
+    images' ids. Its header records its provenance: sha256 digests of the EDJE model's weights, of the vision
+    source's weights, of the model's config, and of the images (`images_digest`: the pixels of an `ImageArray`,
+    the paths, sizes and mtimes of `ImageFiles`). An existing store is resumed or reused only when all of these
+    (and ids, shape, dtype, shard size) match. Otherwise it is stale: by default (`on_mismatch="rebuild"`, what
+    `mmrerank benchmark` and `mmrerank precompute` use) it is rebuilt with a warning; a store from before
+    provenance was recorded is rebuilt too. `on_mismatch="error"` raises `StaleTokenStoreError` instead.
+
+    Args:
+        overwrite: rebuild even a matching store.
+        on_mismatch: `"rebuild"` or `"error"`, for a stale store.
     """
     device = resolve_device(device)
-    source = model.config.vision_source().to(device)
+    source = model.config.vision_source()
+    # Everything the tokens depend on: the source's weights (a first-stage checkpoint, pretrained or random
+    # weights), the adapter's weights and patch statistics (in the model's state), and the config's shapes and
+    # preprocessing. The whole model is digested, not only its adapter: a retrained model invalidates its tokens.
+    config = json.dumps(asdict(model.config), sort_keys=True, default=str)
+    provenance = {"model": state_digest(model.state_dict()), "vision": state_digest(source.state_dict()),
+                  "config": hashlib.sha256(config.encode()).hexdigest(), "images": images_digest(images)}
+    source = source.to(device)
     model = model.to(device).eval()
 
     def encode(rows: Tensor) -> Tensor:
@@ -43,7 +62,8 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
         return model.compress(patches)
 
     return precompute(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=dtype,
-                      shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite)
+                      shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite,
+                      provenance=provenance, on_mismatch=on_mismatch)
 
 
 class EDJEReranker(Reranker):
@@ -52,11 +72,10 @@ class EDJEReranker(Reranker):
     Args:
         model: an exported `EDJE` folder (or a loaded model).
         store: the corpus's token store (folder or `TokenStore`); None encodes images on the fly.
-        alpha: weight of the first-stage score in the final score (0 = the reranker's logit alone).
         device: `auto` (GPU when present), `cpu` or `cuda`.
     """
 
-    def __init__(self, model: str | Path | EDJE, store: str | Path | TokenStore | None = None, alpha: float = 0.0,
+    def __init__(self, model: str | Path | EDJE, store: str | Path | TokenStore | None = None,
                  device: str = "auto") -> None:
         self.device = resolve_device(device)
         self.model = (model if isinstance(model, EDJE) else EDJE.from_pretrained(model)).to(self.device).eval()
@@ -64,7 +83,6 @@ class EDJEReranker(Reranker):
         if self.store is not None and self.store.shape[1:] != (self.model.num_image_tokens, self.model.dim):
             raise ValueError(f"token store {self.store.root} holds {self.store.shape[1:]} tokens per image; the model "
                              f"reads {(self.model.num_image_tokens, self.model.dim)}")
-        self.alpha = alpha
         self._source = None
 
     def image_tokens(self, images: Sequence[Any]) -> Tensor:
@@ -102,5 +120,4 @@ class EDJEReranker(Reranker):
             tokens = self.store[[images.ids[int(i)] for i in image_rows]]
         else:
             tokens = self.image_tokens([images[int(i)] for i in image_rows])
-        logits = self.model.score(captions, tokens).float().cpu()
-        return logits + self.alpha * first_stage.float().cpu() if self.alpha else logits
+        return self.model.score(captions, tokens).float().cpu()

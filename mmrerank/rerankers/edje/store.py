@@ -1,41 +1,52 @@
 """A memory-mapped store of precomputed image tokens `[N, m, d]` (fp16 or bf16), written shard by shard, resumably.
 
-On disk a store is a folder of three files:
+On disk a store is a folder of three files (and a lock file):
 
 - `tokens.bin`: the raw rows, `N x m x d` elements of 2 bytes each, row-major, nothing else (so an image costs
   exactly `m * d * 2` bytes). bf16 is stored as its raw 16-bit patterns (numpy has no bfloat16) and viewed as
   `torch.bfloat16` on reading.
 - `ids.json`: the image ids in row order (strings or integers).
-- `header.json`: format name and version, dtype, shape, shard size, the finished shards and `complete`.
+- `header.json`: format name and version, dtype, shape, shard size, the finished shards, each finished shard's
+  crc32 (`shard_crc32`, null for unwritten shards), the store's `provenance` (what produced it, JSON, given by the
+  caller) and `complete`.
+- `writer.lock`: empty but for the holder's pid; a writer holds an exclusive `flock` on it for its whole life.
 
 Writing: `TokenStoreWriter` fills one shard (a block of `shard_size` consecutive rows) at a time; after a shard's
-bytes are flushed (and fsynced) to `tokens.bin`, the header listing it as finished is replaced atomically. A killed
-write therefore loses at most the shard in flight, and reopening the writer with the same ids and shape resumes
-with the missing shards. `finalize` writes `complete: true` last (again by atomic rename); `TokenStore` refuses to
-open a store whose header does not say so, whose data file has the wrong size, or whose ids do not match the shape.
+bytes are flushed (and fsynced) to `tokens.bin`, the header listing it as finished (with its checksum) is replaced
+atomically. A killed write therefore loses at most the shard in flight, and reopening the writer with the same ids,
+shape and provenance resumes with the missing shards; finished shards are checked against their checksums first and
+redone if they no longer match. Only one writer at a time: a second one (another process, or another writer object)
+is refused with `TokenStoreLockedError` naming the holder's pid; the kernel drops the lock when the holder closes it
+or dies. `finalize` writes `complete: true` last (again by atomic rename). Values a 16-bit float cannot hold (NaN,
+or beyond float16's +-65504) are refused, naming the images, instead of being written as NaN / inf.
 
-Reading: `TokenStore` maps `tokens.bin` copy-on-write (`numpy.memmap` mode "c") and wraps the map in a tensor
-without copying; in-place edits of returned tensors stay private to the process and never reach the file.
+Reading: `TokenStore` refuses to open a store whose header does not say `complete: true`, whose data file has the
+wrong size, or whose ids do not match the shape. It maps `tokens.bin` copy-on-write (`numpy.memmap` mode "c") and
+wraps the map in a tensor without copying; in-place edits of returned tensors stay private to the process and never
+reach the file. Opening does not read the data (it stays lazy); `TokenStore.verify()` re-reads every shard against its
+checksum, and a resuming writer (so every `precompute` that reuses a store) verifies the shards it keeps.
+
+Format version 1 (before checksums and provenance) is still readable; a writer treats such a store as stale.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
-
-from mmrerank.core.io import atomic_path, atomic_write_json
 
 FORMAT = "mmrerank.TokenStore"
-VERSION = 1
-HEADER_FILE, IDS_FILE, DATA_FILE = "header.json", "ids.json", "tokens.bin"
+VERSION = 2  # 2: shard checksums and provenance in the header
+READABLE_VERSIONS = (1, 2)
+HEADER_FILE, IDS_FILE, DATA_FILE, LOCK_FILE = "header.json", "ids.json", "tokens.bin", "writer.lock"
+_CHUNK = 8 << 20  # bytes per read when checksumming
 
 # dtype name -> (torch dtype, numpy dtype the raw bytes are mapped as)
 _DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
@@ -52,6 +63,19 @@ class TokenStoreError(ValueError):
 
 class IncompleteTokenStoreError(TokenStoreError):
     """The store's header does not say `complete: true`: a write is unfinished (resume it with the writer)."""
+
+
+class StaleTokenStoreError(TokenStoreError):
+    """An existing store was written for another request: other ids, shape, dtype, shard size or provenance, or an
+    older format without provenance. Rebuild it with `overwrite=True` (or `on_mismatch="rebuild"`)."""
+
+
+class CorruptTokenStoreError(TokenStoreError):
+    """A finished shard's bytes on disk no longer match the checksum recorded when it was written."""
+
+
+class TokenStoreLockedError(TokenStoreError):
+    """Another writer holds the store's lock (another process, or another writer object in this one)."""
 
 
 def canonical_dtype(dtype: str | torch.dtype | np.dtype | type) -> str:
@@ -82,13 +106,21 @@ def _read_header(root: Path) -> dict[str, Any]:
     header = _read_json(path)
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise TokenStoreError(f"{path}: not a {FORMAT} header")
-    if header.get("version") != VERSION:
-        raise TokenStoreError(f"{path}: format version {header.get('version')!r}, this code reads {VERSION}")
-    for key in ("dtype", "shape", "shard_size", "shards_done", "complete"):
+    if header.get("version") not in READABLE_VERSIONS:
+        raise TokenStoreError(f"{path}: format version {header.get('version')!r}, this code reads {READABLE_VERSIONS}")
+    keys = ("dtype", "shape", "shard_size", "shards_done", "complete")
+    for key in keys + (("shard_crc32", "provenance") if header["version"] >= 2 else ()):
         if key not in header:
             raise TokenStoreError(f"{path}: header lacks {key!r}")
     if header["dtype"] not in _DTYPES or len(header["shape"]) != 3:
         raise TokenStoreError(f"{path}: bad dtype {header['dtype']!r} or shape {header['shape']!r}")
+    if not isinstance(header["shard_size"], int) or header["shard_size"] <= 0:
+        raise TokenStoreError(f"{path}: bad shard_size {header['shard_size']!r}")
+    shards = -(-int(header["shape"][0]) // int(header["shard_size"]))
+    if header["version"] >= 2 and (not isinstance(header["shard_crc32"], list) or len(header["shard_crc32"]) != shards):
+        raise TokenStoreError(f"{path}: shard_crc32 must list one checksum (or null) for each of the {shards} shards")
+    if not all(isinstance(k, int) and 0 <= k < shards for k in header["shards_done"]):
+        raise TokenStoreError(f"{path}: shards_done must hold shard indices in [0, {shards})")
     return header
 
 
@@ -114,6 +146,17 @@ def _check_ids(ids: Sequence[Any]) -> list[Any]:
     return ids
 
 
+def _crc32_of_file(fd: int, offset: int, length: int) -> int:
+    """crc32 of `length` bytes of an open file from `offset`, read in chunks (the file itself, not a map of it)."""
+    crc, done = 0, 0
+    while done < length:
+        chunk = os.pread(fd, min(_CHUNK, length - done), offset + done)
+        if not chunk:
+            break  # short file: the checksum will not match, which is what the caller reports
+        crc, done = zlib.crc32(chunk, crc), done + len(chunk)
+    return crc
+
+
 def footprint(path: str | Path) -> dict[str, int]:
     """Bytes on disk of a store's parts (complete or not): `data`, `header`, `ids`, `overhead` (= header + ids)."""
     root = Path(path)
@@ -123,148 +166,14 @@ def footprint(path: str | Path) -> dict[str, int]:
     return sizes
 
 
-class TokenStoreWriter:
-    """Creates a token store, or resumes an unfinished one, and fills it shard by shard.
-
-    Shard `k` holds rows `[k * shard_size, min((k + 1) * shard_size, N))`. Shards may be written in any order; each
-    `write_shard` flushes the rows to disk before the header records the shard as done. Use as a context manager
-    or call `close`.
-
-    Args:
-        path: the store's folder (created if needed).
-        ids: the N image ids, unique, in row order.
-        m: tokens per image.
-        d: token width.
-        dtype: "float16" or "bfloat16" (or the torch dtype).
-        shard_size: rows per shard, the unit of progress.
-        overwrite: start afresh even when `path` holds a store (finished or not); otherwise an existing store
-            must have the same ids, shape, dtype and shard size, and writing resumes it.
-        fsync: fsync the data file before recording each shard (off only for throwaway stores).
-
-    Raises:
-        TokenStoreError: an existing store at `path` differs from the request or its data file has the wrong size.
-    """
-
-    def __init__(self, path: str | Path, ids: Sequence[str | int], m: int, d: int, dtype: Any = "float16",
-                 shard_size: int = 1024, overwrite: bool = False, fsync: bool = True):
-        if m <= 0 or d <= 0 or shard_size <= 0:
-            raise ValueError(f"m, d and shard_size must be positive, got {m}, {d}, {shard_size}")
-        self.root = Path(path)
-        self.ids = _check_ids(ids)
-        self.dtype = canonical_dtype(dtype)
-        self.shape = (len(self.ids), m, d)
-        self.shard_size, self.fsync = shard_size, fsync
-        self.num_shards = -(-len(self.ids) // shard_size)
-        self.header_path, self.data_path = self.root / HEADER_FILE, self.root / DATA_FILE
-        self.row_bytes = m * d * ITEMSIZE
-        if self.header_path.exists() and not overwrite:
-            self.done = self._resume()
-        else:
-            self.done = set()
-            self._create()
-        self._fd = os.open(self.data_path, os.O_RDWR)
-
-    def _header(self, complete: bool) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, "dtype": self.dtype, "shape": list(self.shape),
-                "itemsize": ITEMSIZE, "shard_size": self.shard_size, "num_shards": self.num_shards,
-                "shards_done": sorted(self.done), "complete": complete}
-
-    def _create(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        # Drop any old header first, so that no reader pairs it with the new data while we write.
-        self.header_path.unlink(missing_ok=True)
-        atomic_write_json(self.root / IDS_FILE, self.ids)
-        with atomic_path(self.data_path) as tmp:
-            with open(tmp, "wb") as f:
-                f.truncate(len(self.ids) * self.row_bytes)  # sparse: untouched shards take no disk space
-        atomic_write_json(self.header_path, self._header(complete=False))
-
-    def _resume(self) -> set[int]:
-        header = _read_header(self.root)
-        want = {"dtype": self.dtype, "shape": list(self.shape), "shard_size": self.shard_size}
-        have = {k: header[k] for k in want}
-        if have != want:
-            raise TokenStoreError(f"{self.header_path}: existing store has {have}, asked for {want}; "
-                                  "pass overwrite=True to start afresh")
-        ids_path = self.root / IDS_FILE
-        if _read_json(ids_path) != self.ids:
-            raise TokenStoreError(f"{ids_path}: existing store has other ids; pass overwrite=True to start afresh")
-        _check_data_size(self.data_path, len(self.ids) * self.row_bytes)
-        return set(header["shards_done"])
-
-    def shard_bounds(self, k: int) -> tuple[int, int]:
-        """Rows `[start, stop)` of shard `k`."""
-        if not 0 <= k < self.num_shards:
-            raise IndexError(f"shard {k} out of range [0, {self.num_shards})")
-        return k * self.shard_size, min((k + 1) * self.shard_size, len(self.ids))
-
-    def pending_shards(self) -> list[int]:
-        """Shards not yet recorded as written, in order."""
-        return [k for k in range(self.num_shards) if k not in self.done]
-
-    def write_shard(self, k: int, tokens: Tensor | np.ndarray) -> None:
-        """Write shard `k`'s rows and record the shard as done.
-
-        Args:
-            k: shard index.
-            tokens: `[stop - start, m, d]` in the store's dtype exactly (torch float16/bfloat16, or numpy float16
-                for a float16 store); no silent casting, so a float32 mistake cannot halve precision unnoticed.
-
-        Raises:
-            TypeError: wrong dtype. ValueError: wrong shape. (Both name the data file.)
-        """
-        start, stop = self.shard_bounds(k)
-        want_dtype = _DTYPES[self.dtype][0]
-        if isinstance(tokens, np.ndarray):
-            if tokens.dtype != np.float16:
-                raise TypeError(f"{self.data_path}: shard {k} is numpy {tokens.dtype}, the store holds {self.dtype}")
-            tokens = torch.from_numpy(tokens)
-        if tokens.dtype != want_dtype:
-            raise TypeError(f"{self.data_path}: shard {k} has dtype {tokens.dtype}, the store holds {want_dtype}")
-        want_shape = (stop - start, *self.shape[1:])
-        if tuple(tokens.shape) != want_shape:
-            raise ValueError(f"{self.data_path}: shard {k} has shape {tuple(tokens.shape)}, expected {want_shape}")
-        raw = tokens.detach().cpu().contiguous().view(torch.int16).numpy()
-        view = memoryview(raw).cast("B")
-        offset, written = start * self.row_bytes, 0
-        while written < len(view):  # pwrite may write less than asked
-            written += os.pwrite(self._fd, view[written:], offset + written)
-        if self.fsync:
-            os.fsync(self._fd)
-        self.done.add(k)
-        atomic_write_json(self.header_path, self._header(complete=False))
-
-    def finalize(self) -> TokenStore:
-        """Mark the store complete (after checking every shard is written) and open it for reading."""
-        missing = self.pending_shards()
-        if missing:
-            raise IncompleteTokenStoreError(f"{self.header_path}: {len(missing)} of {self.num_shards} shards "
-                                            f"unwritten (first: {missing[0]})")
-        atomic_write_json(self.header_path, self._header(complete=True))
-        self.close()
-        return TokenStore(self.root)
-
-    def close(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> TokenStoreWriter:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        self.close()
-
-
 class TokenStore:
     """Read-only, memory-mapped access to a complete token store.
 
     `store.tensor` is the whole `[N, m, d]` store as one tensor over the map (no copy). `store.rows(...)` takes row
-    indices: an int or a slice gives a view (no copy), a list or tensor of indices gathers the rows into a new
-    tensor. `store[id]` / `store[[id, ...]]` does the same by image id.
+    indices in `[0, N)` (no negative indices: -1 is a bug upstream more often than "the last row"): an int or a
+    slice gives a view (no copy), a list or tensor of indices gathers the rows into a new tensor. `store[id]` /
+    `store[[id, ...]]` does the same by image id. `store.provenance` is what the writer recorded as having produced
+    the tokens; `store.verify()` checks the data against the shards' checksums (opening does not read the data).
 
     Args:
         path: the store's folder.
@@ -283,6 +192,7 @@ class TokenStore:
                 f"{header_path}: incomplete store ({len(header['shards_done'])} of {header.get('num_shards', '?')} "
                 "shards written); finish it with precompute/TokenStoreWriter before reading")
         self.header = header
+        self.provenance = header.get("provenance")  # None for format version 1
         n, m, d = (int(x) for x in header["shape"])
         self.shape = (n, m, d)
         self.dtype_name = header["dtype"]
@@ -321,6 +231,33 @@ class TokenStore:
         """Bytes on disk: `data`, `header`, `ids` and `overhead` (header + ids)."""
         return footprint(self.root)
 
+    def verify(self) -> None:
+        """Re-read every shard from the data file and check it against the crc32 recorded when it was written.
+
+        Reads the whole file (at disk speed), which is why opening a store does not do it. The file is read
+        directly, not through this object's copy-on-write map, so in-place edits of returned tensors do not count.
+
+        Raises:
+            CorruptTokenStoreError: a shard's bytes differ from what was written (the message names the shard, its
+                rows and image ids).
+            TokenStoreError: a format-version-1 store, which has no checksums.
+        """
+        data_path = self.root / DATA_FILE
+        if self.header["version"] < 2:
+            raise TokenStoreError(f"{self.root / HEADER_FILE}: format version {self.header['version']} has no "
+                                  "checksums to verify; rebuild the store (precompute with overwrite=True)")
+        shard_size, crc = int(self.header["shard_size"]), self.header["shard_crc32"]
+        with open(data_path, "rb") as f:
+            for k, expected in enumerate(crc):
+                start, stop = k * shard_size, min((k + 1) * shard_size, len(self))
+                actual = _crc32_of_file(f.fileno(), start * self.bytes_per_image, (stop - start) * self.bytes_per_image)
+                if actual != expected:
+                    raise CorruptTokenStoreError(
+                        f"{data_path}: shard {k} (rows {start}-{stop - 1}, image ids {self.ids[start]!r} to "
+                        f"{self.ids[stop - 1]!r}) fails its checksum (crc32 {actual:08x}, recorded "
+                        f"{expected if expected is None else format(expected, '08x')}); the file changed after it "
+                        "was written: rebuild the store (precompute with overwrite=True)")
+
     def __len__(self) -> int:
         return self.shape[0]
 
@@ -335,10 +272,27 @@ class TokenStore:
             raise KeyError(f"image id {e.args[0]!r} not in token store {self.root}") from None
 
     def rows(self, index: int | slice | Sequence[int] | Tensor | np.ndarray) -> Tensor:
-        """Rows by position: int -> `[m, d]` view, slice -> `[b, m, d]` view, indices -> `[b, m, d]` gathered copy."""
-        if isinstance(index, (int, np.integer, slice)):
+        """Rows by position: int -> `[m, d]` view, slice -> `[b, m, d]` view, indices -> `[b, m, d]` gathered copy.
+
+        Raises:
+            IndexError: a negative or out-of-range row (or slice bound, or a slice step below 1), naming it.
+        """
+        n = len(self)
+        if isinstance(index, slice):
+            for name, bound in (("start", index.start), ("stop", index.stop)):
+                if bound is not None and not 0 <= bound <= n:
+                    raise IndexError(f"token store {self.root}: slice {name} {bound} outside [0, {n}]")
+            if index.step is not None and index.step < 1:
+                raise IndexError(f"token store {self.root}: slice step {index.step} must be at least 1")
+            return self.tensor[index]
+        if isinstance(index, (int, np.integer)):
+            if not 0 <= index < n:
+                raise IndexError(f"token store {self.root}: row {int(index)} outside [0, {n})")
             return self.tensor[index]
         idx = torch.as_tensor(index, dtype=torch.long)
+        bad = (idx < 0) | (idx >= n)
+        if bad.any():
+            raise IndexError(f"token store {self.root}: row {int(idx[bad][0])} outside [0, {n})")
         # Gather on the numpy map (it reads only the requested rows), then view the raw result as the store dtype.
         return torch.from_numpy(self.array[idx.numpy()]).view(self.dtype)
 
@@ -350,50 +304,3 @@ class TokenStore:
 
     def __repr__(self) -> str:
         return f"TokenStore({str(self.root)!r}, shape={self.shape}, dtype={self.dtype_name})"
-
-
-def precompute(store_path: str | Path, ids: Sequence[str | int], encode_fn: Callable[[Tensor], Tensor], *, m: int,
-               d: int, dtype: Any = "float16", shard_size: int = 1024, batch_size: int | None = None,
-               progress: bool = True, overwrite: bool = False, fsync: bool = True) -> TokenStore:
-    """Fill a token store with `encode_fn`, shard by shard, skipping shards an earlier (interrupted) run finished.
-
-    Args:
-        store_path: the store's folder.
-        ids: the N image ids in row order.
-        encode_fn: maps `[b]` int64 row indices (positions in `ids`) to `[b, m, d]` tokens, e.g. a vision tower
-            followed by a `TokenCompressionAdapter`; run under `torch.no_grad()`. Floating outputs are cast to the
-            store's dtype here (the deliberate conversion point; `TokenStoreWriter.write_shard` itself is strict).
-        m, d: tokens per image and token width.
-        dtype: "float16" or "bfloat16".
-        shard_size: rows per shard (the unit of resumption).
-        batch_size: rows per `encode_fn` call (default: `shard_size`); batches never cross shards.
-        progress: show a tqdm bar over images.
-        overwrite: discard an existing store at `store_path` instead of resuming it.
-        fsync: passed to the writer.
-
-    Returns:
-        The complete store, open for reading.
-    """
-    batch_size = batch_size or shard_size
-    with TokenStoreWriter(store_path, ids, m, d, dtype, shard_size, overwrite=overwrite, fsync=fsync) as writer:
-        torch_dtype = _DTYPES[writer.dtype][0]
-        pending = writer.pending_shards()
-        done_rows = len(writer.ids) - sum(b - a for a, b in map(writer.shard_bounds, pending))
-        with tqdm(total=len(writer.ids), initial=done_rows, desc=f"precompute {Path(store_path).name}",
-                  unit="img", disable=not progress) as bar:
-            for k in pending:
-                start, stop = writer.shard_bounds(k)
-                parts = []
-                for s in range(start, stop, batch_size):
-                    idx = torch.arange(s, min(s + batch_size, stop))
-                    with torch.no_grad():
-                        out = encode_fn(idx)
-                    if tuple(out.shape) != (len(idx), m, d):
-                        raise ValueError(f"encode_fn returned shape {tuple(out.shape)} for {len(idx)} rows, "
-                                         f"expected {(len(idx), m, d)}")
-                    if not out.is_floating_point():
-                        raise TypeError(f"encode_fn returned {out.dtype}, expected floating-point tokens")
-                    parts.append(out.detach().to("cpu", torch_dtype))
-                    bar.update(len(idx))
-                writer.write_shard(k, torch.cat(parts))
-        return writer.finalize()

@@ -40,7 +40,7 @@ class SweepArgs:
         eval_queries: evaluate on the first this many captions of that split (None: all).
         lr, warmup_steps: AdamW peak learning rate (a size's `dims.lr` overrides it) and warm-up.
         synthetic: `SyntheticConfig` arguments of the benchmark (default: the built-in one).
-        first_stage: `FirstStageConfig` arguments of the retriever that gives the candidates and hard negatives
+        first_stage: `FirstStage` arguments of the retriever that gives the candidates and hard negatives
             (its checkpoint is also the default frozen vision source's weights).
         module: further `EDJEModule` arguments shared by every size (vision source, m, text length, ...).
     """
@@ -59,10 +59,10 @@ class SweepArgs:
     module: dict[str, Any] = field(default_factory=dict)
 
     def dataset(self, split: str):
-        from mmrerank.benchmark import DatasetConfig
+        from mmrerank.datasets.sources import Synthetic
         from mmrerank.datasets.synthetic import SyntheticConfig
 
-        return DatasetConfig(split=split, synthetic=SyntheticConfig(**self.synthetic))
+        return Synthetic(split, SyntheticConfig(**self.synthetic))
 
     def retriever(self):
         from mmrerank.datasets.synthetic import SyntheticConfig
@@ -139,7 +139,7 @@ _TASKS: dict[str, EvalTask] = {}
 def eval_task(args: SweepArgs) -> EvalTask:
     """The first stage's top-`args.candidates` images for the first `args.eval_queries` captions of the eval split
     (computed once per process and set of arguments)."""
-    from mmrerank.evaluation import retrieve
+    from mmrerank.retrieval.index import retrieve
 
     key = repr((args.eval_split, args.candidates, args.eval_queries, args.synthetic, args.first_stage))
     if key in _TASKS:
@@ -218,6 +218,25 @@ class EvaluateAt(L.Callback):
                          params=non_embedding_params(module.model), final=not self.pending)
 
 
+class SeedAfterCaches(L.Callback):
+    """Re-seed once the caches are in place, so that a point's numbers depend on its seed and not on the cache.
+
+    A cold cache builds things the warm one only reads (the synthetic splits, the first stage's encoder for the
+    hard negatives, the patch tokens), and building them draws from the global generators. Seeding again after the
+    datamodule's setup (before the model is built in the module's) and at the start of training (before the
+    sampler's shuffle) puts every later draw on the same stream whichever caches were there.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        L.seed_everything(self.seed, verbose=False)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        L.seed_everything(self.seed, verbose=False)
+
+
 def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     """Train and evaluate one grid point (see the module docstring); the sweep runner's trainer."""
     from mmrerank.rerankers.edje.data import EDJEDataModule
@@ -237,5 +256,6 @@ def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     module = EDJEModule(**settings)  # its setup reads the patch tokens from the on-disk cache after the first point
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[EvaluateAt(point, on_eval, task, args.batch_size)])
+                        num_sanity_val_steps=0,
+                        callbacks=[SeedAfterCaches(point.seed), EvaluateAt(point, on_eval, task, args.batch_size)])
     trainer.fit(module, datamodule=data)

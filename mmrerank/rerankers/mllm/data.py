@@ -30,7 +30,7 @@ class PageGroups(Dataset):
     """
 
     def __init__(self, dataset, negatives: int) -> None:
-        from mmrerank.evaluation import bm25_page_scores
+        from mmrerank.retrieval.pages import bm25_page_scores
 
         self.dataset = dataset
         self.groups: list[tuple[int, list[int]]] = []  # (question, [page rows]), positive first
@@ -163,7 +163,7 @@ class ImageGroupsDataModule(GroupsDataModule):
 
     Args:
         synthetic: the benchmark's size and seed.
-        first_stage: the dual encoder that ranks the images (`FirstStageConfig`; it is trained and saved first
+        first_stage: the dual encoder that ranks the images (`FirstStage`; it is trained and saved first
             when its checkpoint does not exist, as in `mmrerank benchmark`).
         negatives: hard negatives per caption.
         depth: first-stage candidates the negatives come from.
@@ -205,7 +205,7 @@ class ImageGroupsDataModule(GroupsDataModule):
         return f"{fs.model_name}:{hashlib.sha1(path.read_bytes()).hexdigest()}"
 
     def _mine(self, split: str, data: ImageTextDataset) -> list[list[int]]:
-        from mmrerank.evaluation import retrieve
+        from mmrerank.retrieval.index import retrieve
 
         rng = np.random.default_rng([self.seed, ("train", "val").index(split)])
         captions = np.sort(rng.permutation(len(data.captions))[:self.counts[split]])

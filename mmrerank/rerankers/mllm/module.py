@@ -22,11 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmrerank.core.io import atomic_folder
 from mmrerank.losses import listwise_softmax, pairwise_ranknet, pointwise_bce
 from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT, MLLMReranker, PairOutput, import_peft
-from mmrerank.rerankers.mllm.tiny import build_tiny_vlm
+from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
 
 LOSS_NAMES = ("sft", "contrastive", "pairwise")
+# Files that mark a folder as an earlier `save_reranker` (a full model's config, or a LoRA adapter's).
+_SAVE_MARKS = ("config.json", "adapter_config.json")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -88,8 +91,8 @@ class MLLMRerankerModule(L.LightningModule):
             linear warm-up from 0.
         temperature: divides the scores in the group losses.
         dtype: the model's weights' dtype (use Lightning's `precision` for mixed precision).
-        build_tiny: if `model_name_or_path` is a folder that does not exist yet, build the tiny offline Qwen2-VL
-            there first (`build_tiny_vlm`), so configs run without a download.
+        build_tiny: unless `model_name_or_path` is a folder holding a whole model, build the tiny offline Qwen2-VL
+            there first (`ensure_tiny_vlm`: a half-built folder is rebuilt), so configs run without a download.
         tiny_hidden, tiny_layers: that tiny model's language-model width and depth.
 
     The reranker scores with what the loss trains: `log P(positive label)` after SFT, the positive label's raw
@@ -108,8 +111,8 @@ class MLLMRerankerModule(L.LightningModule):
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss!r}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if build_tiny and not Path(model_name_or_path).exists():  # the offline default: a tiny random Qwen2-VL
-            build_tiny_vlm(model_name_or_path, hidden=tiny_hidden, layers=tiny_layers)
+        if build_tiny:  # the offline default: a tiny random Qwen2-VL
+            ensure_tiny_vlm(model_name_or_path, hidden=tiny_hidden, layers=tiny_layers)
         self.save_hyperparameters()
         # Built on CPU; Lightning moves the module (and so the model) to the training device.
         self.reranker = MLLMReranker(model_name_or_path, prompt=prompt, labels=labels, use_ocr=use_ocr, head=head,
@@ -182,12 +185,44 @@ class MLLMRerankerModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def save_reranker(self, folder: str | Path) -> Path:
-        """Save what `MLLMReranker` needs to load the trained model: the LoRA adapter (load it with
-        `adapter=folder` on the base model) or the full model with its processor, plus `head.pt` if any."""
+        """Save what `MLLMReranker` needs to load the trained model as the folder `folder`: the LoRA adapter (load it
+        with `adapter=folder` on the base model) or the full model with its processor, plus `head.pt` if any.
+
+        The folder is written beside `folder` and swapped in whole (`atomic_folder`): an interrupted save leaves the
+        previous save intact, and nothing of the previous save survives a finished one.
+
+        Raises:
+            FileExistsError: `folder` is neither empty nor an earlier save (no `config.json`, `adapter_config.json`).
+        """
         folder = Path(folder)
-        self.reranker.model.save_pretrained(folder)
-        if not hasattr(self.reranker.model, "peft_config"):
-            self.reranker.processor.save_pretrained(folder)
-        if self.reranker.head is not None:
-            self.reranker.save_head(folder / "head.pt")
+        if folder.is_dir() and any(folder.iterdir()) and not any((folder / name).is_file() for name in _SAVE_MARKS):
+            raise FileExistsError(f"{folder} is not empty and holds no saved reranker (none of {list(_SAVE_MARKS)}); "
+                                  "refusing to replace it")
+        with atomic_folder(folder) as tmp:
+            self.reranker.model.save_pretrained(tmp)
+            if not hasattr(self.reranker.model, "peft_config"):
+                self.reranker.processor.save_pretrained(tmp)
+            if self.reranker.head is not None:
+                self.reranker.save_head(tmp / "head.pt")
         return folder
+
+
+def load_reranker_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> MLLMReranker:
+    """The `MLLMReranker` of an `MLLMRerankerModule` Lightning checkpoint (what `mmrerank fit` writes), in eval mode.
+
+    The checkpoint is unpickled with `weights_only=True`: tensors, containers, numbers and strings, no code. Its
+    hyperparameters rebuild the module (they name the base model, which is loaded from its folder or the hub),
+    then its weights are loaded into it.
+
+    Args:
+        path: the `.ckpt` file.
+        map_location: where the tensors are loaded (the reranker stays there).
+
+    Raises:
+        pickle.UnpicklingError: the checkpoint holds objects other than plain data (the message names them).
+        TypeError: the checkpoint rebuilds a module that is not an `MLLMRerankerModule`.
+    """
+    module = MLLMRerankerModule.load_from_checkpoint(path, map_location=map_location, weights_only=True)
+    if not isinstance(module, MLLMRerankerModule):
+        raise TypeError(f"{path} holds a {type(module).__name__}, not an MLLMRerankerModule")
+    return module.reranker.eval()

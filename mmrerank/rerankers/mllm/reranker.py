@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mmrerank.core.io import atomic_write
 from mmrerank.rerankers.base import Reranker
 
 # MonoQwen2-VL-v0.1's prompt (lightonai); `{query}` is filled in per pair.
@@ -191,17 +192,19 @@ class MLLMReranker(Reranker, nn.Module):
         if head_path is not None:
             if self.head is None:
                 raise ValueError("head_path given but head is None")
-            self.head.load_state_dict(torch.load(head_path, map_location=device))
+            # a file from outside: plain tensors only, whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+            self.head.load_state_dict(torch.load(head_path, map_location=device, weights_only=True))
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def save_head(self, path: str | Path) -> None:
-        """Save the ranking head's weights (load them back with `head_path`)."""
+        """Save the ranking head's weights (load them back with `head_path`), atomically."""
         if self.head is None:
             raise ValueError("this reranker has no head")
-        torch.save(self.head.state_dict(), path)
+        state = self.head.state_dict()
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def prompt_text(self, query: str, page: Page) -> str:
         """The user text for one pair (after the image): the prompt with the query, OCR text first if used."""

@@ -8,6 +8,7 @@ for `Qwen/Qwen2-VL-2B-Instruct` (`AutoModelForImageTextToText` / `AutoProcessor.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +23,19 @@ from transformers import (
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
 )
+
+from mmrerank.core.io import atomic_folder, atomic_write_json, generate_folder_once
+
+# Written last into a tiny model's folder (its build arguments): a folder without it was not built whole.
+TINY_MARKER = "tiny_vlm.json"
+# What a tiny model's folder may hold: the files its build writes (transformers 5's names, and the names of the
+# older versions' processor files), the marker included. A build refuses to replace a folder holding anything else.
+_TINY_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "processor_config.json",
+               "preprocessor_config.json", "video_preprocessor_config.json", TINY_MARKER}
+# Without the marker, a folder counts as a whole model when it has these, one of the processor files and weights.
+_WHOLE_MODEL_FILES = ("config.json", "tokenizer_config.json")
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 # Qwen's chat special tokens; `<|video_pad|>` is included because the processor looks up its id.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -113,9 +127,11 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: in
 
 def build_tiny_vlm(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, corpus: Sequence[str] = (),
                    vocab_size: int = 1000) -> Path:
-    """Build a tiny random Qwen2-VL, its tokenizer, chat template and processor, and save them to `folder`.
+    """Build a tiny random Qwen2-VL, its tokenizer, chat template and processor, and save them as `folder`.
 
     Images are resized to between 56x56 and 112x112 pixels, i.e. 4 to 16 visual tokens after 2x2 merging.
+    The folder is written beside `folder` and swapped in whole (`atomic_folder`), with `TINY_MARKER` written last,
+    so an interrupted build leaves what was there before; a folder already at `folder` is replaced.
 
     Args:
         folder: where to save; afterwards `AutoModelForImageTextToText.from_pretrained(folder)` and
@@ -126,8 +142,55 @@ def build_tiny_vlm(folder: str | Path, seed: int = 0, hidden: int = 64, layers: 
 
     Returns:
         `folder` as a `Path`.
+
+    Raises:
+        FileExistsError: `folder` holds files a tiny model's folder does not have (it is never deleted then).
     """
     folder = Path(folder)
+    _refuse_foreign(folder)
+    with atomic_folder(folder) as tmp:
+        _write_tiny(tmp, seed, hidden, layers, corpus, vocab_size)
+    return folder
+
+
+def ensure_tiny_vlm(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2, corpus: Sequence[str] = (),
+                    vocab_size: int = 1000) -> Path:
+    """`folder` as it is when it holds a whole model, else first `build_tiny_vlm` there (same arguments).
+
+    A whole model is a folder with `TINY_MARKER`, or (a tiny model built before the marker existed, or a model of
+    one's own, e.g. from `MLLMRerankerModule.save_reranker`) with its config, weights, tokenizer and processor
+    files; such a folder is never rebuilt, whatever the arguments. A folder with only part of a tiny build (one
+    interrupted before builds were atomic) is rebuilt. If another process finishes the same folder first, its copy
+    is kept.
+
+    Raises:
+        FileExistsError: an incomplete `folder` holds files a tiny build does not write (it is never deleted).
+    """
+    folder = Path(folder)
+    if (folder / TINY_MARKER).is_file() or _holds_whole_model(folder):
+        return folder
+    _refuse_foreign(folder)
+    return generate_folder_once(folder, TINY_MARKER,
+                                lambda tmp: _write_tiny(tmp, seed, hidden, layers, corpus, vocab_size))
+
+
+def _holds_whole_model(folder: Path) -> bool:
+    """Whether `folder` has what `from_pretrained` needs of a model and its processor: config, weights, tokenizer
+    and processor (transformers 5 writes `processor_config.json` last)."""
+    return folder.is_dir() and all((folder / name).is_file() for name in _WHOLE_MODEL_FILES) \
+        and any((folder / name).is_file() for name in _PROCESSOR_FILES) and any(folder.glob("*.safetensors"))
+
+
+def _refuse_foreign(folder: Path) -> None:
+    """Raise `FileExistsError` if `folder` holds anything a tiny build does not write, so it is never deleted."""
+    foreign = sorted(p.name for p in folder.iterdir() if p.name not in _TINY_FILES) if folder.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"{folder} holds {foreign}, which a tiny Qwen2-VL folder does not; refusing to build "
+                              "the tiny model over it (pick a new or empty folder)")
+
+
+def _write_tiny(folder: Path, seed: int, hidden: int, layers: int, corpus: Sequence[str], vocab_size: int) -> None:
+    """Save the tiny model and its processor into the (new, empty) `folder`, `TINY_MARKER` last."""
     tokenizer = build_tokenizer(seed, vocab_size, corpus)
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
     video_processor = Qwen2VLVideoProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
@@ -138,4 +201,6 @@ def build_tiny_vlm(folder: str | Path, seed: int = 0, hidden: int = 64, layers: 
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
-    return folder
+    corpus_digest = hashlib.sha1("\n".join(corpus).encode()).hexdigest()
+    atomic_write_json(folder / TINY_MARKER, {"seed": seed, "hidden": hidden, "layers": layers,
+                                             "vocab_size": vocab_size, "corpus_sha1": corpus_digest})

@@ -3,6 +3,11 @@
 The backbone is any timm CNN by name (its last stage through `forward_features`), or the convolutional image
 tower of an mmrerank first stage (`first_stage:<open_clip model name>` with that stage's checkpoint), which is
 how the synthetic image-to-image benchmark gets descriptors that mean something without a download.
+
+With CVNet weights the extractor runs as the official SuperGlobal test code does (github.com/ShihaoShao-GH/SuperGlobal,
+read at commit 8694696): BGR input with BGR mean / std and the model's own multi-scale resizing
+(`cvnet_preprocessing`), and ReLU+ inside the backbone (`relu_plus`). Both are off for other backbones, which were
+trained on RGB with plain ReLUs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from mmrerank.rerankers.superglobal.pooling import gem_plus, regional_gem, scale
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+# The official test loader (test/dataset.py: `_MEAN`, `_SD`, "in BGR order"; `_prepare_im`) reads images with
+# cv2.imread (BGR), casts them to float32, divides by 255 and normalises channel c by `(x - _MEAN[c]) / _SD[c]`:
+# ImageNet's statistics listed blue first, because CVNet's pycls ResNets were trained on cv2's BGR images.
+CVNET_MEAN_BGR, CVNET_STD_BGR = (0.406, 0.456, 0.485), (0.225, 0.224, 0.229)
+# ReLU+'s floor (modules/coarse_retrieval/relup.py: `relup(alpha)` is `x.clamp(alpha)`; model/resnet.py: 0.014).
+RELU_PLUS_THRESHOLD = 0.014
 
 
 @dataclass
@@ -87,6 +98,59 @@ def cvnet_to_timm(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str
     return trunk, head
 
 
+class ReLUPlus(nn.Module):
+    """ReLU+ (SuperGlobal): `max(x, threshold)`, a ReLU whose floor is raised from 0 to a small positive value."""
+
+    def __init__(self, threshold: float = RELU_PLUS_THRESHOLD) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Any shape -> the same shape, every value below `threshold` replaced by it."""
+        return x.clamp(min=self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+# Where the official ResNet clamps (model/resnet.py, with `SupG.relup` True as in the paper's runs), in timm's
+# Bottleneck names (act1 / act2 after bn1 / bn2 inside the residual branch, act3 after the residual sum):
+# - `ResBlock.relup` replaces the ReLU after the residual sum in every block whose width is not 2048, so in stages
+#   1-3 (widths 256, 512, 1024); stage 4 keeps `relup(0.)`, a ReLU. -> act3 in layer1-3.
+# - `BottleneckTransform.a_relu` / `b_relu` clamp at 0.014 where `w_out == 256 and relup_`, so in stage 1 only.
+#   (ResBlock passes the *class* `relup` as `relup_`, which is truthy: upstream these two clamps are on even with
+#   SupG.relup False.) -> act1, act2 in layer1.
+# - The stem keeps its nn.ReLU.
+_RELU_PLUS_SITES = {1: ("act1", "act2", "act3"), 2: ("act3",), 3: ("act3",), 4: ()}
+
+
+def set_relu_plus(trunk: nn.Module, enabled: bool = True, threshold: float = RELU_PLUS_THRESHOLD) -> None:
+    """Switch ReLU+ on (or back to ReLU) in a timm bottleneck ResNet, in place, where the official ResNet has it.
+
+    Args:
+        trunk: a timm `ResNet` of `Bottleneck` blocks (`layer1`-`layer4`), the shape of CVNet's backbones.
+        enabled: ReLU+ at the official sites (see `_RELU_PLUS_SITES`), or plain ReLUs everywhere.
+        threshold: the clamp's floor.
+
+    Raises:
+        ValueError: the trunk is not a timm bottleneck ResNet whose block activations are ReLUs (or ReLU+).
+    """
+    from timm.models.resnet import Bottleneck
+
+    stages = [getattr(trunk, f"layer{i}", None) for i in range(1, 5)]
+    if any(stage is None for stage in stages) or not all(isinstance(b, Bottleneck) for s in stages for b in s):
+        raise ValueError(f"ReLU+ follows the official bottleneck ResNet: it needs a timm ResNet with Bottleneck "
+                         f"blocks in layer1-layer4, got {type(trunk).__name__}")
+    for index, stage in enumerate(stages, start=1):
+        for block in stage:
+            for name in ("act1", "act2", "act3"):
+                current = getattr(block, name)
+                if not isinstance(current, (nn.ReLU, ReLUPlus)):
+                    raise ValueError(f"ReLU+ replaces ReLUs, but layer{index}'s {name} is {type(current).__name__}")
+                on = enabled and name in _RELU_PLUS_SITES[index]
+                setattr(block, name, ReLUPlus(threshold) if on else nn.ReLU(inplace=True))
+
+
 def build_backbone(name: str, pretrained: bool = False, checkpoint: str | None = None) -> tuple[nn.Module, tuple]:
     """A CNN whose `forward_features` gives the last feature map `[B, C, h, w]`, and its input normalisation.
 
@@ -127,22 +191,36 @@ class SuperGlobalExtractor(nn.Module):
         head_dim: add a linear head (CVNet-shaped backbones: 2048 -> 2048) applied per scale after L2.
         pretrained, checkpoint: see `build_backbone`.
         min_side: images whose short side is smaller are upsampled to it first (small query crops would give
-            feature maps too small for Regional-GeM's 5 x 5 window).
+            feature maps too small for Regional-GeM's 5 x 5 window). The official code has no such step; at its
+            default it only touches images smaller than the benchmarks' query crops.
+        cvnet_checkpoint: CVNet-style global-model weights, see `load_cvnet`.
+        cvnet_preprocessing: preprocess as the official test code: BGR channel order with BGR mean / std, and
+            per-scale resizing to `int(side * scale)` without antialiasing. Default: on iff `cvnet_checkpoint`.
+        relu_plus: ReLU+ in the backbone (see `set_relu_plus`; needs a bottleneck ResNet). Default: on iff
+            `cvnet_checkpoint`.
     """
 
     def __init__(self, backbone: str = "resnet50", pooling: PoolingConfig | None = None, head_dim: int | None = None,
                  pretrained: bool = False, checkpoint: str | None = None, min_side: int = 128,
-                 cvnet_checkpoint: str | None = None) -> None:
+                 cvnet_checkpoint: str | None = None, cvnet_preprocessing: bool | None = None,
+                 relu_plus: bool | None = None) -> None:
         super().__init__()
         self.min_side = min_side
         self.trunk, (mean, std) = build_backbone(backbone, pretrained, checkpoint)
         self.pooling = pooling or PoolingConfig()
+        # CVNet's weights were trained and evaluated in the official setting; every other backbone here was not.
+        self.cvnet_preprocessing = bool(cvnet_checkpoint) if cvnet_preprocessing is None else cvnet_preprocessing
+        self.relu_plus = bool(cvnet_checkpoint) if relu_plus is None else relu_plus
+        if self.cvnet_preprocessing:
+            mean, std = CVNET_MEAN_BGR, CVNET_STD_BGR
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         channels = self.trunk.num_features
         self.head = nn.Linear(channels, head_dim) if head_dim else None
         if cvnet_checkpoint:
             self.load_cvnet(cvnet_checkpoint)
+        if self.relu_plus:
+            set_relu_plus(self.trunk)
 
     def load_cvnet(self, path: str) -> None:
         """Load CVNet-style global-model weights (trunk and head) from a local file, mapped by `cvnet_to_timm`.
@@ -169,17 +247,34 @@ class SuperGlobalExtractor(nn.Module):
                                  f"{head_state['weight'].shape[0]}")
             self.head.load_state_dict(head_state)
 
+    def normalise(self, pixels: Tensor) -> Tensor:
+        """`[B, 3, H, W]` RGB in [0, 1] -> the network's input: `(x - mean) / std` per channel, in the network's
+        channel order (BGR with `cvnet_preprocessing`: channel 0 is blue, as cv2.imread gives it upstream)."""
+        if self.cvnet_preprocessing:
+            pixels = pixels.flip(1)
+        return (pixels - self.mean) / self.std
+
+    def _rescale(self, pixels: Tensor, scale: float) -> Tensor:
+        """One scale's input `[B, 3, h, w]` from the normalised image `[B, 3, H, W]`."""
+        if scale == 1.0:
+            return pixels
+        if self.cvnet_preprocessing:
+            # model/resnet.py (`ResNet.forward`) resizes the normalised tensor with torchvision's
+            # `resize(x, [int(H * s), int(W * s)])`: bilinear, and without antialiasing for tensors in the
+            # torchvision releases of its time (antialias became the default in 0.17, January 2024).
+            size = (int(pixels.shape[-2] * scale), int(pixels.shape[-1] * scale))
+            return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=False)
+        return F.interpolate(pixels, scale_factor=scale, mode="bilinear", align_corners=False, antialias=scale < 1)
+
     def forward(self, pixels: Tensor) -> Tensor:
-        """`[B, 3, H, W]` in [0, 1] -> `[B, D]` unit-norm descriptors."""
-        pixels = (pixels - self.mean) / self.std
+        """`[B, 3, H, W]` RGB in [0, 1] -> `[B, D]` unit-norm descriptors."""
+        pixels = self.normalise(pixels)
         if min(pixels.shape[-2:]) < self.min_side:
             pixels = F.interpolate(pixels, scale_factor=self.min_side / min(pixels.shape[-2:]), mode="bilinear",
                                    align_corners=False)
         per_scale = []
         for scale in self.pooling.scales:
-            x = pixels if scale == 1.0 else F.interpolate(pixels, scale_factor=scale, mode="bilinear",
-                                                          align_corners=False, antialias=scale < 1)
-            fmap = self.trunk.forward_features(x)
+            fmap = self.trunk.forward_features(self._rescale(pixels, scale))
             if self.pooling.regional:
                 fmap = regional_gem(fmap, p=self.pooling.regional_p, size=self.pooling.regional_size)
             desc = F.normalize(gem_plus(fmap, p=self.pooling.gem_p), dim=-1)

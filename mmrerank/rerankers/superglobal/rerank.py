@@ -34,6 +34,9 @@ from torch import Tensor
 
 # Bytes of working memory `rerank` may use for one batch of queries when `batch_size` is not given.
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
+# Queries that go through the `[M, M]` stage together on a CPU: few enough that their similarities (640 KB per
+# query at M = 400 in float32) stay in cache between the matrix product and the neighbour passes.
+CPU_CHUNK = 4
 
 
 def _check_inputs(queries: Tensor, database: Tensor, top_m: int, k: int) -> int:
@@ -115,47 +118,114 @@ def reference_rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int
     return ranking
 
 
-def _bytes_per_query(n: int, m: int, d: int, k: int, elem: int) -> int:
-    """A generous estimate of `rerank`'s working memory per query in a batch, in bytes (the output not counted)."""
-    return (n * (2 * elem + 8)  # cosine row and its sorted copy; a temporary index row inside the sort
-            + m * d * elem  # the gathered top-M descriptors
-            + m * m * elem  # their similarities
-            + 2 * (k + 1) * d * elem  # the best K + 1 refined descriptors and their max
-            + 16 * m * (k + 1) * 8)  # per-item members, weights and gathered scores
+def _bytes_per_query(n: int, m: int, d: int, k: int, elem: int) -> tuple[int, int]:
+    """Generous estimates of `rerank`'s working memory, in bytes (the output not counted).
+
+    Returns:
+        `(per batch query, per chunk query)`: what each query of a batch holds (its cosine row, the sorted copy and
+        a temporary index row inside the sort), and what each query of a chunk holds on top (its gathered top-M
+        descriptors, their similarities, the K + 1 best refined descriptors and the per-item bookkeeping).
+    """
+    per_batch = n * (2 * elem + 8)
+    per_chunk = (m * d + m * m + 2 * (k + 1) * d) * elem + 16 * m * (k + 1) * 8
+    return per_batch, per_chunk
 
 
 def auto_batch_size(num_queries: int, n: int, m: int, d: int, k: int, elem: int,
-                    memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
-    """How many queries `rerank` processes together so that one batch stays within `memory_budget` bytes."""
-    return max(1, min(num_queries, memory_budget // _bytes_per_query(n, m, d, k, elem)))
-
-
-def _nearest_others(sims: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Each item's `k` most similar other items, ordered by similarity, ties to the lower position.
+                    memory_budget: int = DEFAULT_MEMORY_BUDGET, chunk_size: int | None = None) -> int:
+    """How many queries `rerank` processes together so that one batch stays within `memory_budget` bytes.
 
     Args:
-        sims: similarities `[b, M, M]` among each query's top `M` (positions in cosine-rank order). Overwritten:
-            its diagonal is set to `-inf` so that an item never picks itself.
+        chunk_size: queries that go through the `[M, M]` stage together (`None`: the whole batch, as on a GPU);
+            their buffers are allocated once and count against the budget before the batch's cosine rows.
+    """
+    per_batch, per_chunk = _bytes_per_query(n, m, d, k, elem)
+    if chunk_size is None:
+        return max(1, min(num_queries, memory_budget // (per_batch + per_chunk)))
+    return max(1, min(num_queries, (memory_budget - chunk_size * per_chunk) // per_batch))
+
+
+def _chunk_size(batch_size: int, device: torch.device) -> int:
+    """Queries per pass through the `[M, M]` stage: a few on a CPU (see `CPU_CHUNK`), the whole batch elsewhere,
+    where one large kernel launch beats many small ones."""
+    return min(batch_size, CPU_CHUNK) if device.type == "cpu" else batch_size
+
+
+class _Workspace:
+    """Buffers for the large tensors, allocated once per call and reused by every batch and chunk.
+
+    Fresh multi-megabyte CPU allocations are mapped anew by the allocator each time and pay a page fault per 4 KiB
+    on first touch, which costs about as much as the arithmetic; writing into reused buffers avoids that.
+    """
+
+    def __init__(self, b: int, chunk: int, n: int, m: int, d: int, k: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.chunk = chunk
+        self.cosines = torch.empty(b, n, dtype=dtype, device=device)
+        self.sorted_cosines = torch.empty(b, n, dtype=dtype, device=device)
+        self.x = torch.empty(chunk, m, d, dtype=dtype, device=device)
+        groups, rows = _row_groups(m)
+        # Rows below M (when M has no divisor near its square root) stay -inf: `_nearest_others` never picks them.
+        self.sims = torch.full((chunk, groups * rows, m), float("-inf"), dtype=dtype, device=device)
+        self.nearest_sims = torch.empty(chunk, k, m, dtype=dtype, device=device)
+        self.nearest = torch.empty(chunk, k, m, dtype=torch.long, device=device)
+
+
+def _row_groups(m: int) -> tuple[int, int]:
+    """`(groups, rows per group)` for `_nearest_others`: about `sqrt(M)` each, which minimises what one pass
+    touches (`groups x M` maxima plus `rows x M` similarities); `groups * rows >= M`, exact where a divisor of `M`
+    lies near `sqrt(M)` (M = 400: 20 x 20)."""
+    root = max(1, round(m ** 0.5))
+    for rows in range(root, max(1, root // 2) - 1, -1):
+        if m % rows == 0:
+            return m // rows, rows
+    return -(-m // root), root
+
+
+def _nearest_others(sims: Tensor, m: int, k: int, values: Tensor | None = None,
+                    positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Each item's `k` most similar other items, ordered by similarity, ties to the lower position.
+
+    Item `j`'s similarities are read down column `j` (for the symmetric `x x^T` the same as row `j`), where a
+    reduction runs along contiguous memory, one vector lane per column. The rows are split into `G` groups of `g`
+    consecutive rows and each group's column-wise maximum is kept (`[b, G, M]`). Each of the `k` passes takes the
+    best group per column, then the best row inside that group, hides that entry and refreshes the group's
+    maximum: it touches `(G + g) M` values, where `torch.topk` along rows pays a partial sort per row, about as
+    much as the matrix product itself. `max` returns the first of tied maxima and the groups are consecutive, so
+    pass `r` picks the lowest position among the items tied for the `r`-th place: a stable descending sort's
+    first `k`, whatever the ties.
+
+    Args:
+        sims: `[b, G * g, M]` (see `_row_groups`): the similarities `[b, M, M]` among each query's top `M`
+            (positions in cosine-rank order) in its first `M` rows, `-inf` in any rows below. Overwritten: the
+            diagonal and every picked entry become `-inf` (an item never picks itself; real similarities are
+            finite, so `-inf` is never picked while `k < M`).
+        m: the number of items `M`.
         k: neighbours per item, `1 <= k < M`.
+        values, positions: optional `[b, k, M]` output buffers.
 
     Returns:
-        `(positions [b, M, k] int64, similarities [b, M, k])`, most similar first.
+        `(positions [b, k, M] int64, similarities [b, k, M])`: `[:, r, j]` is item `j`'s `r`-th neighbour.
     """
-    sims.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
-    # One more than needed: if the k-th and (k+1)-th values differ, the top k form a unique set. (With k + 1 = M
-    # the extra one is the -inf diagonal, which never ties with a real similarity.)
-    values, positions = sims.topk(k + 1, dim=2)  # [b, M, k + 1], values in descending order
-    # `topk` orders equal values arbitrarily: at the boundary it may keep the wrong tied items, and inside the top
-    # k it may list tied items out of position order. The rule wants the lowest positions, and a fixed order makes
-    # tied duplicates sum their members in the same order, so their scores tie bit for bit. Such rows are rare
-    # (duplicates, quantised data) and are redone with a stable sort.
-    tied = values[:, :, 1:] == values[:, :, :-1]  # [b, M, k]
-    values, positions = values[:, :, :k], positions[:, :, :k]
-    if tied.any():
-        rows = tied.any(dim=2).nonzero(as_tuple=True)
-        redone_values, redone_positions = torch.sort(sims[rows], dim=1, descending=True, stable=True)
-        values[rows] = redone_values[:, :k]
-        positions[rows] = redone_positions[:, :k]
+    b, padded, _ = sims.shape
+    groups, rows = _row_groups(m)
+    if padded != groups * rows:
+        raise ValueError(f"sims needs {groups} x {rows} = {groups * rows} rows for M = {m}, got {padded}")
+    if values is None or positions is None:
+        values = torch.empty(b, k, m, dtype=sims.dtype, device=sims.device)
+        positions = torch.empty(b, k, m, dtype=torch.long, device=sims.device)
+    sims[:, :m].diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    blocks = sims.view(b, groups, rows, m)
+    group_max = blocks.amax(dim=2)  # [b, G, M]
+    group = torch.empty(b, 1, m, dtype=torch.long, device=sims.device)
+    for r in range(k):
+        value, position = values[:, r:r + 1], positions[:, r:r + 1]  # [b, 1, M] views
+        torch.max(group_max, dim=1, keepdim=True, out=(value, group))  # each column's best group, first on ties
+        candidates = blocks.gather(1, group[:, :, None].expand(b, 1, rows, m)).squeeze(1)  # [b, g, M], a copy
+        within = candidates.argmax(dim=1, keepdim=True)  # [b, 1, M], the first row holding the maximum
+        torch.add(within, group, alpha=rows, out=position)
+        sims.scatter_(1, position, float("-inf"))
+        group_max.scatter_(1, group, candidates.scatter_(1, within, float("-inf")).amax(dim=1, keepdim=True))
     return positions, values
 
 
@@ -174,69 +244,80 @@ def _weighted_mean(scores: Tensor, members: Tensor, weights: Tensor, norm: Tenso
     return (weights * gathered).sum(dim=2) / norm
 
 
-class _Workspace:
-    """Buffers for the large per-batch tensors, allocated once per `rerank` call and reused by every batch.
-
-    Fresh multi-megabyte CPU allocations are mapped anew by the allocator each time and pay a page fault per 4 KiB
-    on first touch, which costs about as much as the arithmetic; writing into reused buffers avoids that.
-    """
-
-    def __init__(self, b: int, n: int, m: int, d: int, dtype: torch.dtype, device: torch.device):
-        self.cosines = torch.empty(b, n, dtype=dtype, device=device)
-        self.sorted_cosines = torch.empty(b, n, dtype=dtype, device=device)
-        self.x = torch.empty(b, m, d, dtype=dtype, device=device)
-        self.sims = torch.empty(b, m, m, dtype=dtype, device=device)
-
-
-def _reorder(x: Tensor, s0: Tensor, k: int, beta: float, sims_buffer: Tensor) -> Tensor:
-    """Steps 1-4 for a batch of shortlists: the new order of each query's `M` shortlisted items.
+def _reorder(x: Tensor, s0: Tensor | None, queries: Tensor, k: int, beta: float, work: _Workspace) -> Tensor:
+    """Steps 1-4 for a chunk of shortlists: the new order of each query's `M` shortlisted items.
 
     Args:
-        x: `[b, M, d]` the shortlisted descriptors, in first-stage order (which breaks ties).
-        s0: `[b, M]` their inner products with the query.
-        sims_buffer: `[b, M, M]` storage for their similarities.
+        x: `[c, M, d]` the shortlisted descriptors, in first-stage order (which breaks ties).
+        s0: `[c, M]` their inner products with the query, or `None` to compute them from `queries`.
+        queries: `[c, d]`.
+        work: buffers; `work.sims` etc. hold at least `c` queries.
 
     Returns:
-        `[b, M]` positions into the shortlist, best first.
+        `[c, M]` positions into the shortlist, best first.
     """
-    b, m, d = x.shape
+    c, m, d = x.shape
     device, dtype = x.device, x.dtype
-    sims = torch.bmm(x, x.transpose(1, 2), out=sims_buffer)  # [b, M, M], the dominant cost
+    if s0 is None:
+        s0 = torch.bmm(x, queries[:, :, None]).squeeze(2)  # [c, M]
+    sims = work.sims[:c]
+    torch.bmm(x, x.transpose(1, 2), out=sims[:, :m])  # [c, M, M], the dominant cost
 
-    positions = torch.arange(m, device=device)[:, None].expand(b, m, 1)
+    self_column = torch.arange(m, device=device).expand(c, m)[:, :, None]  # [c, M, 1]
+    ones = torch.ones(c, m, 1, dtype=dtype, device=device)
     if k:
-        nearest, nearest_sims = _nearest_others(sims, k)  # [b, M, K] twice
-        members = torch.cat([positions, nearest], dim=2)  # [b, M, K + 1], self first
-        weights = torch.cat([torch.ones(b, m, 1, dtype=dtype, device=device), beta * nearest_sims], dim=2)
+        nearest, nearest_sims = _nearest_others(sims, m, k, work.nearest_sims[:c], work.nearest[:c])  # [c, K, M]
+        # Contiguous [c, M, K + 1], self first: every item's members are then summed by the same inner reduction,
+        # in the same order, so tied duplicates get bit-identical scores.
+        members = torch.cat([self_column, nearest.transpose(1, 2)], dim=2)
+        weights = torch.cat([ones, beta * nearest_sims.transpose(1, 2)], dim=2)
     else:
-        members, weights = positions, torch.ones(b, m, 1, dtype=dtype, device=device)
-    norm = weights.sum(dim=2)  # [b, M]
+        members, weights = self_column.contiguous(), ones
+    norm = weights.sum(dim=2)  # [c, M]
     s1 = _weighted_mean(s0, members, weights, norm)  # q . x'_i without forming x'_i
 
     # The expanded query needs the K + 1 best refined descriptors themselves. Rather than gathering their
-    # [b, K + 1, K + 1, d] members, scatter the weights into a sparse [b, K + 1, M] matrix and multiply by x.
-    best = torch.sort(s1, dim=1, descending=True, stable=True).indices[:, :k + 1]  # [b, K + 1]
-    best_members = members.gather(1, best[:, :, None].expand(b, k + 1, k + 1))
-    best_weights = weights.gather(1, best[:, :, None].expand(b, k + 1, k + 1))
-    mixing = torch.zeros(b, k + 1, m, dtype=dtype, device=device).scatter_(2, best_members, best_weights)
-    refined_best = torch.bmm(mixing, x) / norm.gather(1, best)[:, :, None]  # [b, K + 1, d]
-    expanded = refined_best.amax(dim=1)  # [b, d]
+    # [c, K + 1, K + 1, d] members, scatter the weights into a sparse [c, K + 1, M] matrix and multiply by x.
+    best = torch.sort(s1, dim=1, descending=True, stable=True).indices[:, :k + 1]  # [c, K + 1]
+    best_members = members.gather(1, best[:, :, None].expand(c, k + 1, k + 1))
+    best_weights = weights.gather(1, best[:, :, None].expand(c, k + 1, k + 1))
+    mixing = torch.zeros(c, k + 1, m, dtype=dtype, device=device).scatter_(2, best_members, best_weights)
+    refined_best = torch.bmm(mixing, x) / norm.gather(1, best)[:, :, None]  # [c, K + 1, d]
+    expanded = refined_best.amax(dim=1)  # [c, d]
     s2 = _weighted_mean(torch.bmm(x, expanded[:, :, None]).squeeze(2), members, weights, norm)
 
-    return torch.sort((s1 + s2) / 2, dim=1, descending=True, stable=True).indices  # [b, M]
+    return torch.sort((s1 + s2) / 2, dim=1, descending=True, stable=True).indices  # [c, M]
+
+
+def _rerank_shortlists(queries: Tensor, database: Tensor, top: Tensor, s0: Tensor | None, k: int, beta: float,
+                       work: _Workspace) -> Tensor:
+    """The new order of shortlists `top` `[b, M]` (database indices), chunk by chunk: `[b, M]` database indices.
+
+    A chunk's gathered descriptors and similarities are reused from `work` (on a CPU they stay in cache from the
+    matrix product through the neighbour passes and the scoring).
+    """
+    b, m = top.shape
+    d = database.shape[1]
+    out = torch.empty_like(top)
+    for start in range(0, b, work.chunk):
+        rows = slice(start, start + work.chunk)
+        shortlist = top[rows]
+        c = len(shortlist)
+        x = work.x[:c]
+        torch.index_select(database, 0, shortlist.reshape(-1), out=x.view(c * m, d))  # [c, M, d]
+        new_order = _reorder(x, None if s0 is None else s0[rows], queries[rows], k, beta, work)
+        out[rows] = shortlist.gather(1, new_order)
+    return out
 
 
 def _rerank_batch(queries: Tensor, database: Tensor, m: int, k: int, beta: float, work: _Workspace,
                   out: Tensor) -> None:
     """`rerank` for one batch `[b, d]` of queries, written into `out` (`[b, N]` rows of the result)."""
-    b, d = queries.shape
+    b = queries.shape[0]
     cosines = torch.mm(queries, database.T, out=work.cosines[:b])  # [b, N]
     s0 = torch.sort(cosines, dim=1, descending=True, stable=True, out=(work.sorted_cosines[:b], out))[0][:, :m]
-    top = out[:, :m]  # [b, M] database indices in cosine order (ties: lower index first)
-    x = work.x[:b]
-    torch.index_select(database, 0, top.reshape(-1), out=x.view(b * m, d))  # [b, M, d]
-    new_order = _reorder(x, s0, k, beta, work.sims[:b])
-    out[:, :m] = top.gather(1, new_order)  # gather builds a new tensor before `top`'s storage is overwritten
+    # out[:, :m]: database indices in cosine order (ties: lower index first), replaced by their new order.
+    out[:, :m] = _rerank_shortlists(queries, database, out[:, :m], s0, k, beta, work)
 
 
 def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta: float = 0.15,
@@ -244,7 +325,7 @@ def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta
     """SuperGlobal reranking of every query's top `top_m` database items, batched over queries.
 
     Gives the same ranking as `reference_rerank` (see the module docstring for the tie rule) with batched matrix
-    products, `topk`, `sort` and `gather`; there is no Python loop per query. Runs on the inputs' device.
+    products, `max`, `sort` and `gather`; there is no Python loop per query. Runs on the inputs' device.
 
     Args:
         queries: unit-norm query descriptors `[Q, d]`.
@@ -253,7 +334,8 @@ def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta
         k: neighbours per item in the refinement, and `k + 1` items form the expanded query.
         beta: weight factor of a neighbour's similarity.
         batch_size: queries per batch; by default as many as fit in `memory_budget`. A batch of `b` queries holds
-            `[b, N]` cosines, `[b, M, d]` gathered descriptors and `[b, M, M]` similarities.
+            `[b, N]` cosines; a chunk of them (a few on a CPU, the whole batch elsewhere) at a time holds
+            `[c, M, d]` gathered descriptors and `[c, M, M]` similarities.
         memory_budget: working-memory target in bytes for one batch when `batch_size` is not given (the `[Q, N]`
             result is not counted).
 
@@ -268,12 +350,15 @@ def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta
     m = _check_inputs(queries, database, top_m, k)
     num_queries, d = queries.shape
     n = database.shape[0]
+    device = database.device
     if batch_size is None:
-        batch_size = auto_batch_size(num_queries, n, m, d, k, database.element_size(), memory_budget)
+        chunk = None if device.type != "cpu" else min(num_queries, CPU_CHUNK)
+        batch_size = auto_batch_size(num_queries, n, m, d, k, database.element_size(), memory_budget, chunk)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    ranking = torch.empty(num_queries, n, dtype=torch.long, device=database.device)
-    work = _Workspace(min(batch_size, num_queries), n, m, d, database.dtype, database.device)
+    batch_size = min(batch_size, num_queries)
+    ranking = torch.empty(num_queries, n, dtype=torch.long, device=device)
+    work = _Workspace(batch_size, _chunk_size(batch_size, device), n, m, d, k, database.dtype, device)
     for start in range(0, num_queries, batch_size):
         _rerank_batch(queries[start:start + batch_size], database, m, k, beta, work,
                       ranking[start:start + batch_size])
@@ -291,7 +376,7 @@ def rerank_candidates(queries: Tensor, database: Tensor, candidates: Tensor, k: 
         queries: `[Q, d]`, database: `[N, d]`, unit-norm, same dtype and device.
         candidates: `[Q, M]` database indices, each row the query's shortlist best first (no padding).
         k, beta: as for `rerank`.
-        batch_size: queries per batch.
+        batch_size: queries per chunk off a CPU (on a CPU, chunks of `CPU_CHUNK`).
 
     Returns:
         `[Q, M]` the same database indices, reordered.
@@ -300,12 +385,9 @@ def rerank_candidates(queries: Tensor, database: Tensor, candidates: Tensor, k: 
     if candidates.shape != (queries.shape[0], m) or int(candidates.min()) < 0:
         raise ValueError(f"candidates must be [{queries.shape[0]}, M] database indices without padding, "
                          f"got {tuple(candidates.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     candidates = candidates.to(database.device)
-    out = torch.empty_like(candidates)
-    for start in range(0, len(candidates), batch_size):
-        top = candidates[start:start + batch_size]
-        x = database[top]  # [b, M, d]
-        s0 = torch.bmm(x, queries[start:start + batch_size, :, None]).squeeze(2)  # [b, M]
-        sims = torch.empty(len(top), m, m, dtype=database.dtype, device=database.device)
-        out[start:start + batch_size] = top.gather(1, _reorder(x, s0, k, beta, sims))
-    return out
+    chunk = _chunk_size(min(batch_size, len(candidates)), database.device)
+    work = _Workspace(0, chunk, 0, m, queries.shape[1], k, database.dtype, database.device)
+    return _rerank_shortlists(queries, database, candidates, None, k, beta, work)

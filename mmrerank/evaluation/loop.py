@@ -1,0 +1,57 @@
+"""The evaluation loop, the one path every benchmark row takes: a first-stage run -> each reranker's `rerank` ->
+the task scores each run (`RetrievalTask.measure`) -> rows of a `Report`.
+
+Under `torch.distributed` each rank reranks a share of the queries and the runs are gathered, so every rank ends
+with the same numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from mmrerank.core import distributed
+from mmrerank.core.items import RetrievalTask
+from mmrerank.core.run import Run
+from mmrerank.evaluation.report import Report
+from mmrerank.rerankers.base import Reranker
+
+DEFAULT_MEASURES = ("Success@1", "Success@5", "Success@10", "nDCG@10")
+FIRST_STAGE = "first stage"
+
+
+def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, depth: int, batch_size: int,
+                   progress: bool = True) -> Run:
+    """`reranker.rerank` with the queries split over distributed ranks, then gathered in order."""
+    _, size = distributed.world()
+    if size == 1:
+        return reranker.rerank(run, task, depth, batch_size, progress)
+    rows = distributed.shard(range(len(run)))
+    part = reranker.rerank(run.select(rows), task, depth, batch_size, progress)
+    indices = distributed.gather_shards(list(part.indices.split(1)))
+    scores = distributed.gather_shards(list(part.scores.split(1)))
+    return Run(indices, scores, run.query_ids, run.doc_ids)
+
+
+def evaluate(report: Report, task: RetrievalTask, run: Run, rerankers: Mapping[str, Reranker] | None = None,
+             depth: int = 16, measures: Sequence[str] = DEFAULT_MEASURES, batch_size: int = 256,
+             progress: bool = True, first_stage: str = FIRST_STAGE) -> dict[str, Run]:
+    """Rerank `run`'s top `depth` with each reranker and add one report row per system (the first stage first).
+
+    Args:
+        task: the queries, corpus and judgements `run` indexes; it scores every run.
+        run: the first stage's run `[Q, K]`.
+        rerankers: row name -> reranker.
+        first_stage: the first stage's row name.
+
+    Returns:
+        Row name -> run, the first stage's included.
+    """
+    systems = {first_stage: run}
+    for name, reranker in (rerankers or {}).items():
+        start = time.perf_counter()
+        systems[name] = rerank_sharded(reranker, run, task, depth, batch_size, progress)
+        report.timings[f"{task.direction} {name}"] = time.perf_counter() - start
+    for name, system_run in systems.items():
+        report.add(name, task.direction, task.measure(system_run, measures), task.curve(system_run))
+    return systems

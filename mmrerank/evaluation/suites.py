@@ -1,0 +1,262 @@
+"""The benchmark suites: each loads its data, builds its first-stage run(s) and its task, asks each reranker spec for
+its rows and hands everything to the one loop (`evaluate`).
+
+- `ImageText`: t2i / i2t over an image-text dataset (any `ImageTextSource`), first stage a dual encoder.
+- `Pages`: document pages in MMDocIR's form, first stage BM25 over each document's pages.
+- `Instances`: image-to-image under the revisited protocol, first stage GeM / SuperGlobal descriptors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mmrerank.core.items import RetrievalTask
+from mmrerank.core.run import PAD, Run
+from mmrerank.datasets.mmdocir import MMDocIRDataset, load_mmdocir, mmdocir_page_metrics
+from mmrerank.datasets.revisited import RevisitedTask, load_revisited
+from mmrerank.datasets.sources import ImageTextSource, Synthetic
+from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
+from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
+from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate
+from mmrerank.evaluation.report import Report
+from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
+from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
+from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
+from mmrerank.retrieval.first_stage import FirstStage
+from mmrerank.retrieval.index import retrieve
+from mmrerank.retrieval.pages import bm25_page_scores
+
+
+def rows(specs: list[RerankerSpec], context: RerankContext) -> dict[str, Reranker]:
+    """Every spec's rows for one task, in spec order."""
+    out: dict[str, Reranker] = {}
+    for spec in specs:
+        out.update(spec.rows(context))
+    return out
+
+
+@dataclass
+class ImageText:
+    """Image-text retrieval rows: the first stage and each reranker, per direction.
+
+    Attributes:
+        dataset: the image-text dataset split (default: the synthetic test split).
+        directions: `t2i` and/or `i2t` (an empty list skips image-text retrieval).
+        depth: candidates retrieved per query (the run's K).
+        rerank_depth: candidates each reranker rescores.
+        measures: ir-measures-style names, reported per direction.
+        batch_size: items per encoder batch and pairs per reranker batch.
+        rerankers: the families' rows (`EDJERows`, `MLLMRows`, ...).
+    """
+
+    dataset: ImageTextSource | None = None
+    directions: list[str] = field(default_factory=lambda: ["t2i", "i2t"])
+    depth: int = 100
+    rerank_depth: int = 16
+    measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES))
+    batch_size: int = 256
+    rerankers: list[RerankerSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dataset = self.dataset or Synthetic()
+        if set(self.directions) - {"t2i", "i2t"}:
+            raise ValueError(f"image_text.directions may hold 't2i' and 'i2t', got {self.directions}")
+        if self.depth < 1 or not 0 <= self.rerank_depth <= self.depth:
+            raise ValueError(f"need depth >= 1 and 0 <= rerank_depth <= depth, got depth={self.depth}, "
+                             f"rerank_depth={self.rerank_depth}")
+
+    def title(self) -> str:
+        return f"{self.dataset.name} {self.dataset.split}" if self.directions else ""
+
+    def run(self, report: Report, encoder: CLIPEncoder, device: str = "auto", progress: bool = True) -> None:
+        start = time.perf_counter()
+        data = self.dataset.load()
+        report.timings["data"] = time.perf_counter() - start
+        start = time.perf_counter()
+        image_emb = encoder.encode(data.images, self.batch_size, progress)
+        text_emb = encoder.encode(data.captions, self.batch_size, progress)
+        report.timings["encoding"] = time.perf_counter() - start
+        report.config["sizes"] = {"images": len(data.images), "captions": len(data.captions)}
+        for direction in self.directions:
+            task = data.task(direction)
+            queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
+            start = time.perf_counter()
+            run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, self.depth).to(queries.device)
+            report.timings[f"{direction} retrieval"] = time.perf_counter() - start
+            context = RerankContext("image-text", direction, data, self.dataset.describe(), device, progress,
+                                    timings=report.timings)
+            evaluate(report, task, run, rows(self.rerankers, context), self.rerank_depth, self.measures,
+                     self.batch_size, progress)
+
+
+class PageItems:
+    """A document-page corpus as reranker items: item i is page i's `Page` (image and OCR text)."""
+
+    modality = "page"
+
+    def __init__(self, dataset: MMDocIRDataset) -> None:
+        self.dataset = dataset
+
+    @property
+    def ids(self) -> list[str]:
+        return self.dataset.page_ids
+
+    def __len__(self) -> int:
+        return len(self.dataset.page_ids)
+
+    def __getitem__(self, i: int):
+        from mmrerank.rerankers.mllm import Page
+
+        return Page(self.dataset.images[i], self.dataset.ocr_text[i] if self.dataset.ocr_text is not None else "")
+
+
+class PageTask(RetrievalTask):
+    """Questions against their documents' pages, scored by MMDocIR's page recall@k (macro over domains, micro over
+    questions)."""
+
+    def __init__(self, dataset: MMDocIRDataset, ks: tuple[int, ...] = (1, 3, 5)) -> None:
+        super().__init__("pages", dataset.questions, PageItems(dataset), dataset.qrels)
+        self.dataset, self.ks = dataset, ks
+
+    def page_scores(self, run: Run) -> list[torch.Tensor]:
+        """Per question, `[pages of its document]` scores in page order, read off a run over those pages."""
+        out = []
+        for q, (rows, scores) in enumerate(zip(run.indices.cpu(), run.scores.cpu())):
+            pages = self.dataset.candidates(q)
+            page_scores = torch.empty(len(pages))
+            valid = rows != PAD
+            page_scores[rows[valid] - pages.start] = scores[valid].float()
+            out.append(page_scores)
+        return out
+
+    def measure(self, run: Run, measures=()) -> dict[str, float]:
+        records = self.dataset.page_records(self.page_scores(run))
+        row = {}
+        for k in self.ks:
+            recall = mmdocir_page_metrics(records, k)["recall"]
+            row[f"macro/R@{k}"], row[f"micro/R@{k}"] = recall["macro"], recall["micro"]
+        return row
+
+    def curve(self, run: Run) -> list[float]:
+        return []
+
+
+@dataclass
+class Pages:
+    """Document-page rows: BM25 over each document's pages (OCR text), then each reranker over its top `depth`.
+
+    Attributes:
+        pages: the synthetic document pages (MMDocIR form); unused when `annotations` is set.
+        annotations, pages_parquet: MMDocIR's own files (`MMDocIR_annotations.jsonl`, `MMDocIR_pages.parquet`).
+        depth: BM25 pages reranked per question.
+        batch_size: pairs per reranker batch.
+        rerankers: the families' rows (`MLLMRows`, ...).
+    """
+
+    pages: PagesConfig | None = None
+    annotations: str | None = None
+    pages_parquet: str | None = None
+    depth: int = 5
+    batch_size: int = 16
+    rerankers: list[RerankerSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.pages = self.pages or PagesConfig(seed=1, documents=100)
+        if self.annotations and not self.pages_parquet:
+            raise ValueError("pages.annotations needs pages.pages_parquet (MMDocIR_pages.parquet)")
+        if self.depth < 1:
+            raise ValueError(f"pages.depth must be >= 1, got {self.depth}")
+
+    def title(self) -> str:
+        if self.annotations:
+            return "MMDocIR pages"
+        return f"synthetic pages (seed {self.pages.seed}, {self.pages.documents} documents)"
+
+    def load(self) -> MMDocIRDataset:
+        if self.annotations:
+            return load_mmdocir(self.annotations, self.pages_parquet)
+        folder = ensure_pages(self.pages)
+        return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
+
+    def run(self, report: Report, device: str = "auto", progress: bool = True) -> None:
+        data = self.load()
+        start = time.perf_counter()
+        run = data.per_document_run(bm25_page_scores(data))
+        report.timings["pages BM25"] = time.perf_counter() - start
+        context = RerankContext("pages", "pages", data, {"name": self.title()}, device, progress,
+                                timings=report.timings, first_stage="BM25", depth=self.depth)
+        evaluate(report, PageTask(data), run, rows(self.rerankers, context), self.depth, (), self.batch_size,
+                 progress, first_stage="BM25")
+
+
+@dataclass
+class Instances:
+    """Image-to-image rows under the revisited protocol (mAP Medium / Hard): GeM, SuperGlobal pooling, and each
+    reranker over the SuperGlobal-pooling ranking's top `top_m`.
+
+    Attributes:
+        dataset: `synthetic` (built in, see `InstanceConfig`), `roxford5k` or `rparis6k` (files under `root`).
+        root: the folder holding `gnd_<dataset>.pkl` and `jpg/` (real benchmarks).
+        instances: size and seed of the synthetic image-to-image benchmark.
+        backbone: `first_stage` (the benchmark's first-stage CNN image tower) or a timm model name.
+        pretrained: timm pretrained weights for a named backbone (needs the network once).
+        head_dim, cvnet_checkpoint: a linear head per scale and CVNet-style global-model weights from a local file
+            (the paper's R101 setting: `backbone: resnet101`, `head_dim: 2048`).
+        pooling: SuperGlobal's pooling; the `GeM` row uses single-scale GeM (p = 3) on the same backbone.
+        top_m: the shortlist the rerankers reorder.
+        rerankers: default `[SuperGlobalRows()]` (k = 9, beta = 0.15).
+    """
+
+    dataset: str = "synthetic"
+    root: str | None = None
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
+    backbone: str = "first_stage"
+    pretrained: bool = False
+    head_dim: int | None = None
+    cvnet_checkpoint: str | None = None
+    pooling: PoolingConfig = field(default_factory=PoolingConfig)
+    top_m: int = 400
+    rerankers: list[RerankerSpec] | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("synthetic", "roxford5k", "rparis6k"):
+            raise ValueError(f"instances.dataset must be synthetic, roxford5k or rparis6k, got {self.dataset!r}")
+        if self.dataset != "synthetic" and not self.root:
+            raise ValueError(f"instances.dataset={self.dataset} needs instances.root")
+        if self.rerankers is None:
+            self.rerankers = [SuperGlobalRows()]
+
+    def title(self) -> str:
+        return f"{self.dataset} image-to-image"
+
+    def run(self, report: Report, first_stage: FirstStage, device: str = "auto", progress: bool = True) -> None:
+        data = load_instances(self.instances) if self.dataset == "synthetic" else load_revisited(self.root,
+                                                                                                 self.dataset)
+        queries = [data.query_image(i) for i in range(data.num_queries)]
+        database = [data.db_image(j) for j in range(data.num_db)]
+        backbone, checkpoint = self.backbone, None
+        if backbone == "first_stage":
+            first_stage.build(progress=False)  # trained first when missing
+            backbone, checkpoint = f"first_stage:{first_stage.model_name}", str(first_stage.folder())
+        task = RevisitedTask(data)
+        for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):
+            extractor = SuperGlobalExtractor(backbone, pooling, self.head_dim, self.pretrained, checkpoint,
+                                             cvnet_checkpoint=self.cvnet_checkpoint).to(resolve_device(device))
+            start = time.perf_counter()
+            query_desc, db_desc = extractor.extract(queries, progress=progress), extractor.extract(database,
+                                                                                                progress=progress)
+            report.timings[f"i2i {system} descriptors"] = time.perf_counter() - start
+            run = retrieve(query_desc, db_desc, data.query_names, data.db_names, data.num_db)
+            specs = self.rerankers if system == "SuperGlobal pooling" else []
+            context = RerankContext("image-to-image", "i2i", data, {"name": self.dataset}, device, progress,
+                                    {"queries": query_desc, "database": db_desc}, report.timings, system, self.top_m)
+            evaluate(report, task, run, rows(specs, context), min(self.top_m, data.num_db), (), progress=progress,
+                     first_stage=system)
+
+
+

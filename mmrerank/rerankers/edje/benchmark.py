@@ -1,0 +1,90 @@
+"""EDJE in a benchmark: `EDJERows` (the `edje` and fused rows of image-text tasks) and `precompute` (the
+`mmrerank precompute` command: a dataset's images into a token store)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmrerank.datasets.sources import ImageTextSource, Synthetic
+from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.edje.model import EDJE
+from mmrerank.rerankers.edje.reranker import EDJEReranker, precompute_images
+from mmrerank.rerankers.fusion import Fused, Memoized
+from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+
+
+def default_store(model: str | Path, source: dict) -> str:
+    """Where a dataset split's token store goes by default: `<model>/tokens/<dataset>-<split>`."""
+    return str(Path(model) / "tokens" / f"{source['name']}-{source['split']}")
+
+
+@dataclass
+class EDJERows(RerankerSpec):
+    """Rerank image-text tasks (both directions) with an exported EDJE model.
+
+    Attributes:
+        model: the exported EDJE folder (`export_dir` of `mmrerank fit --config configs/edje/synthetic.yaml`).
+        store: the corpus's token store; default `<model>/tokens/<dataset>-<split>`, written by `precompute` first
+            when missing (and resumed when a run was interrupted).
+        alpha: also report `logit + alpha * first-stage score` (row `edje + <alpha> x first stage`); 0: not.
+        dtype, shard_size: of the token store.
+    """
+
+    model: str
+    store: str | None = None
+    alpha: float = 0.0
+    dtype: str = "bfloat16"
+    shard_size: int = 1024
+
+    def __post_init__(self) -> None:
+        self._built: tuple[int, dict[str, Reranker]] | None = None
+
+    def rows(self, context: RerankContext) -> dict[str, Reranker]:
+        if context.kind != "image-text":
+            return {}
+        if self._built is None or self._built[0] != id(context.data):  # one token store for both directions
+            self._built = (id(context.data), self._build(context))
+        return dict(self._built[1])
+
+    def _build(self, context: RerankContext) -> dict[str, Reranker]:
+        if not (Path(self.model) / "config.json").is_file():
+            raise FileNotFoundError(f"no EDJE model at {self.model}; train one first: "
+                                    "mmrerank fit --config configs/edje/synthetic.yaml")
+        start = time.perf_counter()
+        model = EDJE.from_pretrained(self.model)
+        store = self.store or default_store(self.model, context.source)
+        tokens = precompute_images(model, context.data.images, store, self.dtype, self.shard_size,
+                                   device=context.device, progress=context.progress)
+        context.timings["edje token store"] = time.perf_counter() - start
+        reranker = Memoized(EDJEReranker(model, tokens, context.device))
+        rows: dict[str, Reranker] = {"edje": reranker}
+        if self.alpha:
+            rows[f"edje + {self.alpha:g} x first stage"] = Fused(reranker, self.alpha)
+        return rows
+
+
+def precompute(model: str, dataset: ImageTextSource | None = None, store: str | None = None, dtype: str = "bfloat16",
+               shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
+               progress: bool = True) -> str:
+    """Write an EDJE token store: every image of a dataset through the frozen vision source and the adapter.
+
+    Args:
+        model: the exported EDJE folder.
+        dataset: whose images (default: the synthetic test split).
+        store: the store's folder (default `<model>/tokens/<dataset>-<split>`).
+        dtype: `bfloat16` or `float16` (2 bytes per value: m x d x 2 bytes per image).
+        shard_size: images per shard, the unit of resumption: an interrupted run continues from the last
+            finished shard.
+        batch_size: images per forward pass.
+        overwrite: start afresh instead of resuming.
+    """
+    dataset = dataset or Synthetic()
+    store = store or default_store(model, {"name": dataset.name, "split": dataset.split})
+    tokens = precompute_images(EDJE.from_pretrained(model), dataset.load().images, store, dtype, shard_size,
+                               batch_size, device, overwrite, progress)
+    footprint = tokens.footprint()
+    print(f"{tokens}: {tokens.bytes_per_image:,} B per image, {footprint['data'] + footprint['overhead']:,} B in all "
+          f"({100 * footprint['overhead'] / max(footprint['data'], 1):.3f} % overhead)")
+    return store

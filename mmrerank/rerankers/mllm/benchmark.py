@@ -1,0 +1,102 @@
+"""The MLLM reranker in a benchmark: `MLLMRows`, the rows of document-page tasks and of the `t2i` direction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from mmrerank.core.io import cache_root
+from mmrerank.core.items import RetrievalTask
+from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.fusion import Fused, Memoized
+from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+
+
+@dataclass
+class MLLMRows(RerankerSpec):
+    """An MLLM yes/no reranker's rows: `<first stage> + MLLM (top <depth>)` on pages, fused rows per `alpha`, and
+    `mllm` on `t2i` image-text tasks.
+
+    Attributes:
+        checkpoint: a Lightning checkpoint of `MLLMRerankerModule` (what `mmrerank fit` with a `configs/mllm/`
+            file writes); it brings the base model, prompt, OCR setting and the score its loss trains. When set,
+            `model`, `adapter`, `score` and `use_ocr` are not used.
+        model: otherwise, the base model (hub name or folder; the tiny offline Qwen2-VL is built there when
+            `build_tiny` and the folder is missing: an untrained reranker, for smoke tests only). Default: that tiny
+            model under the cache (`$MMRERANK_CACHE/tiny-qwen2-vl`).
+        adapter: a LoRA adapter folder on `model` (e.g. `lightonai/MonoQwen2-VL-v0.1`).
+        score, use_ocr: as for `MLLMReranker` (`"logit"` after contrastive or pairwise training).
+        alpha: on pages, also report `reranker score + alpha * min-max normalised first-stage score` per value.
+        directions: the image-text directions to rerank (`t2i`: a caption against candidate images).
+        image_size: resize image candidates to this square side first (match the training data's `image_size`).
+        batch_size: pairs per forward pass.
+    """
+
+    checkpoint: str | None = None
+    model: str | None = None
+    build_tiny: bool = True
+    adapter: str | None = None
+    score: str = "logprob"
+    use_ocr: bool = True
+    alpha: list[float] = field(default_factory=list)
+    directions: list[str] = field(default_factory=list)
+    image_size: int | None = 112
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if set(self.directions) - {"t2i"}:
+            raise ValueError(f"MLLMRows reranks images for text queries: directions may hold only 't2i', got "
+                             f"{self.directions}")
+        self._reranker = None
+
+    def reranker(self, device: str = "auto"):
+        """The `MLLMReranker`, from `checkpoint` or from `model` (+ `adapter`), built once."""
+        if self._reranker is None:
+            self._reranker = self._build(device)
+        return self._reranker
+
+    def _build(self, device: str):
+        from mmrerank.rerankers.mllm import MLLMReranker
+        from mmrerank.rerankers.mllm.module import load_reranker_checkpoint
+        from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
+        from mmrerank.retrieval.clip import resolve_device
+
+        if self.checkpoint:
+            reranker = load_reranker_checkpoint(self.checkpoint).to(resolve_device(device)).eval()
+            reranker.batch_size = self.batch_size
+            return reranker
+        model = self.model or str(cache_root() / "tiny-qwen2-vl")
+        if self.build_tiny:
+            ensure_tiny_vlm(model)
+        return MLLMReranker(model, adapter=self.adapter, score=self.score, use_ocr=self.use_ocr,
+                            batch_size=self.batch_size, device=device)
+
+    def rows(self, context: RerankContext) -> dict[str, Reranker]:
+        if context.kind == "pages":
+            reranker = Memoized(self.reranker(context.device))
+            name = f"{context.first_stage} + MLLM (top {context.depth})"
+            rows: dict[str, Reranker] = {name: reranker}
+            for alpha in self.alpha:  # Memoized: the fused rows reuse the reranker's scores
+                rows[f"{context.first_stage} + MLLM (top {context.depth}, alpha {alpha:g})"] = Fused(
+                    reranker, alpha, "minmax")
+            return rows
+        if context.kind == "image-text" and context.direction in self.directions:
+            reranker = self.reranker(context.device)
+            return {"mllm": ResizedImages(reranker, self.image_size) if self.image_size else reranker}
+        return {}
+
+
+class ResizedImages(Reranker):
+    """Resizes PIL image candidates to a square side before the wrapped reranker scores them."""
+
+    def __init__(self, reranker: Reranker, size: int) -> None:
+        self.reranker, self.size = reranker, size
+
+    def score(self, queries: Sequence[Any], candidates: Sequence[Any]):
+        return self.reranker.score(queries, [c.resize((self.size, self.size), Image.BICUBIC) for c in candidates])
+
+    def score_rows(self, task: RetrievalTask, query_rows, candidate_rows, first_stage):
+        return self.score([task.queries[int(i)] for i in query_rows], [task.corpus[int(d)] for d in candidate_rows])

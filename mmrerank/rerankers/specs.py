@@ -1,0 +1,7 @@
+"""Every family's benchmark spec, imported so that configs can name them by short `class_path`."""
+
+from mmrerank.rerankers.edje.benchmark import EDJERows
+from mmrerank.rerankers.mllm.benchmark import MLLMRows
+from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
+
+__all__ = ["EDJERows", "MLLMRows", "SuperGlobalRows"]

@@ -1,0 +1,69 @@
+"""SuperGlobal's reranking as a `Reranker`: the refinement reorders each query's shortlist of a first-stage run.
+
+It refines descriptors of whole shortlists at once (query expansion and database-side aggregation over the
+top-M), so it overrides `rerank` rather than scoring pairs one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mmrerank.core.items import RetrievalTask
+from mmrerank.core.run import PAD, Run
+from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.superglobal.rerank import rerank_candidates
+
+
+class SuperGlobalReranker(Reranker):
+    """Reorders the top `depth` of a run over `database` descriptors (the run's corpus rows index them).
+
+    Args:
+        queries: `[Q, d]`, database: `[N, d]` unit-norm descriptors (the run's query and corpus rows).
+        k, beta: SuperGlobal's neighbourhood size and weight.
+    """
+
+    def __init__(self, queries: Tensor, database: Tensor, k: int = 9, beta: float = 0.15) -> None:
+        self.queries, self.database, self.k, self.beta = queries, database, k, beta
+
+    def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
+        raise TypeError("SuperGlobal reorders whole shortlists from descriptors; rerank a Run (`rerank`) instead")
+
+    def rerank(self, run: Run, task: RetrievalTask, depth: int, batch_size: int = 256,
+               progress: bool = True) -> Run:
+        """The run with each query's top `depth` reordered; the rest keep their first-stage order below."""
+        run = run.sorted()
+        head, tail = run.indices[:, :depth], run.indices[:, depth:]
+        if bool((head == PAD).any()):
+            raise ValueError("SuperGlobal needs full shortlists: every query's run must hold `depth` candidates")
+        new_head = rerank_candidates(self.queries, self.database, head.to(self.database.device), self.k,
+                                     self.beta).to(run.indices.device)
+        indices = torch.cat([new_head, tail], dim=1)
+        # Scores only carry the new order (SuperGlobal ranks; it does not score pairs): K, K - 1, ..., 1.
+        scores = torch.arange(indices.shape[1], 0, -1, dtype=torch.float, device=indices.device)
+        return Run(indices, scores.expand(len(indices), -1).contiguous(), run.query_ids, run.doc_ids)
+
+
+@dataclass
+class SuperGlobalRows(RerankerSpec):
+    """The `+ rerank` row of an image-to-image benchmark (descriptors come from the task's features).
+
+    Attributes:
+        name: the row's name.
+        k, beta: as for `SuperGlobalReranker`.
+    """
+
+    name: str = "SuperGlobal pooling + rerank"
+    k: int = 9
+    beta: float = 0.15
+
+    def rows(self, context: RerankContext) -> dict[str, Reranker]:
+        if context.kind != "image-to-image":
+            return {}
+        return {self.name: SuperGlobalReranker(context.features["queries"], context.features["database"], self.k,
+                                               self.beta)}
