@@ -3,6 +3,9 @@
 With no arguments it benchmarks the built-in synthetic test split (1,000 images, 5,000 captions) with the tiny
 first stage, training that first stage on the synthetic train split the first time (saved under the cache) and
 reusing it afterwards.
+
+Under `torchrun --nproc_per_node N` (the process group is the CLI's, `distributed.process_group`) each rank encodes
+and reranks a share, caches are filled by rank 0 while the others wait, and rank 0 alone writes the report.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import time
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+from mmrerank.core import distributed
 from mmrerank.evaluation.report import Report
 from mmrerank.evaluation.suites import ImageText, Instances, Pages
 from mmrerank.rerankers import specs  # noqa: F401  (configs name the families' specs by short class_path)
@@ -44,7 +48,8 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
                                             "instances": instances}))
     if image_text.directions:
         start = time.perf_counter()
-        encoder = first_stage.build(progress).to(resolve_device(device))
+        # Rank 0 trains the first stage when it is missing (and saves it); the others then load it.
+        encoder = distributed.on_rank_zero_first(lambda: first_stage.build(progress)).to(resolve_device(device))
         report.timings["first stage ready"] = time.perf_counter() - start
         image_text.run(report, encoder, device, progress)
     if instances is not None:
@@ -52,7 +57,8 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     if pages is not None:
         pages.run(report, device, progress)
     report.config["output_dir"] = output_dir
-    report.save(output_dir)
+    if distributed.is_rank_zero():  # every rank holds the same rows; one writes them
+        report.save(output_dir)
     return report
 
 

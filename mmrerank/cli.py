@@ -14,6 +14,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.benchmark import benchmark
+from mmrerank.core import distributed
 from mmrerank.rerankers.edje.benchmark import precompute
 
 
@@ -48,14 +49,19 @@ def benchmark_parser() -> ArgumentParser:
 def run_benchmark(argv: list[str]) -> None:
     kwargs = parse_function_args(benchmark, "mmrerank benchmark", argv)
     start = time.perf_counter()
-    report = benchmark(**kwargs)
+    with distributed.process_group():  # under torchrun: one group for the whole command
+        report = benchmark(**kwargs)
+        if not distributed.is_rank_zero():  # the same report on every rank: one prints it
+            return
     print(report.to_markdown())
     print(f"Wrote {report.config['output_dir']}/report.json, report.md and success_at_k.png "
           f"({time.perf_counter() - start:.0f} s in all).")
 
 
 def run_precompute(argv: list[str]) -> None:
-    precompute(**parse_function_args(precompute, "mmrerank precompute", argv))
+    kwargs = parse_function_args(precompute, "mmrerank precompute", argv)
+    with distributed.process_group():  # under torchrun: every rank encodes a share of the images
+        precompute(**kwargs)
 
 
 def run_scaling(argv: list[str]) -> None:

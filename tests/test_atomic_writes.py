@@ -247,7 +247,7 @@ def test_interrupted_tiny_rebuild_keeps_the_old_folder(tiny, tmp_path, monkeypat
 def test_interrupted_save_reranker_keeps_the_previous_save(tiny, tmp_path, monkeypatch):
     module = MLLMRerankerModule(str(tiny), head="mlp")
     saved = module.save_reranker(tmp_path / "saved")
-    expected = MLLMReranker(saved, head="mlp", head_path=saved / "head.pt", device="cpu").score(QUERIES, _images())
+    expected = MLLMReranker.from_pretrained(saved, device="cpu").score(QUERIES, _images())
     before = _digests(saved)
     with torch.no_grad():
         for p in module.parameters():
@@ -256,7 +256,7 @@ def test_interrupted_save_reranker_keeps_the_previous_save(tiny, tmp_path, monke
     with pytest.raises(Crash):
         module.save_reranker(saved)
     assert _digests(saved) == before and _siblings(saved) == []
-    again = MLLMReranker(saved, head="mlp", head_path=saved / "head.pt", device="cpu")
+    again = MLLMReranker.from_pretrained(saved, device="cpu")
     torch.testing.assert_close(again.score(QUERIES, _images()), expected)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")

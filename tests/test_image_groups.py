@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from mmrerank.datasets.synthetic import ensure_split, load_synthetic
-from mmrerank.rerankers.mllm.data import ImageGroupsDataModule, _relevant, mine_image_groups
+from mmrerank.datasets.synthetic import load_synthetic
+from mmrerank.rerankers.mllm.data import ImageGroupsDataModule, image_groups
 from mmrerank.retrieval.first_stage import FirstStage
+from mmrerank.retrieval.negatives import caption_hard_negatives
 
 
 @pytest.fixture(scope="module")
@@ -19,34 +19,33 @@ def val_split(tiny_config):
     return load_synthetic("val", tiny_config, relevance=True, progress=False)
 
 
-def _random_ranking(n_captions: int, n_images: int, depth: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(n_images, generator=g)[:depth] for _ in range(n_captions)])
-
-
-def test_relevance_of_candidates_matches_the_benchmark_qrels(tiny_config, val_split):
-    captions = np.arange(len(val_split.captions))
-    ranked = _random_ranking(len(captions), len(val_split.images), len(val_split.images), seed=0)
-    relevant = _relevant(ensure_split(tiny_config, "val", progress=False), captions, ranked.numpy())
-    qrels = val_split.qrels()  # the full caption x image satisfaction matrix, computed by load_synthetic
-    expected = torch.zeros(len(captions), len(val_split.images), dtype=torch.bool)
+def test_pair_relevance_matches_the_benchmark_qrels(val_split):
+    """The scene-graph check negatives are filtered by agrees with the full caption x image satisfaction matrix."""
+    c, n = len(val_split.captions), len(val_split.images)
+    captions, images = torch.arange(c).repeat_interleave(n), torch.arange(n).repeat(c)
+    relevant = val_split.is_relevant(captions, images).view(c, n)
+    qrels = val_split.qrels()
+    expected = torch.zeros(c, n, dtype=torch.bool)
     expected[qrels.query_index, qrels.doc_index] = True
-    assert torch.equal(torch.from_numpy(relevant), expected.gather(1, ranked))
-    assert relevant.sum() > len(captions)  # some captions fit more than their own image: the exclusion matters
+    assert torch.equal(relevant, expected)
+    assert int(relevant.sum()) > c  # some captions fit more than their own image: the exclusion matters
 
 
 @pytest.mark.parametrize("negatives", [1, 3])
-def test_negatives_are_the_best_ranked_non_relevant_images(tiny_config, val_split, negatives):
-    captions = np.arange(0, len(val_split.captions), 2)
-    ranked = _random_ranking(len(captions), len(val_split.images), 8, seed=1)
-    relevant = _relevant(ensure_split(tiny_config, "val", progress=False), captions, ranked.numpy())
-    groups = mine_image_groups(val_split, ranked, captions, relevant, negatives)
+def test_negatives_are_the_best_ranked_non_relevant_images(val_split, negatives):
+    g = torch.Generator().manual_seed(1)
+    image_emb = torch.nn.functional.normalize(torch.randn(len(val_split.images), 8, generator=g), dim=1)
+    captions = torch.arange(0, len(val_split.captions), 2)
+    text_emb = torch.nn.functional.normalize(torch.randn(len(captions), 8, generator=g), dim=1)
+    found = caption_hard_negatives(val_split, image_emb, text_emb, captions, negatives, depth=8)
+    groups = image_groups(val_split, captions, found)
     qrels = val_split.qrels()
     satisfied = set(zip(qrels.query_index.tolist(), qrels.doc_index.tolist()))
     by_caption = {g[0]: g for g in groups}
-    for c, row in zip(captions.tolist(), ranked.tolist()):
+    for row, c in enumerate(captions.tolist()):
+        ranked = torch.argsort(image_emb @ text_emb[row], descending=True, stable=True)[:8].tolist()
         own = int(val_split.caption_image[c])
-        naive = [i for i in row if (c, i) not in satisfied and i != own][:negatives]  # a plain loop over the qrels
+        naive = [i for i in ranked if (c, i) not in satisfied and i != own][:negatives]  # a plain loop over qrels
         if len(naive) < negatives:
             assert c not in by_caption
         else:

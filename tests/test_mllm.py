@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import lightning as L
@@ -200,6 +201,21 @@ def test_lora_adapter_saves_and_loads(tiny_folder, images, tmp_path):
     module.save_reranker(tmp_path / "adapter")
     loaded = MLLMReranker(tiny_folder, adapter=tmp_path / "adapter", device="cpu")
     torch.testing.assert_close(loaded.score(QUERIES, images), trained, atol=1e-5, rtol=0)
+    again = MLLMReranker.from_pretrained(tmp_path / "adapter", device="cpu")  # the folder names its base model
+    assert json.loads((tmp_path / "adapter" / "reranker.json").read_text())["base"] == str(tiny_folder)
+    torch.testing.assert_close(again.score(QUERIES, images), trained, atol=1e-5, rtol=0)
+
+
+def test_save_pretrained_round_trip_keeps_the_settings_and_the_head(tiny_folder, images, tmp_path):
+    torch.manual_seed(0)
+    headed = MLLMReranker(tiny_folder, head="mlp", score="logit", use_ocr=True, prompt="Relevant to {query}?",
+                          device="cpu")
+    headed.save_pretrained(tmp_path / "saved")
+    again = MLLMReranker.from_pretrained(tmp_path / "saved", device="cpu")
+    assert again.settings() == headed.settings() and (tmp_path / "saved" / "head.safetensors").is_file()
+    torch.testing.assert_close(again.score(QUERIES, images), headed.score(QUERIES, images), atol=1e-5, rtol=0)
+    with pytest.raises(FileNotFoundError, match="reranker.json"):
+        MLLMReranker.from_pretrained(tiny_folder)
 
 
 def test_logit_score_and_loss_dependent_scoring(reranker, tiny_folder, images):

@@ -96,19 +96,23 @@ def test_cvnet_weights_refuse(evil, unsafe_default):
     assert not marker.exists()
 
 
-def test_edje_patch_cache_refuses(evil, unsafe_default, tmp_path, monkeypatch):
-    """A poisoned `<cache>/patches/*.pt` (the cache folder may be shared) is refused when a fit reads it back."""
-    from mmrerank.rerankers.edje.module import cached_patch_tokens
+@pytest.mark.parametrize("poisoned", ["header.json", "ids.json", "tokens.bin"])
+def test_edje_patch_cache_refuses(evil, unsafe_default, tmp_path, monkeypatch, poisoned):
+    """A poisoned file of a `<cache>/patches/` store (the cache folder may be shared) is never unpickled nor used
+    when a fit reads the cache back: the part is rebuilt from the encoder, with a warning."""
+    from mmrerank.rerankers.edje.patches import cached_patch_tokens
 
     monkeypatch.setenv("MMRERANK_CACHE", str(tmp_path / "cache"))
     path, marker = evil
     key = {"vision": "open_clip:mmrerank-tiny-resnet", "dataset": "toy train split"}
-    assert cached_patch_tokens(key, lambda: torch.ones(2, 2, 3)).shape == (2, 2, 3)  # computed, then cached
-    [cached] = (tmp_path / "cache" / "patches").glob("*.pt")
+    encode = lambda rows: torch.ones(len(rows), 2, 3) * rows[:, None, None]  # noqa: E731
+    assert cached_patch_tokens(key, (2, 2, 3), encode, progress=False)[:].shape == (2, 2, 3)  # computed, cached
+    [cached] = (tmp_path / "cache" / "patches").glob(f"*/part-00000/{poisoned}")
     cached.write_bytes(path.read_bytes())
-    with pytest.raises(pickle.UnpicklingError):
-        cached_patch_tokens(key, lambda: torch.ones(2, 2, 3))
+    with pytest.warns(UserWarning, match="rebuilding"):
+        tokens = cached_patch_tokens(key, (2, 2, 3), encode, progress=False)
     assert not marker.exists()
+    assert torch.equal(tokens[:], encode(torch.arange(2)).half())
 
 
 def test_revisited_ground_truth_refuses(tmp_path, unsafe_default):

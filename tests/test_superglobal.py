@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrerank.rerankers.superglobal import gem_plus, reference_rerank, regional_gem, rerank, scale_gem
-from mmrerank.rerankers.superglobal.rerank import _nearest_others, auto_batch_size
+from mmrerank.rerankers.superglobal.rerank import _gram, _nearest_others, _top_entries, auto_batch_size
 
 
 def unit_vectors(n: int, d: int, seed: int) -> torch.Tensor:
@@ -260,16 +260,63 @@ def test_rerank_hand_computed_case():
 
 def test_nearest_others_breaks_ties_by_lower_position():
     nan = float("nan")  # the diagonal is overwritten, whatever it holds
-    rows = torch.tensor([[[nan, 0.5, 0.9, 0.5, 0.5],  # 0.9 at 2, then the first of the tied 0.5s: 1
+    sims = torch.tensor([[[nan, 0.5, 0.9, 0.5, 0.5],  # 0.9 at 2, then the first of the tied 0.5s: 1
                           [0.3, nan, 0.3, 0.3, 0.1],  # three-way tie at the top: 0 and 2
                           [0.7, 0.7, nan, 0.7, 0.7],  # all tied: 0 and 1
                           [0.2, 0.8, 0.8, nan, 0.1],  # tie inside the top two, listed in position order
                           [0.6, 0.1, 0.2, 0.3, nan]]])  # no ties: 0 then 3
-    # Item j's similarities are read down column j: hand over the transpose, so that item j's are the row above.
-    positions, values = _nearest_others(rows.transpose(1, 2).contiguous(), 5, k=2)  # [1, k, M]: neighbour r of j
-    assert positions.transpose(1, 2).tolist() == [[[2, 1], [0, 2], [0, 1], [1, 2], [0, 3]]]
-    torch.testing.assert_close(values.transpose(1, 2),
-                               torch.tensor([[[0.9, 0.5], [0.3, 0.3], [0.7, 0.7], [0.8, 0.8], [0.6, 0.3]]]))
+    positions, values = _nearest_others(sims.clone(), k=2)
+    assert positions.tolist() == [[[2, 1], [0, 2], [0, 1], [1, 2], [0, 3]]]
+    torch.testing.assert_close(values, torch.tensor([[[0.9, 0.5], [0.3, 0.3], [0.7, 0.7], [0.8, 0.8], [0.6, 0.3]]]))
+
+
+def test_gram_uses_symmetry_and_matches_the_product():
+    x = unit_vectors(3 * 150, 20, seed=70).view(3, 150, 20)  # M = 150: split into halves of 75 rows
+    out = torch.full((3, 150, 150), float("nan"), dtype=torch.float64)
+    got = _gram(x, out)
+    assert got.data_ptr() == out.data_ptr() and not got.isnan().any()  # every block written
+    assert torch.equal(got, got.transpose(1, 2))
+    expected = torch.tensor([[[sum(a * b for a, b in zip(u, v)) for v in rows] for u in rows] for rows in x.tolist()],
+                            dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
+
+
+def test_rerank_matches_reference_with_a_split_gram_and_duplicates():
+    # M = 200 >= 128, so `rerank` computes the similarities in two halves; copies of items land in both halves.
+    base = unit_vectors(260, 24, seed=71)
+    g = torch.Generator().manual_seed(72)
+    database = torch.cat([base, base[:50]])[torch.randperm(310, generator=g)]
+    queries = unit_vectors(5, 24, seed=73)
+    expected = reference_rerank(queries, database, top_m=200, k=9)
+    assert torch.equal(rerank(queries, database, top_m=200, k=9, batch_size=2), expected)
+
+
+def quantised_sims(b: int, m: int, seed: int, levels: int) -> torch.Tensor:
+    """Symmetric float32 similarities with many exact ties (values on a grid of `levels` steps)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(b, m, 8, generator=g), dim=2)
+    sims = torch.bmm(x, x.transpose(1, 2))
+    return (sims * levels).round() / levels
+
+
+@pytest.mark.parametrize(("m", "k", "levels"), [(50, 9, 4), (50, 9, 1000), (12, 11, 3), (30, 1, 2)])
+def test_nearest_others_float32_matches_a_stable_sort(m, k, levels):
+    """The float32 CPU path selects with faiss heaps; ties (many at `levels` 2-4) must still go to the lower
+    position, and k = M - 1 (every other item) must not pick the diagonal or faiss's empty slot."""
+    sims = quantised_sims(3, m, seed=m + k, levels=levels)
+    hidden = sims.clone()
+    hidden.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    expected = torch.sort(hidden, dim=2, descending=True, stable=True)
+    positions, values = _nearest_others(sims, k)
+    assert torch.equal(positions, expected.indices[:, :, :k])
+    assert torch.equal(values, expected.values[:, :, :k])
+
+
+def test_top_entries_faiss_path_agrees_with_topk():
+    sims = quantised_sims(2, 40, seed=80, levels=10**6)  # practically no ties
+    values, positions = _top_entries(sims, 7)
+    expected_values, expected_positions = sims.topk(7, dim=2)
+    assert torch.equal(values, expected_values) and torch.equal(positions, expected_positions)
 
 
 def test_batching_does_not_change_the_ranking():

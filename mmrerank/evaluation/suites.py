@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mmrerank.core import distributed
 from mmrerank.core.items import RetrievalTask
 from mmrerank.core.run import PAD, Run
 from mmrerank.datasets.mmdocir import MMDocIRDataset, load_mmdocir, mmdocir_page_metrics
@@ -75,7 +76,7 @@ class ImageText:
 
     def run(self, report: Report, encoder: CLIPEncoder, device: str = "auto", progress: bool = True) -> None:
         start = time.perf_counter()
-        data = self.dataset.load()
+        data = distributed.on_rank_zero_first(self.dataset.load)  # one rank renders a missing synthetic split
         report.timings["data"] = time.perf_counter() - start
         start = time.perf_counter()
         image_emb = encoder.encode(data.images, self.batch_size, progress)
@@ -184,7 +185,7 @@ class Pages:
         return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
 
     def run(self, report: Report, device: str = "auto", progress: bool = True) -> None:
-        data = self.load()
+        data = distributed.on_rank_zero_first(self.load)
         start = time.perf_counter()
         run = data.per_document_run(bm25_page_scores(data))
         report.timings["pages BM25"] = time.perf_counter() - start
@@ -235,13 +236,13 @@ class Instances:
         return f"{self.dataset} image-to-image"
 
     def run(self, report: Report, first_stage: FirstStage, device: str = "auto", progress: bool = True) -> None:
-        data = load_instances(self.instances) if self.dataset == "synthetic" else load_revisited(self.root,
-                                                                                                 self.dataset)
+        data = distributed.on_rank_zero_first(lambda: load_instances(self.instances) if self.dataset == "synthetic"
+                                              else load_revisited(self.root, self.dataset))
         queries = [data.query_image(i) for i in range(data.num_queries)]
         database = [data.db_image(j) for j in range(data.num_db)]
         backbone, checkpoint = self.backbone, None
         if backbone == "first_stage":
-            first_stage.build(progress=False)  # trained first when missing
+            distributed.on_rank_zero_first(lambda: first_stage.build(progress=False))  # trained first when missing
             backbone, checkpoint = f"first_stage:{first_stage.model_name}", str(first_stage.folder())
         task = RevisitedTask(data)
         for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):

@@ -55,6 +55,20 @@ class FirstStage:
         return {"model_name": self.model_name, "train_steps": self.train_steps, "batch_size": self.batch_size,
                 "lr": self.lr, "seed": self.seed, "synthetic": synthetic}
 
+    def identity(self) -> dict:
+        """What identifies this first stage's weights, for the keys of caches built with it: the pretrained tag, the
+        training that makes the cached default (nothing is built for either), or a given checkpoint's content digest
+        (a checkpoint path not written yet is trained first: whatever the key is for would need it anyway)."""
+        if self.pretrained:
+            return {"model_name": self.model_name, "pretrained": self.pretrained}
+        if not self.checkpoint:
+            return {"trained": self.training_key()}
+        from mmrerank.retrieval.negatives import file_stamp
+
+        if not CLIPEncoder.is_saved(self.checkpoint):
+            self.build(progress=False)
+        return {"model_name": self.model_name, "checkpoint": file_stamp(self.checkpoint)}
+
     def folder(self) -> Path:
         """Where the trained encoder is saved: `checkpoint`, or the cache folder of this training."""
         if self.checkpoint:

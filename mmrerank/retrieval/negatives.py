@@ -63,9 +63,31 @@ def first_non_relevant(candidates: Tensor, relevant: Tensor, k: int) -> Tensor:
     return out
 
 
+def caption_hard_negatives(dataset: ImageTextDataset, image_emb: Tensor, text_emb: Tensor, caption_rows: Tensor,
+                           k: int = 16, depth: int = 64) -> Tensor:
+    """Per caption, the images the first stage ranks highest for it that are not relevant to it, in order.
+
+    Args:
+        image_emb: `[N, e]` the split's images; text_emb: `[C', e]` the captions `caption_rows` (`[C']` long).
+        k: negatives kept per caption; depth: images retrieved per caption before the relevant ones are removed.
+
+    Returns:
+        `[C', k]` long image rows, -1 where fewer than `k` were found.
+    """
+    from mmrerank.retrieval.index import retrieve
+
+    n = len(dataset.images)
+    ranked = retrieve(text_emb, image_emb, [str(int(c)) for c in caption_rows], [str(i) for i in range(n)],
+                      min(depth, n)).indices.cpu()  # [C', D]
+    captions = caption_rows.cpu()[:, None].expand_as(ranked)
+    relevant = dataset.is_relevant(captions.reshape(-1), ranked.reshape(-1)).view_as(ranked)
+    return first_non_relevant(ranked, relevant, k)
+
+
 def mine_hard_negatives(dataset: ImageTextDataset, image_emb: Tensor, text_emb: Tensor, k: int = 16,
                         depth: int = 64) -> HardNegatives:
-    """Hard negatives from first-stage embeddings of `dataset`'s images `[N, e]` and captions `[C, e]`.
+    """Hard negatives from first-stage embeddings of `dataset`'s images `[N, e]` and captions `[C, e]`, both
+    directions (t2i: `caption_hard_negatives` of every caption).
 
     Args:
         k: negatives kept per query.
@@ -74,15 +96,12 @@ def mine_hard_negatives(dataset: ImageTextDataset, image_emb: Tensor, text_emb: 
     from mmrerank.retrieval.index import retrieve
 
     n, c = len(dataset.images), len(dataset.captions)
+    t2i = caption_hard_negatives(dataset, image_emb, text_emb, torch.arange(c), k, depth)
     image_ids, caption_ids = [str(i) for i in range(n)], [str(i) for i in range(c)]
-    t2i = retrieve(text_emb, image_emb, caption_ids, image_ids, min(depth, n)).indices.cpu()  # [C, D]
     i2t = retrieve(image_emb, text_emb, image_ids, caption_ids, min(depth, c)).indices.cpu()  # [N, D]
-    captions = torch.arange(c)[:, None].expand_as(t2i)
     images = torch.arange(n)[:, None].expand_as(i2t)
-    t2i_rel = dataset.is_relevant(captions.reshape(-1), t2i.reshape(-1)).view_as(t2i)
     i2t_rel = dataset.is_relevant(i2t.reshape(-1), images.reshape(-1)).view_as(i2t)
-    return HardNegatives(first_non_relevant(t2i, t2i_rel, k), first_non_relevant(i2t, i2t_rel, k),
-                         text_emb.float().cpu())
+    return HardNegatives(t2i, first_non_relevant(i2t, i2t_rel, k), text_emb.float().cpu())
 
 
 def cached_hard_negatives(dataset: ImageTextDataset, key: dict, encode, k: int = 16, depth: int = 64,

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmrerank.core import distributed
 from mmrerank.datasets.sources import ImageTextSource, Synthetic
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
@@ -79,11 +80,17 @@ def precompute(model: str, dataset: ImageTextSource | None = None, store: str | 
             finished shard.
         batch_size: images per forward pass.
         overwrite: start afresh instead of resuming.
+
+    Under `torchrun --nproc_per_node N` every rank encodes a share of the shards and rank 0 writes them: the store
+    is the one a single process writes.
     """
     dataset = dataset or Synthetic()
     store = store or default_store(model, {"name": dataset.name, "split": dataset.split})
-    tokens = precompute_images(EDJE.from_pretrained(model), dataset.load().images, store, dtype, shard_size,
-                               batch_size, device, overwrite, progress)
+    images = distributed.on_rank_zero_first(dataset.load).images  # one rank renders a missing synthetic split
+    tokens = precompute_images(EDJE.from_pretrained(model), images, store, dtype, shard_size, batch_size, device,
+                               overwrite, progress)
+    if not distributed.is_rank_zero():
+        return store
     footprint = tokens.footprint()
     print(f"{tokens}: {tokens.bytes_per_image:,} B per image, {footprint['data'] + footprint['overhead']:,} B in all "
           f"({100 * footprint['overhead'] / max(footprint['data'], 1):.3f} % overhead)")

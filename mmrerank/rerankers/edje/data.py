@@ -182,13 +182,12 @@ class EDJEDataModule(L.LightningDataModule):
 
     def _groups(self, config) -> RerankGroups:
         from mmrerank.retrieval.clip import resolve_device
-        from mmrerank.retrieval.negatives import cached_hard_negatives, file_stamp
+        from mmrerank.retrieval.negatives import cached_hard_negatives
 
         data = config.load()
         self.splits[config.split] = data
         stage = self.first_stage
-        key = {"dataset": config.describe(), "first_stage": stage.model_name, "pretrained": stage.pretrained,
-               "checkpoint": file_stamp(stage.folder())}
+        key = {"dataset": config.describe(), "first_stage": stage.identity()}
 
         def encode():
             encoder = stage.build().to(resolve_device("auto"))

@@ -13,7 +13,8 @@ Each batch holds, per caption, a t2i group (the caption against its image and n 
   exported `EDJE` folder with `num_image_tokens: null`, trained first with this same module).
 
 The frozen vision source's patch tokens are computed once per image set in `setup` (the images come from the data
-module's `edje_inputs()`, its only read of the data module), kept in memory (fp16) and cached on disk.
+module's `edje_inputs()`, its only read of the data module) into an fp16 cache on disk (`patches.PatchTokens`), of
+which each step reads only its batch's images: memory is bounded by the batch, not the image set.
 `export_dir` receives the trained `EDJE` folder (what `mmrerank precompute` and the reranker load).
 """
 
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from mmrerank.losses import ranking_loss
 from mmrerank.optim import adamw_warmup_cosine
 from mmrerank.rerankers.edje.model import EDJE, EDJEConfig
+from mmrerank.rerankers.edje.patches import PatchTokens, cached_patch_tokens, patch_statistics, scratch_patch_tokens
 
 DEFAULT_JOINT = {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 512}
 
@@ -90,7 +92,7 @@ class EDJEModule(L.LightningModule):
         if text_lr_scale < 0:
             raise ValueError(f"text_lr_scale must be >= 0, got {text_lr_scale}")
         self.model: EDJE | None = None
-        self.patches: dict[str, Tensor] = {}
+        self.patches: dict[str, PatchTokens] = {}  # image set -> its [N, P, D] patch tokens, read by rows
 
     # --- building -------------------------------------------------------------------------------------------------
 
@@ -146,8 +148,12 @@ class EDJEModule(L.LightningModule):
         for name, images in inputs.images.items():
             if name not in self.patches:
                 self.patches[name] = self._cached_patches(source, images, inputs.image_keys[name])
-        if fresh and self.hparams.standardize_patches:
-            self.model.set_patch_statistics(self.patches[next(iter(inputs.images))][:4096])  # the training set
+        if fresh and self.hparams.standardize_patches:  # of the training set's first 4,096 images
+            # `EDJE.set_patch_statistics(patches[:4096])`, computed a few images at a time (at SigLIP2-L, 4,096
+            # images are 4.8 GB of fp16 patch tokens) and with its clamp of tiny stds.
+            mean, std = patch_statistics(self.patches[next(iter(inputs.images))], limit=4096)
+            self.model.patch_mean.copy_(mean)
+            self.model.patch_std.copy_(std.clamp_min(1e-3))
 
     def _vision_source(self):
         h = self.hparams
@@ -159,19 +165,26 @@ class EDJEModule(L.LightningModule):
             object.__setattr__(self, "_source", source)  # not a submodule: frozen, never saved, never trained
         return self._source
 
-    def _cached_patches(self, source, images, key: dict) -> Tensor:
-        """`[N, P, D]` fp16 patch tokens of a set of images, kept in memory for the whole fit and cached on disk by
-        the vision source, its weights' digest and the images' `key`, so later fits (a scaling sweep runs many)
-        skip the vision tower."""
+    def _cached_patches(self, source, images, key: dict) -> PatchTokens:
+        """`[N, P, D]` fp16 patch tokens of a set of images on disk, read by rows, cached by the vision source, its
+        weights' digest, the token contract and the images' `key`, so later fits (a scaling sweep runs many) skip
+        the vision tower. The processes of a node share the encoding (`patches.write_patch_tokens`)."""
         from mmrerank.rerankers.edje.vision import TOKEN_CONTRACT
         from mmrerank.retrieval.negatives import file_stamp
 
-        h = self.hparams
+        h, trainer = self.hparams, self.trainer
+        shape = (len(images), source.num_patches, source.dim)
+
+        def encode(rows: Tensor) -> Tensor:  # [b] rows -> [b, P, D]
+            return source.encode([images[i] for i in rows.tolist()])
+
         if not (h.vision_pretrained or self.vision_checkpoint or h.vision.startswith("hf:")):
-            return encode_patches(source, images)  # random weights: nothing to key a cache by
+            return scratch_patch_tokens(shape, encode)  # random weights: nothing to key a cache by
         key = {"vision": h.vision, "pretrained": h.vision_pretrained, "checkpoint": file_stamp(self.vision_checkpoint),
                "feature_index": h.feature_index, "image_size": h.image_size, "contract": TOKEN_CONTRACT, **key}
-        return cached_patch_tokens(key, lambda: encode_patches(source, images))
+        # Ranks of one node split the parts (a cache folder is per machine); the barrier is the whole world's.
+        return cached_patch_tokens(key, shape, encode, rank=trainer.local_rank, world=trainer.num_devices,
+                                   barrier=trainer.strategy.barrier)
 
     # --- losses ---------------------------------------------------------------------------------------------------
 
@@ -179,7 +192,7 @@ class EDJEModule(L.LightningModule):
         texts, images, k = batch["texts"], batch["images"], batch["k"]
         # Each image is compressed once, however many pairs it is in (an i2t group repeats its image k times).
         unique, inverse = images.unique(return_inverse=True)
-        patches = self.patches[batch["image_set"]][unique].to(self.device).float()  # [U, P, D]
+        patches = self.patches[batch["image_set"]][unique].to(self.device).float()  # [U, P, D], read from disk
         tokens = self.model.compress(patches)[inverse]  # [2Bk, m, d]
         ids, mask = self.model.joint.tokenize(texts)
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -260,7 +273,7 @@ class EDJEModule(L.LightningModule):
 
 
 def encode_patches(source, images, batch_size: int = 256) -> Tensor:
-    """`[N, P, D]` fp16 patch tokens of every image."""
+    """`[N, P, D]` fp16 patch tokens of every image, in memory (the cache's reference; fits use `_cached_patches`)."""
     from tqdm.auto import tqdm
 
     out = []
@@ -269,14 +282,3 @@ def encode_patches(source, images, batch_size: int = 256) -> Tensor:
         out.append(source.encode(rows).half().cpu())
     return torch.cat(out)
 
-
-def cached_patch_tokens(key: dict, encode) -> Tensor:
-    """`encode()`'s `[N, P, D]` tokens, cached as `<cache>/patches/<digest of key>.pt` (read with weights_only)."""
-    from mmrerank.core.io import atomic_write, cache_root, key_digest
-
-    path = cache_root() / "patches" / f"{key_digest(key)}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=True)
-    patches = encode()
-    atomic_write(path, lambda tmp: torch.save(patches, tmp))
-    return patches

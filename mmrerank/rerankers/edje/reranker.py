@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,13 +20,15 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from mmrerank.core import distributed
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.provenance import images_digest, state_digest
-from mmrerank.rerankers.edje.store import TokenStore
-from mmrerank.rerankers.edje.writer import precompute
+from mmrerank.rerankers.edje.store import TokenStore, TokenStoreError, TokenStoreLockedError, canonical_dtype
+from mmrerank.rerankers.edje.writer import TokenStoreWriter, precompute
 from mmrerank.retrieval.clip import resolve_device
 
 
@@ -41,6 +44,9 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
     (and ids, shape, dtype, shard size) match. Otherwise it is stale: by default (`on_mismatch="rebuild"`, what
     `mmrerank benchmark` and `mmrerank precompute` use) it is rebuilt with a warning; a store from before
     provenance was recorded is rebuilt too. `on_mismatch="error"` raises `StaleTokenStoreError` instead.
+
+    Under `torch.distributed` (`torchrun`) it is collective: every rank encodes a share of the shards, rank 0 writes
+    them (`_precompute_on_ranks`), and every rank gets the finished store.
 
     Args:
         overwrite: rebuild even a matching store.
@@ -61,9 +67,61 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
         patches = source.encode([images[int(i)] for i in rows])
         return model.compress(patches)
 
-    return precompute(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=dtype,
-                      shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite,
-                      provenance=provenance, on_mismatch=on_mismatch)
+    fill = precompute if distributed.world()[1] == 1 else _precompute_on_ranks
+    return fill(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=dtype,
+                shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite,
+                provenance=provenance, on_mismatch=on_mismatch)
+
+
+def _precompute_on_ranks(store_path: str | Path, ids: list[Any], encode_fn: Callable[[Tensor], Tensor], *, m: int,
+                         d: int, dtype: str, shard_size: int, batch_size: int | None, progress: bool, overwrite: bool,
+                         provenance: dict[str, Any], on_mismatch: str) -> TokenStore:
+    """`writer.precompute` over the `torch.distributed` ranks (collective; the same arguments).
+
+    A store has one writer, so rank 0 alone holds it (lock, resume or rebuild, checksums, `finalize`). Shard `k` of
+    the unwritten ones is encoded on rank `k % world_size`, in the batches `precompute` makes (so the bytes are
+    those one process writes), and gathered to rank 0, which writes the shards in order.
+    """
+    writer: TokenStoreWriter | None = None
+    batch_size = batch_size or shard_size
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[canonical_dtype(dtype)]
+
+    def open_writer() -> list[int]:
+        nonlocal writer
+        args = (store_path, ids, m, d, dtype, shard_size)
+        try:
+            writer = TokenStoreWriter(*args, overwrite=overwrite, provenance=provenance)
+        except TokenStoreLockedError:
+            raise
+        except TokenStoreError as err:  # stale or malformed: as `precompute` does
+            if on_mismatch != "rebuild":
+                raise
+            warnings.warn(f"rebuilding token store {store_path}: {err}", stacklevel=4)
+            writer = TokenStoreWriter(*args, overwrite=True, provenance=provenance)
+        return writer.pending_shards()
+
+    def encode_shard(k: int) -> Tensor:
+        """`[rows of shard k, m, d]` in the store's dtype, on the CPU (for the gather)."""
+        start, stop = k * shard_size, min((k + 1) * shard_size, len(ids))
+        with torch.no_grad():
+            return torch.cat([encode_fn(torch.arange(s, min(s + batch_size, stop))).detach().cpu().to(torch_dtype)
+                              for s in range(start, stop, batch_size)])
+
+    try:
+        pending = distributed.from_rank_zero(open_writer)
+        with tqdm(total=len(ids), initial=len(ids) - sum(min(shard_size, len(ids) - k * shard_size) for k in pending),
+                  desc=f"precompute {Path(store_path).name}", unit="img",
+                  disable=not (progress and distributed.is_rank_zero())) as bar:
+            def write(k: int, tokens: Tensor) -> None:  # on rank 0; write_shard checks shape, dtype, finite values
+                writer.write_shard(k, tokens)
+                bar.update(len(tokens))
+
+            distributed.map_to_rank_zero(pending, encode_shard, write)
+        distributed.from_rank_zero(lambda: writer.finalize().root)  # then every rank opens the finished store
+    finally:
+        if writer is not None:
+            writer.close()
+    return TokenStore(store_path)
 
 
 class EDJEReranker(Reranker):

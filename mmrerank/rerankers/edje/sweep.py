@@ -21,8 +21,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from mmrerank.core.items import RetrievalTask
 from mmrerank.core.run import Run
-from mmrerank.metrics import evaluate
 from mmrerank.scaling.grid import EvalRecorder, GridPoint
 
 MEASURES = ("nDCG@1", "nDCG@5", "nDCG@10", "AP", "RR", "R@1", "R@5", "R@10")
@@ -120,17 +120,13 @@ class EvalTask:
     """The fixed reranking task every grid point is scored on.
 
     Attributes:
-        captions: `[Q]` caption strings (the queries).
-        candidates: `[Q, K]` long, image rows of the eval split, the first stage's top K in its order.
-        qrels: t2i judgements over `query_ids` x `image_ids` (relevant images outside the top K count as missed).
-        query_ids, image_ids: ids of the eval captions and of the split's images.
+        task: the eval captions' t2i task over the split's images (relevant images outside the top K count as
+            missed).
+        run: the first stage's top K images per eval caption, `[Q, K]`.
     """
 
-    captions: list[str]
-    candidates: Tensor
-    qrels: Any
-    query_ids: list[str]
-    image_ids: list[str]
+    task: RetrievalTask
+    run: Run
 
 
 _TASKS: dict[str, EvalTask] = {}
@@ -144,61 +140,55 @@ def eval_task(args: SweepArgs) -> EvalTask:
     key = repr((args.eval_split, args.candidates, args.eval_queries, args.synthetic, args.first_stage))
     if key in _TASKS:
         return _TASKS[key]
-    config = args.dataset(args.eval_split)
-    data = config.load()
+    data = args.dataset(args.eval_split).load()
     candidates, queries = args.candidates, args.eval_queries
     if candidates > len(data.images):
         raise ValueError(f"candidates={candidates} exceeds the {len(data.images)} images of the "
                          f"{args.eval_split} split")
     encoder = args.retriever().build(progress=False)
     rows = list(range(len(data.captions) if queries is None else min(queries, len(data.captions))))
-    captions = data.captions.subset(rows)
+    full = data.task("t2i")
+    task = RetrievalTask(full.name, data.captions.subset(rows), data.images, full.qrels)  # the eval captions only
     with torch.no_grad():
         image_emb = encoder.encode(data.images, 256, False)
-        text_emb = encoder.encode(captions, 256, False)
-    run = retrieve(text_emb, image_emb, list(captions.ids), list(data.images.ids), candidates)
-    # reindexed to the eval captions: the split's other captions are not queries here
-    qrels = data.task("t2i").qrels.reindex(captions.ids, data.images.ids)
-    _TASKS[key] = EvalTask([captions[i] for i in range(len(captions))], run.indices.cpu(), qrels,
-                           list(captions.ids), list(data.images.ids))
+        text_emb = encoder.encode(task.queries, 256, False)
+    run = retrieve(text_emb, image_emb, list(task.queries.ids), list(data.images.ids), candidates).to("cpu")
+    _TASKS[key] = EvalTask(task, run)
     return _TASKS[key]
 
 
+class _TokensById:
+    """Compressed image tokens `[U, m, d]` looked up by image id (what `EDJEReranker` reads from a token store)."""
+
+    def __init__(self, ids: list[str], tokens: Tensor) -> None:
+        self.tokens, self.shape = tokens, tuple(tokens.shape)
+        self._row = {image_id: i for i, image_id in enumerate(ids)}
+
+    def __getitem__(self, ids: list[str]) -> Tensor:
+        return self.tokens[[self._row[i] for i in ids]]
+
+
 @torch.no_grad()
-def rerank_scores(model, task: EvalTask, patches: Tensor, batch_queries: int = 64) -> Tensor:
-    """EDJE logits of every (eval caption, candidate image) pair.
+def evaluate_point(model, task: EvalTask, patches, batch_queries: int = 64) -> dict[str, float]:
+    """The evaluation loop's steps on the fixed task: EDJE reranks the first stage's top K (`Reranker.rerank`) and
+    the task scores the run (`measure`: the sweep's measures plus `CE@K`, contrastive entropy over the K).
 
     Args:
-        model: an `EDJE`.
-        patches: `[N, P, D]` patch tokens of the eval split's images.
-
-    Returns:
-        `[Q, K]` float scores.
+        model: an `EDJE` (in training; put back in its mode afterwards).
+        patches: `[N, P, D]` patch tokens of the eval split's images (indexable by rows).
     """
+    from mmrerank.rerankers.edje.reranker import EDJEReranker
+
     was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    unique, inverse = task.candidates.unique(return_inverse=True)
-    tokens = torch.cat([model.compress(patches[chunk].to(device).float())
-                        for chunk in unique.split(512)])  # [U, m, d]
-    q, k = task.candidates.shape
-    out = torch.empty(q, k)
-    for start in range(0, q, batch_queries):
-        stop = min(start + batch_queries, q)
-        texts = [t for t in task.captions[start:stop] for _ in range(k)]
-        rows = inverse[start:stop].reshape(-1)
-        out[start:stop] = model.score(texts, tokens[rows]).float().cpu().view(-1, k)
+    unique = task.run.indices.unique()  # each candidate image compressed once
+    tokens = torch.cat([model.eval().compress(patches[chunk].to(device).float()) for chunk in unique.split(512)])
+    store = _TokensById([task.task.corpus.ids[int(i)] for i in unique], tokens)
+    k = task.run.depth
+    reranked = EDJEReranker(model, store, device).rerank(task.run, task.task, k, batch_size=batch_queries * k,
+                                                         progress=False)
     model.train(was_training)
-    return out
-
-
-def candidate_metrics(scores: Tensor, task: EvalTask) -> dict[str, float]:
-    """Metrics of the top K reordered by `scores` `[Q, K]`, plus `CE@K` (contrastive entropy over the K)."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    run = Run(torch.gather(task.candidates, 1, order), torch.gather(scores, 1, order), task.query_ids,
-              task.image_ids)
-    k = task.candidates.shape[1]
-    return evaluate(run, task.qrels, [*MEASURES, f"CE@{k}"])
+    return task.task.measure(reranked, [*MEASURES, f"CE@{k}"])
 
 
 class EvaluateAt(L.Callback):
@@ -213,7 +203,7 @@ class EvaluateAt(L.Callback):
         while self.pending and self.pending[0] <= examples:
             self.pending.pop(0)
             patches = module.patches[trainer.datamodule.val_config.split]
-            metrics = candidate_metrics(rerank_scores(module.model, self.task, patches), self.task)
+            metrics = evaluate_point(module.model, self.task, patches)
             self.on_eval(examples=examples, steps=trainer.global_step, metrics=metrics,
                          params=non_embedding_params(module.model), final=not self.pending)
 
@@ -250,7 +240,7 @@ def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     data = EDJEDataModule(train=args.dataset("train"), val=args.dataset(args.eval_split), first_stage=retriever,
                           n=args.negatives, hard=args.hard, batch_size=args.batch_size, seed=point.seed,
                           curriculum_steps=args.curriculum_steps)
-    settings = {"vision_checkpoint": retriever.checkpoint, **args.module, "joint": joint_config(point.size.dims),
+    settings = {"vision_checkpoint": str(retriever.folder()), **args.module, "joint": joint_config(point.size.dims),
                 "loss": point.loss, "lr": float(point.size.dims.get("lr", args.lr)),
                 "warmup_steps": args.warmup_steps, "export_dir": None}
     module = EDJEModule(**settings)  # its setup reads the patch tokens from the on-disk cache after the first point

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -21,9 +22,10 @@ class MLLMRows(RerankerSpec):
     `mllm` on `t2i` image-text tasks.
 
     Attributes:
-        checkpoint: a Lightning checkpoint of `MLLMRerankerModule` (what `mmrerank fit` with a `configs/mllm/`
-            file writes); it brings the base model, prompt, OCR setting and the score its loss trains. When set,
-            `model`, `adapter`, `score` and `use_ocr` are not used.
+        checkpoint: a saved reranker (`MLLMReranker.save_pretrained` folder) or a Lightning checkpoint of
+            `MLLMRerankerModule` (what `mmrerank fit` with a `configs/mllm/` file writes); either brings the base
+            model, prompt, OCR setting and the score its loss trains. When set, `model`, `adapter`, `score` and
+            `use_ocr` are not used.
         model: otherwise, the base model (hub name or folder; the tiny offline Qwen2-VL is built there when
             `build_tiny` and the folder is missing: an untrained reranker, for smoke tests only). Default: that tiny
             model under the cache (`$MMRERANK_CACHE/tiny-qwen2-vl`).
@@ -64,6 +66,8 @@ class MLLMRows(RerankerSpec):
         from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
         from mmrerank.retrieval.clip import resolve_device
 
+        if self.checkpoint and Path(self.checkpoint).is_dir():
+            return MLLMReranker.from_pretrained(self.checkpoint, device=device, batch_size=self.batch_size)
         if self.checkpoint:
             reranker = load_reranker_checkpoint(self.checkpoint).to(resolve_device(device)).eval()
             reranker.batch_size = self.batch_size

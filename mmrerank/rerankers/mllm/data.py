@@ -3,7 +3,6 @@ over synthetic images."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -16,9 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmrerank.core.io import atomic_write_json, cache_root, key_digest
 from mmrerank.datasets.imagetext import ImageTextDataset
-from mmrerank.datasets.synthetic import SyntheticConfig, ensure_split, load_scenes, load_synthetic
+from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-from mmrerank.datasets.synthetic.scenes import satisfies, scene_arrays
 from mmrerank.retrieval.first_stage import FirstStage
 
 
@@ -100,33 +98,17 @@ class PageGroupsDataModule(GroupsDataModule):
         self.val_set = PageGroups(self._load(self.val_config), self.negatives)
 
 
-def _relevant(folder: Path, captions: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """`[C, K]` bool: does image `images[c, k]`'s scene satisfy caption `captions[c]` (synthetic split `folder`)."""
-    attrs, rels = scene_arrays(load_scenes(folder))
-    specs = np.load(folder / "specs.npy")[captions]
-    # Only each caption's own candidates are checked, so the cost is C x K, never C x N.
-    return np.stack([satisfies(specs[c:c + 1], attrs[images[c]], rels[images[c]])[0] for c in range(len(captions))])
-
-
-def mine_image_groups(data: ImageTextDataset, ranked: torch.Tensor, captions: np.ndarray, relevant: np.ndarray,
-                      negatives: int) -> list[list[int]]:
-    """Groups `[caption, its image, n hard negative images]` from a first-stage ranking.
+def image_groups(data: ImageTextDataset, captions: torch.Tensor, negatives: torch.Tensor) -> list[list[int]]:
+    """Groups `[caption, its image, n hard negative images]`.
 
     Args:
         data: the split (gives each caption's own image).
-        ranked: `[C, K]` image rows, the first stage's top K for each caption in `captions`, best first.
         captions: `[C]` caption rows.
-        relevant: `[C, K]` bool, True where the ranked image satisfies the caption (excluded as a negative).
-        negatives: hard negatives per group: the best-ranked images that are neither the caption's own image
-            nor relevant to it. Captions with fewer such images in their top K get no group.
+        negatives: `[C, n]` their hard negative image rows (`caption_hard_negatives`: the best-ranked images that
+            are not relevant to the caption), -1 where fewer were found; such captions get no group.
     """
-    groups = []
-    for c, row, rel in zip(captions.tolist(), ranked.tolist(), relevant):
-        own = int(data.caption_image[c])
-        hard = [i for i, r in zip(row, rel) if i != own and not r][:negatives]
-        if len(hard) == negatives:
-            groups.append([c, own, *hard])
-    return groups
+    return [[c, int(data.caption_image[c]), *row] for c, row in zip(captions.tolist(), negatives.tolist())
+            if min(row) >= 0]
 
 
 class ImageGroups(Dataset):
@@ -134,7 +116,7 @@ class ImageGroups(Dataset):
 
     Args:
         data: the synthetic split.
-        groups: `[caption row, image rows...]` lists from `mine_image_groups`.
+        groups: `[caption row, image rows...]` lists from `image_groups`.
         image_size: resize the images to this side (the tiny VLM turns 56 px into 4 visual tokens, 112 px
             into 16), or None to keep them.
     """
@@ -157,7 +139,7 @@ class ImageGroups(Dataset):
 class ImageGroupsDataModule(GroupsDataModule):
     """Groups of (caption, its image + first-stage hard negatives) from the built-in synthetic image-text benchmark.
 
-    Hard negatives are the first stage's top images for the caption that do not satisfy it (`scenes.satisfies`:
+    Hard negatives are the first stage's top images for the caption that do not satisfy it (`caption_hard_negatives`:
     a synthetic caption can describe other images too; those are never used as negatives). They are mined once
     per split and cached as JSON (atomically), keyed by the data, the first stage's weights and these settings.
 
@@ -188,34 +170,26 @@ class ImageGroupsDataModule(GroupsDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "image-groups"
 
-    def _cache_file(self, split: str, weights: str) -> Path:
+    def _cache_file(self, split: str, weights: dict) -> Path:
         key = {"synthetic": {k: v for k, v in asdict(self.synthetic).items() if k != "root"}, "split": split,
                "weights": weights, "negatives": self.negatives, "depth": self.depth,
-               "captions": self.counts[split], "seed": self.seed, "version": 1}
+               "captions": self.counts[split], "seed": self.seed, "version": 2}
         return self.cache_dir / f"{split}-{key_digest(key)}.json"
 
-    def _weights_key(self) -> str:
-        """What identifies the first stage's weights: a hash of the checkpoint file, or the pretrained tag."""
-        fs = self.first_stage
-        if fs.pretrained:
-            return f"{fs.model_name}:{fs.pretrained}"
-        fs.build(progress=False)  # trains the first stage and saves it first when missing
-        path = fs.folder()
-        path = path / "model.safetensors" if path.is_dir() else path
-        return f"{fs.model_name}:{hashlib.sha1(path.read_bytes()).hexdigest()}"
+    def _weights_key(self) -> dict:
+        """What identifies the first stage's weights (see `FirstStage.identity`; nothing is trained for it)."""
+        return self.first_stage.identity()
 
     def _mine(self, split: str, data: ImageTextDataset) -> list[list[int]]:
-        from mmrerank.retrieval.index import retrieve
+        from mmrerank.retrieval.negatives import caption_hard_negatives
 
         rng = np.random.default_rng([self.seed, ("train", "val").index(split)])
-        captions = np.sort(rng.permutation(len(data.captions))[:self.counts[split]])
+        captions = torch.from_numpy(np.sort(rng.permutation(len(data.captions))[:self.counts[split]]))
         encoder = self.first_stage.build(progress=False)
         image_emb = encoder.encode(data.images, progress=False)
         text_emb = encoder.encode(data.captions.subset(captions.tolist()), progress=False)
-        depth = min(self.depth, len(data.images))
-        ranked = retrieve(text_emb, image_emb, [str(c) for c in captions], data.images.ids, depth).sorted().indices
-        relevant = _relevant(ensure_split(self.synthetic, split, progress=False), captions, ranked.cpu().numpy())
-        return mine_image_groups(data, ranked.cpu(), captions, relevant, self.negatives)
+        negatives = caption_hard_negatives(data, image_emb, text_emb, captions, self.negatives, self.depth)
+        return image_groups(data, captions, negatives)
 
     def groups(self, split: str) -> ImageGroups:
         """The split's groups, mined with the first stage on first use and read from the cache afterwards."""

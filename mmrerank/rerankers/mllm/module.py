@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmrerank.core.io import atomic_folder
 from mmrerank.losses import listwise_softmax, pairwise_ranknet, pointwise_bce
 from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT, MLLMReranker, PairOutput, import_peft
 from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
@@ -185,11 +184,7 @@ class MLLMRerankerModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def save_reranker(self, folder: str | Path) -> Path:
-        """Save what `MLLMReranker` needs to load the trained model as the folder `folder`: the LoRA adapter (load it
-        with `adapter=folder` on the base model) or the full model with its processor, plus `head.pt` if any.
-
-        The folder is written beside `folder` and swapped in whole (`atomic_folder`): an interrupted save leaves the
-        previous save intact, and nothing of the previous save survives a finished one.
+        """Save the trained reranker as a folder `MLLMReranker.from_pretrained` loads (see `save_pretrained`).
 
         Raises:
             FileExistsError: `folder` is neither empty nor an earlier save (no `config.json`, `adapter_config.json`).
@@ -198,13 +193,7 @@ class MLLMRerankerModule(L.LightningModule):
         if folder.is_dir() and any(folder.iterdir()) and not any((folder / name).is_file() for name in _SAVE_MARKS):
             raise FileExistsError(f"{folder} is not empty and holds no saved reranker (none of {list(_SAVE_MARKS)}); "
                                   "refusing to replace it")
-        with atomic_folder(folder) as tmp:
-            self.reranker.model.save_pretrained(tmp)
-            if not hasattr(self.reranker.model, "peft_config"):
-                self.reranker.processor.save_pretrained(tmp)
-            if self.reranker.head is not None:
-                self.reranker.save_head(tmp / "head.pt")
-        return folder
+        return self.reranker.save_pretrained(folder)
 
 
 def load_reranker_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> MLLMReranker:

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from mmrerank.core.io import atomic_write
+from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers.base import Reranker
 
 # MonoQwen2-VL-v0.1's prompt (lightonai); `{query}` is filled in per pair.
@@ -27,6 +27,21 @@ DEFAULT_PROMPT = ("Assert the relevance of the previous image document to the fo
 # With `use_ocr=True` this goes before the prompt, so the model reads the page text right after the page image.
 DEFAULT_OCR_PREFIX = "The document text is: {ocr}\n"
 SCORE_MODES = ("logprob", "logit_diff", "logit")
+
+
+SETTINGS_FILE, HEAD_FILE = "reranker.json", "head.safetensors"
+
+
+def load_head(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Tensor]:
+    """A head's state dict: safetensors (what `save_head` writes), or a torch state dict read with `weights_only=True`
+    (a file from outside: plain tensors only, whatever torch's default or `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD` says)."""
+    with open(path, "rb") as f:
+        safetensors = f.read(9)[8:] == b"{"  # safetensors: an 8-byte header length, then the JSON header
+    if safetensors:
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device=str(device))
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def import_peft():
@@ -172,7 +187,7 @@ class MLLMReranker(Reranker, nn.Module):
             raise ValueError("prompt must contain '{query}'")
         self.prompt, self.score_mode, self.use_ocr = prompt, score, use_ocr
         self.ocr_prefix, self.max_ocr_chars, self.batch_size = ocr_prefix, max_ocr_chars, batch_size
-        self.labels = tuple(labels)
+        self.labels, self.name_or_path, self.head_kind = tuple(labels), str(model_name_or_path), head
         device = _resolve_device(device)
         self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,
                                                        **(processor_kwargs or {}))
@@ -192,19 +207,57 @@ class MLLMReranker(Reranker, nn.Module):
         if head_path is not None:
             if self.head is None:
                 raise ValueError("head_path given but head is None")
-            # a file from outside: plain tensors only, whatever torch's default or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
-            self.head.load_state_dict(torch.load(head_path, map_location=device, weights_only=True))
+            self.head.load_state_dict(load_head(head_path, device))
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def save_head(self, path: str | Path) -> None:
-        """Save the ranking head's weights (load them back with `head_path`), atomically."""
+        """Save the ranking head's weights as safetensors (load them back with `head_path`), atomically."""
+        from safetensors.torch import save_file
+
         if self.head is None:
             raise ValueError("this reranker has no head")
-        state = self.head.state_dict()
-        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+
+    def settings(self) -> dict[str, Any]:
+        """What scores like this reranker besides the weights: prompt, labels, score rule, OCR use and head."""
+        return {"prompt": self.prompt, "labels": list(self.labels), "score": self.score_mode, "use_ocr": self.use_ocr,
+                "head": self.head_kind, "ocr_prefix": self.ocr_prefix, "max_ocr_chars": self.max_ocr_chars}
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write the reranker as one folder: the model and processor (or, for a LoRA model, the adapter and the base
+        model's name as `base`), `head.safetensors` if any, and `reranker.json` (its `settings`) last.
+
+        The folder is written beside `folder` and swapped in whole (`atomic_folder`): an interrupted save leaves the
+        previous save intact, and nothing of the previous save survives a finished one.
+        """
+        folder = Path(folder)
+        lora = hasattr(self.model, "peft_config")
+        with atomic_folder(folder) as tmp:
+            self.model.save_pretrained(tmp)
+            if not lora:
+                self.processor.save_pretrained(tmp)
+            if self.head is not None:
+                self.save_head(tmp / HEAD_FILE)
+            atomic_write_json(tmp / SETTINGS_FILE, {**self.settings(), "base": self.name_or_path if lora else None})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **overrides: Any) -> MLLMReranker:
+        """Load a `save_pretrained` folder; `overrides` (device, batch_size, dtype, ...) go to the constructor."""
+        import json
+
+        folder = Path(folder)
+        if not (folder / SETTINGS_FILE).is_file():
+            raise FileNotFoundError(f"no saved reranker at {folder} ({SETTINGS_FILE} missing)")
+        settings = json.loads((folder / SETTINGS_FILE).read_text())
+        base = settings.pop("base")
+        head_path = folder / HEAD_FILE if settings["head"] else None
+        model, adapter = (base, folder) if base else (folder, None)
+        return cls(model, adapter=adapter, head_path=head_path, **{**settings, **overrides})
 
     def prompt_text(self, query: str, page: Page) -> str:
         """The user text for one pair (after the image): the prompt with the query, OCR text first if used."""
