@@ -1,7 +1,12 @@
-"""mmrerank: multimodal reranking research codebase (first stage, rerankers, metrics, evaluation)."""
+"""mmrerank: multimodal reranking research codebase (first stage, rerankers, metrics, evaluation).
+
+The names a script usually needs: `Run` / `Qrels` (ranking data), `RetrievalIndex` (the faiss first stage),
+`evaluate` (metrics) and `load_reranker` (published rerankers by hub id).
+"""
 
 from mmrerank.core.run import Qrels, Run
 from mmrerank.metrics import evaluate
+from mmrerank.rerankers.presets import load_reranker
 from mmrerank.retrieval.index import RetrievalIndex
 
-__all__ = ["Qrels", "RetrievalIndex", "Run", "evaluate"]
+__all__ = ["Qrels", "RetrievalIndex", "Run", "evaluate", "load_reranker"]

@@ -2,8 +2,9 @@
 
 `EDJEModule` keeps the frozen vision source's `[N, P, D]` fp16 patch tokens of every image on disk
 (`mmrerank.rerankers.edje.patches`) and reads only each batch's images. This script builds a synthetic training set
-whose patch cache is large (a tiny local SigLIP vision tower at 256 px with 8 px patches: P = 1024 tokens of width
-D = 256, 512 KiB per image; 3,000 images = 1.5 GiB), then runs a few training steps, each fit in a fresh process,
+whose patch cache is large (a local SigLIP vision tower with random weights at 256 px with 8 px patches and no
+transformer layer, so that encoding is cheap: P = 1024 tokens of width D = 256, 512 KiB per image; 3,000 images =
+1.5 GiB), then runs a few training steps, each fit in a fresh process,
 and records `ru_maxrss` (peak RSS) right before `trainer.fit` and after it:
 
 - `cold`: the cache is written during the fit (encoding, writing, checksums);
@@ -44,12 +45,12 @@ def rss_mib() -> float:
 
 
 def build_tower(folder: Path, image_size: int, patch: int, width: int) -> None:
-    """A 1-layer SigLIP vision tower with random weights and its processor (no download)."""
+    """A SigLIP vision tower with random weights and no layer (patch embedding and final norm) and its processor."""
     import torch
     from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(0)
-    config = SiglipVisionConfig(hidden_size=width, intermediate_size=width, num_hidden_layers=1, num_attention_heads=4,
+    config = SiglipVisionConfig(hidden_size=width, intermediate_size=width, num_hidden_layers=0, num_attention_heads=4,
                                 image_size=image_size, patch_size=patch, vision_use_head=False)
     SiglipVisionModel(config).save_pretrained(folder)
     SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)

@@ -87,7 +87,9 @@ class Probe:
         self.train, self.val = self.dm.splits["train"], self.dm.splits["val"]
         module = EDJEModule(feature_index=args.feature_index)  # for its vision source and on-disk patch-token cache
         source = module._vision_source()
-        self.patches = {s: module._cached_patches(source, self.dm, s) for s in ("train", "val")}
+        inputs = self.dm.edje_inputs()
+        self.patches = {s: module._cached_patches(source, inputs.images[s], inputs.image_keys[s])[:]
+                        for s in ("train", "val")}  # the whole split in memory: the probe's sets are small
         encoder = FirstStage().build(progress=False)
         splits = ("train", "val") if args.alpha else ("val",)
         self.emb = {s: (encoder.encode(self.dm.splits[s].captions, 256, False),

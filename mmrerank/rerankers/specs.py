@@ -2,6 +2,7 @@
 
 from mmrerank.rerankers.edje.benchmark import EDJERows
 from mmrerank.rerankers.mllm.benchmark import MLLMRows
+from mmrerank.rerankers.presets import PresetRows
 from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
 
-__all__ = ["EDJERows", "MLLMRows", "SuperGlobalRows"]
+__all__ = ["EDJERows", "MLLMRows", "PresetRows", "SuperGlobalRows"]

@@ -2,6 +2,9 @@
 
 The adapter runs offline, once per image; its m output tokens (already in the joint encoder's width) are what the
 token store keeps. Paper configuration: 576 patch tokens of width 1024 -> 64 tokens of width 384.
+
+`TokenCompressionAdapter` is mmrerank's layout; `OfficialCompressionAdapter` is the authors' (the released
+checkpoint's, `EDJEConfig(adapter="official")`).
 """
 
 from __future__ import annotations
@@ -73,3 +76,72 @@ class TokenCompressionAdapter(nn.Module):
         x = q + attended  # [B, m, in_dim]
         x = x + self.mlp(self.norm_mlp(x))
         return self.proj(x)
+
+
+class OfficialCompressionAdapter(nn.Module):
+    """The EDJE authors' adapter layout, parameter names included, so their checkpoint's `vision_projection.*`
+    loads as is (read in github.com/shahafwa/EDJE, token_compression.py, commit 56c0c23).
+
+    It differs from `TokenCompressionAdapter` in three places: separate `key` / `value` Linears act on the patch
+    tokens before the attention's own in-projections, nothing is LayerNorm-ed before the attention, and the
+    attention output replaces the queries (no query residual):
+
+    1. `a = MHA(query, key(patches), value(patches))`, `[B, m, in_dim]`.
+    2. `x = a + fc2(act(fc1(layernorm(a))))`.
+    3. `projection(x)`, `[B, m, out_dim]`.
+
+    Args:
+        in_dim: width of the patch tokens (1024 for SigLIP2 ViT-L).
+        num_queries: m (64 in the released checkpoint).
+        out_dim: the joint encoder's width (384 for MiniLM-L12-H384).
+        num_heads: attention heads (the authors take the vision tower's: 16 for ViT-L).
+        mlp_dim: hidden width of the MLP (8192 in the released checkpoint).
+        eps: the LayerNorm's epsilon (the authors take the vision tower's `layer_norm_eps`, 1e-6 for SigLIP).
+        act: the MLP's activation, a transformers `ACT2FN` name (the authors take the joint encoder's `hidden_act`).
+    """
+
+    def __init__(self, in_dim: int, num_queries: int, out_dim: int, num_heads: int, mlp_dim: int, eps: float = 1e-6,
+                 act: str = "gelu"):
+        super().__init__()
+        from transformers.activations import ACT2FN
+
+        if in_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide in_dim={in_dim}")
+        if act not in ACT2FN:
+            raise ValueError(f"unknown activation {act!r}; transformers' ACT2FN names: {sorted(ACT2FN)}")
+        self.in_dim, self.num_queries, self.out_dim = in_dim, num_queries, out_dim
+        self.query = nn.Parameter(torch.randn(1, num_queries, in_dim))  # [1, m, in_dim], the authors' shape
+        self.key, self.value = nn.Linear(in_dim, in_dim), nn.Linear(in_dim, in_dim)
+        self.attention = nn.MultiheadAttention(in_dim, num_heads, batch_first=True)
+        self.layernorm = nn.LayerNorm(in_dim, eps=eps)
+        self.mlp = _FeedForward(in_dim, mlp_dim, ACT2FN[act])
+        self.projection = nn.Linear(in_dim, out_dim)
+
+    def forward(self, patches: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Compress patch tokens.
+
+        Args:
+            patches: `[B, P, in_dim]` patch tokens of the frozen vision tower.
+            padding_mask: optional `[B, P]` bool, True where a patch is padding (the authors' towers never pad).
+
+        Returns:
+            `[B, num_queries, out_dim]` compressed tokens.
+        """
+        if patches.dim() != 3 or patches.shape[-1] != self.in_dim:
+            raise ValueError(f"expected patches [B, P, {self.in_dim}], got {tuple(patches.shape)}")
+        query = self.query.to(patches.dtype).expand(patches.shape[0], -1, -1)
+        attended, _ = self.attention(query, self.key(patches), self.value(patches), key_padding_mask=padding_mask,
+                                     need_weights=False)
+        x = attended + self.mlp(self.layernorm(attended))
+        return self.projection(x)
+
+
+class _FeedForward(nn.Module):
+    """`fc2(act(fc1(x)))`, named `mlp.fc1` / `mlp.fc2` as in the authors' state dict."""
+
+    def __init__(self, dim: int, hidden: int, act: nn.Module):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), act, nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))

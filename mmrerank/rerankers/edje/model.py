@@ -20,11 +20,12 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from mmrerank.core.io import atomic_folder, atomic_write_json
-from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
+from mmrerank.rerankers.edje.adapter import OfficialCompressionAdapter, TokenCompressionAdapter
 from mmrerank.rerankers.edje.joint import JointEncoder
 
 # What `save_pretrained` writes, plus the token stores kept inside a model folder: all that a re-export replaces.
 _FOLDER_ENTRIES = {"config.json", "model.safetensors", "tokenizer", "tokens"}
+ADAPTERS = ("mmrerank", "official")
 
 
 @dataclass
@@ -38,6 +39,8 @@ class EDJEConfig:
         patch_dim, num_patches: D and P of the vision source's tokens.
         num_image_tokens: m, stored tokens per image; None = no compression (all P patches, projected).
         adapter_heads, adapter_mlp_ratio: the adapter's attention heads and MLP width multiple.
+        adapter: the adapter's layout: `mmrerank` (`TokenCompressionAdapter`) or `official` (the authors',
+            `OfficialCompressionAdapter`, with `adapter_eps` and `adapter_act`; what the released checkpoint uses).
         patch_positions: give patches learned positions in the adapter (for CNN feature maps).
         joint: `BertConfig` keyword arguments for a fresh joint encoder, or `{"name": <hub name or path>}` for a
             pretrained one (e.g. `microsoft/MiniLM-L12-H384-uncased`, with its tokenizer).
@@ -68,8 +71,15 @@ class EDJEConfig:
     text_checkpoint: str | None = None
     text_pretrained: str | None = None
     text_trainable: bool = False
+    adapter: str = "mmrerank"
+    adapter_eps: float = 1e-6
+    adapter_act: str = "gelu"
 
     def __post_init__(self) -> None:
+        if self.adapter not in ADAPTERS:
+            raise ValueError(f"adapter must be one of {ADAPTERS}, got {self.adapter!r}")
+        if self.adapter == "official" and (self.num_image_tokens is None or self.patch_positions):
+            raise ValueError("adapter='official' compresses (num_image_tokens set) and has no patch positions")
         if self.text != "words" and not self.text.startswith("first_stage:"):
             raise ValueError(f"text must be 'words' or 'first_stage:<open_clip model>', got {self.text!r}")
 
@@ -129,6 +139,10 @@ class EDJE(nn.Module):
             self.adapter = None
             self.project = nn.Linear(config.patch_dim, d)
             self.patch_pos = nn.Parameter(torch.randn(config.num_patches, d) * 0.02) if positions else None
+        elif config.adapter == "official":
+            self.adapter = OfficialCompressionAdapter(config.patch_dim, config.num_image_tokens, d, config.adapter_heads,
+                                                      config.adapter_mlp_ratio * config.patch_dim, config.adapter_eps,
+                                                      config.adapter_act)
         else:
             self.adapter = TokenCompressionAdapter(config.patch_dim, config.num_image_tokens, d, config.adapter_heads,
                                                    config.adapter_mlp_ratio, num_patches=positions)
@@ -156,7 +170,7 @@ class EDJE(nn.Module):
         """`[B, P, D]` patch tokens -> `[B, m, d]` image tokens (what the token store keeps)."""
         patches = (patches.to(self.patch_mean.dtype) - self.patch_mean) / self.patch_std
         if self.adapter is not None:
-            return self.adapter(patches.to(self.adapter.queries.dtype))
+            return self.adapter(patches.to(next(self.adapter.parameters()).dtype))
         tokens = self.project(patches.to(self.project.weight.dtype))
         return tokens + self.patch_pos if self.patch_pos is not None else tokens
 

@@ -97,7 +97,7 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise TokenStoreError(f"{path}: missing; is {path.parent} a token store?") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TokenStoreError(f"{path}: not valid JSON ({e})") from None
 
 
