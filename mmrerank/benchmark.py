@@ -16,7 +16,7 @@ from typing import Any
 
 from mmrerank.core import distributed
 from mmrerank.evaluation.report import Report
-from mmrerank.evaluation.suites import ImageText, Instances, Pages
+from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage
 from mmrerank.rerankers import specs  # noqa: F401  (configs name the families' specs by short class_path)
 from mmrerank.retrieval.clip import resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
@@ -48,8 +48,7 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
                                             "instances": instances}))
     if image_text.directions:
         start = time.perf_counter()
-        # Rank 0 trains the first stage when it is missing (and saves it); the others then load it.
-        encoder = distributed.on_rank_zero_first(lambda: first_stage.build(progress)).to(resolve_device(device))
+        encoder = build_first_stage(first_stage, progress).to(resolve_device(device))
         report.timings["first stage ready"] = time.perf_counter() - start
         image_text.run(report, encoder, device, progress)
     if instances is not None:

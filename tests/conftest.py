@@ -34,7 +34,10 @@ def bert_folder(tmp_path_factory):
     texts = ["a red circle left of a blue square", "a green star above a box", "a small yellow triangle"]
     words = sorted({w for t in texts for w in t.split()} | {"big", "right", "below", "purple", "orange"})
     (folder / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + words) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    # from_pretrained reads vocab.txt as a hub download would (transformers 5's `vocab_file=` keyword is ignored
+    # and gives a vocabulary of the specials alone)
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder), do_lower_case=True)
+    assert tokenizer.tokenize("a red circle") == ["a", "red", "circle"]
     tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=512, hidden_size=32, num_hidden_layers=1,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -27,6 +28,18 @@ class FirstCharReranker(Reranker):
         return torch.tensor([float(sum(map(ord, c[:3]))) for c in candidates])
 
 
+class PairReranker(Reranker):
+    """A deterministic score of the query and the candidate together, so a rank that scored its queries' candidates
+    against other queries (a shard's rows taken for the task's rows) would rank them differently."""
+
+    def score(self, queries, candidates):
+        return torch.tensor([float((key(q) * 31 + key(c)) % 97) for q, c in zip(queries, candidates)])
+
+
+def key(item) -> int:
+    return sum(map(ord, item)) if isinstance(item, str) else int(np.asarray(item, dtype=np.int64).sum())
+
+
 def evaluate_once(config: SyntheticConfig) -> dict:
     torch.manual_seed(0)
     encoder = CLIPEncoder("mmrerank-tiny-vit")
@@ -34,7 +47,8 @@ def evaluate_once(config: SyntheticConfig) -> dict:
     image_emb = encoder.encode(data.images, 8, progress=False)  # 8 per batch: several batches per rank
     text_emb = encoder.encode(data.captions, 32, progress=False)
     report = Report("ddp")
-    setups = (("t2i", text_emb, image_emb, 10, {}), ("i2t", image_emb, text_emb, 12, {"chars": FirstCharReranker()}))
+    setups = (("t2i", text_emb, image_emb, 10, {"pair": PairReranker()}),
+              ("i2t", image_emb, text_emb, 12, {"chars": FirstCharReranker(), "pair": PairReranker()}))
     for direction, queries, corpus, depth, rerankers in setups:
         task = data.task(direction)
         run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, depth)

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from mmrerank.cli import main
+from mmrerank.core import distributed
 from mmrerank.evaluation.report import Report
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
 from mmrerank.retrieval.clip import CLIPEncoder
@@ -80,7 +81,7 @@ def _worker(rank: int, size: int, port: int, argvs: list[list[str]], log: str) -
     if size > 1:
         os.environ.update(torchrun_env(rank, size, port))
     torch.set_num_threads(1)  # the same kernels in every process, so that floats agree bit for bit
-    calls = {"train": 0, "save": 0, "compressed": 0}
+    calls = {"train": 0, "train alone": 0, "save": 0, "compressed": 0}
 
     def counting(name, method, count=lambda *args: 1):
         def wrapper(*args, **kwargs):
@@ -88,7 +89,8 @@ def _worker(rank: int, size: int, port: int, argvs: list[list[str]], log: str) -
             return method(*args, **kwargs)
         return wrapper
 
-    FirstStage.train = counting("train", FirstStage.train)
+    FirstStage.train = counting("train", FirstStage.train)  # in this process
+    distributed.in_fresh_process = counting("train alone", distributed.in_fresh_process)
     Report.save = counting("save", Report.save)
     EDJE.compress = counting("compressed", EDJE.compress, lambda model, patches: len(patches))
     stdout = io.StringIO()
@@ -118,9 +120,12 @@ def test_two_ranks_write_what_one_writes(tiny_config, edje_model, tmp_path):
     (one, [single]), (two, ranks) = runs[1], runs[2]
 
     # One process: everything on rank 0, as before.
-    assert single["train"] == 1 and single["save"] == 1 and single["compressed"] == 2 * 40
-    # Two: rank 0 alone trains, writes and prints; each rank encodes its shards of both stores (3 and 2 of 5).
-    assert [r["train"] for r in ranks] == [1, 0] and [r["save"] for r in ranks] == [1, 0]
+    assert single["train"] == 1 and single["train alone"] == 0 and single["save"] == 1
+    assert single["compressed"] == 2 * 40
+    # Two: rank 0 alone trains (in a process of its own), writes and prints; each rank encodes its shards of both
+    # stores (3 and 2 of 5).
+    assert [r["train"] for r in ranks] == [0, 0] and [r["train alone"] for r in ranks] == [1, 0]
+    assert [r["save"] for r in ranks] == [1, 0]
     assert [r["compressed"] for r in ranks] == [2 * 3 * SHARD, 2 * 2 * SHARD]
     assert "Wrote" in ranks[0]["stdout"] and "B per image" in ranks[0]["stdout"] and ranks[1]["stdout"] == ""
     assert not any(r["group left"] for r in [single, *ranks])  # each command destroys its process group

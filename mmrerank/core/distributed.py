@@ -1,14 +1,16 @@
 """Sharding work over `torch.distributed` ranks and gathering it back (a no-op in a single process).
 
 Under `torchrun --nproc_per_node N`, `process_group()` initialises the group from the launcher's environment for
-a command's duration. Work is then split with `shard` / `gather_shards` (every rank ends with the full result) or
-`map_to_rank_zero` (rank 0 consumes every result in order: one writer of a file). What writes a cache runs under
-`on_rank_zero_first`: rank 0 alone first (the one writer), the others after it (they find the cache). Every helper
-here is collective: all ranks call it at the same point, with the same arguments.
+a command's duration. Work is then split with `shard` / `gather_shards` or `block` / `gather_blocks` (every rank
+ends with the full result), or with `map_to_rank_zero` (rank 0 consumes every result in order: one writer of a
+file). What fills a cache runs under `on_rank_zero_first`: rank 0 alone first (the one writer), then the others
+(they find the cache filled). Every helper here is collective: all ranks call it at the same point, with the same
+arguments.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -86,6 +88,26 @@ def alone() -> Iterator[None]:
     finally:
         _alone -= 1
         os.environ.update(saved)
+
+
+def in_fresh_process(fn: Callable[..., object], *args) -> None:
+    """`fn(*args)` in a new Python process (spawned: no process group, no CUDA state) that sees no launcher
+    variables, for work that must not know of the other ranks: a Lightning `Trainer` that finds a process group
+    waits for every rank in `prepare_data`, so one-device training on rank 0 alone needs a process of its own.
+
+    `fn` and `args` must be picklable (a module-level function, a bound method of a dataclass); its result is
+    dropped: it is for work that leaves files behind.
+
+    Raises:
+        RuntimeError: the process failed (its traceback is on its stderr).
+    """
+    with alone():  # the child's environment is copied from this one's at start
+        process = multiprocessing.get_context("spawn").Process(target=fn, args=args)
+        process.start()
+        process.join()
+    if process.exitcode != 0:
+        raise RuntimeError(f"{getattr(fn, '__qualname__', fn)} failed in its own process (exit code "
+                           f"{process.exitcode}); its traceback is above")
 
 
 def fail_together(error: BaseException | None) -> None:
@@ -182,6 +204,22 @@ def shard(items: Sequence[T]) -> list[T]:
     """This rank's share: every world_size-th item, starting at its rank."""
     rank, size = world()
     return list(items[rank::size])
+
+
+def block(n: int) -> slice:
+    """This rank's block of `n` rows: `[rank * n // size, (rank + 1) * n // size)` (contiguous, sizes within one)."""
+    rank, size = world()
+    return slice(rank * n // size, (rank + 1) * n // size)
+
+
+def gather_blocks(local: Tensor) -> Tensor:
+    """Every rank's `block` of rows `[b_r, ...]`, concatenated in rank order, on `local`'s device."""
+    _, size = world()
+    if size == 1:
+        return local
+    pieces: list[Tensor] = [None] * size  # type: ignore[list-item]
+    dist.all_gather_object(pieces, local.cpu())
+    return torch.cat(pieces).to(local.device)
 
 
 def gather_shards(local: list[Tensor], device: torch.device | None = None) -> Tensor:

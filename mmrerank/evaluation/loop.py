@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 
+import torch
+
 from mmrerank.core import distributed
 from mmrerank.core.items import RetrievalTask
-from mmrerank.core.run import Run
+from mmrerank.core.run import PAD, Run
 from mmrerank.evaluation.report import Report
 from mmrerank.rerankers.base import Reranker
 
@@ -22,14 +24,22 @@ FIRST_STAGE = "first stage"
 
 def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, depth: int, batch_size: int,
                    progress: bool = True) -> Run:
-    """`reranker.rerank` with the queries split over distributed ranks, then gathered in order."""
+    """`reranker.rerank` with the queries split over distributed ranks (a block of rows each), then gathered.
+
+    A reranker reads query row `i` of the run as the task's query `i`, so each rank reranks the whole run with the
+    other ranks' rows emptied (all `PAD`: nothing to score there) and keeps its own rows. A reranker that
+    overrides `rerank` (whole shortlists from its own per-row data, as SuperGlobal) runs whole on every rank.
+    """
     _, size = distributed.world()
-    if size == 1:
+    if size == 1 or type(reranker).rerank is not Reranker.rerank:
         return reranker.rerank(run, task, depth, batch_size, progress)
-    rows = distributed.shard(range(len(run)))
-    part = reranker.rerank(run.select(rows), task, depth, batch_size, progress)
-    indices = distributed.gather_shards(list(part.indices.split(1)))
-    scores = distributed.gather_shards(list(part.scores.split(1)))
+    mine = distributed.block(len(run))
+    others = torch.ones(len(run), 1, dtype=torch.bool, device=run.indices.device)
+    others[mine] = False
+    part = reranker.rerank(Run(run.indices.masked_fill(others, PAD), run.scores, run.query_ids, run.doc_ids), task,
+                           depth, batch_size, progress)
+    indices = distributed.gather_blocks(part.indices[mine])
+    scores = distributed.gather_blocks(part.scores[mine])
     return Run(indices, scores, run.query_ids, run.doc_ids)
 
 

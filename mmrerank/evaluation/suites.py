@@ -33,6 +33,21 @@ from mmrerank.retrieval.index import retrieve
 from mmrerank.retrieval.pages import bm25_page_scores
 
 
+def build_first_stage(first_stage: FirstStage, progress: bool = True) -> CLIPEncoder:
+    """`first_stage.build`, and under `torch.distributed` trained (when missing) by rank 0 alone while the others
+    wait, then loaded by every rank. Rank 0 trains in a process of its own: Lightning, finding a process group,
+    would wait for the other ranks."""
+    if distributed.world()[1] == 1:
+        return first_stage.build(progress)
+
+    def build() -> CLIPEncoder:
+        if not first_stage.pretrained and not CLIPEncoder.is_saved(first_stage.folder()):
+            distributed.in_fresh_process(first_stage.build, progress)  # trains it and saves it to its folder
+        return first_stage.build(progress)
+
+    return distributed.on_rank_zero_first(build)
+
+
 def rows(specs: list[RerankerSpec], context: RerankContext) -> dict[str, Reranker]:
     """Every spec's rows for one task, in spec order."""
     out: dict[str, Reranker] = {}
@@ -242,12 +257,15 @@ class Instances:
         database = [data.db_image(j) for j in range(data.num_db)]
         backbone, checkpoint = self.backbone, None
         if backbone == "first_stage":
-            distributed.on_rank_zero_first(lambda: first_stage.build(progress=False))  # trained first when missing
+            build_first_stage(first_stage, progress=False)  # trained first when missing
             backbone, checkpoint = f"first_stage:{first_stage.model_name}", str(first_stage.folder())
         task = RevisitedTask(data)
         for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):
+            # ReLU+ is part of SuperGlobal: the GeM baseline is the plain global model (CVNet-Global's own setting)
+            relu_plus = None if system == "SuperGlobal pooling" else False
             extractor = SuperGlobalExtractor(backbone, pooling, self.head_dim, self.pretrained, checkpoint,
-                                             cvnet_checkpoint=self.cvnet_checkpoint).to(resolve_device(device))
+                                             cvnet_checkpoint=self.cvnet_checkpoint,
+                                             relu_plus=relu_plus).to(resolve_device(device))
             start = time.perf_counter()
             query_desc, db_desc = extractor.extract(queries, progress=progress), extractor.extract(database,
                                                                                                 progress=progress)

@@ -7,7 +7,7 @@
   as a folder; `EDJEModule` (in `module.py`): its Lightning training; `EDJEReranker`: reranking from a token store.
 """
 
-from mmrerank.rerankers.edje.adapter import TokenCompressionAdapter
+from mmrerank.rerankers.edje.adapter import OfficialCompressionAdapter, TokenCompressionAdapter
 from mmrerank.rerankers.edje.joint import (
     MINILM,
     JointEncoder,
@@ -42,6 +42,7 @@ __all__ = [
     "StaleTokenStoreError",
     "TokenStoreLockedError",
     "JointEncoder",
+    "OfficialCompressionAdapter",
     "TokenCompressionAdapter",
     "TokenStore",
     "TokenStoreError",

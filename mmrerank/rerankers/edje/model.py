@@ -140,9 +140,9 @@ class EDJE(nn.Module):
             self.project = nn.Linear(config.patch_dim, d)
             self.patch_pos = nn.Parameter(torch.randn(config.num_patches, d) * 0.02) if positions else None
         elif config.adapter == "official":
-            self.adapter = OfficialCompressionAdapter(config.patch_dim, config.num_image_tokens, d, config.adapter_heads,
-                                                      config.adapter_mlp_ratio * config.patch_dim, config.adapter_eps,
-                                                      config.adapter_act)
+            self.adapter = OfficialCompressionAdapter(
+                config.patch_dim, config.num_image_tokens, d, config.adapter_heads,
+                config.adapter_mlp_ratio * config.patch_dim, config.adapter_eps, config.adapter_act)
         else:
             self.adapter = TokenCompressionAdapter(config.patch_dim, config.num_image_tokens, d, config.adapter_heads,
                                                    config.adapter_mlp_ratio, num_patches=positions)

@@ -114,19 +114,12 @@ def _read_safetensors(file: Path) -> dict[str, Tensor]:
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt", device="cpu") as handle:
-        return {key: handle.get_tensor(key) for key in handle.keys()  # noqa: SIM118 (safe_open is no dict)
-                if key.startswith(USED_PREFIXES) or key.startswith(tuple(f"module.{p}" for p in USED_PREFIXES))}
+        wanted = USED_PREFIXES + tuple(f"module.{prefix}" for prefix in USED_PREFIXES)
+        return {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(wanted)}
 
 
 def _read_torch(file: Path) -> dict[str, Tensor]:
-    try:
-        # mmap: the release also holds two SigLIP towers that scoring never reads; mapping keeps them on disk.
-        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # the legacy (non-zip) format cannot be mapped
-        obj = _load_unmapped(file)
-    except Exception as err:  # weights_only refuses pickled code: say which file and why
-        raise ValueError(f"{file}: not a plain tensor checkpoint (torch.load with weights_only=True refused it: "
-                         f"{err})") from err
+    obj = _torch_load(file)
     if isinstance(obj, dict):
         for wrapper in ("model", "state_dict"):  # train.py saves {"model": state_dict, "optimizer": ..., ...}
             if isinstance(obj.get(wrapper), dict):
@@ -137,10 +130,15 @@ def _read_torch(file: Path) -> dict[str, Tensor]:
     return {key: value for key, value in obj.items() if isinstance(value, Tensor)}
 
 
-def _load_unmapped(file: Path) -> Any:
+def _torch_load(file: Path) -> Any:
+    """`torch.load` with `weights_only=True`, memory-mapped where the format allows (the release also holds two
+    SigLIP towers that scoring never reads: mapped, they stay on disk)."""
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
+        try:
+            return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be mapped
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as err:  # weights_only refuses pickled code: say which file and why
         raise ValueError(f"{file}: not a plain tensor checkpoint (torch.load with weights_only=True refused it: "
                          f"{err})") from err
 

@@ -177,5 +177,6 @@ class EDJEReranker(Reranker):
         if self.store is not None:
             tokens = self.store[[images.ids[int(i)] for i in image_rows]]
         else:
-            tokens = self.image_tokens([images[int(i)] for i in image_rows])
+            unique, inverse = image_rows.unique(return_inverse=True)  # i2t: one query image, k candidates
+            tokens = self.image_tokens([images[int(i)] for i in unique])[inverse.to(self.device)]
         return self.model.score(captions, tokens).float().cpu()

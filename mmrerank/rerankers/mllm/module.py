@@ -25,6 +25,7 @@ from torch import Tensor
 from mmrerank.losses import listwise_softmax, pairwise_ranknet, pointwise_bce
 from mmrerank.rerankers.mllm.reranker import DEFAULT_PROMPT, MLLMReranker, PairOutput, import_peft
 from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
+from mmrerank.rerankers.mllm.weights import load_lora
 
 LOSS_NAMES = ("sft", "contrastive", "pairwise")
 # Files that mark a folder as an earlier `save_reranker` (a full model's config, or a LoRA adapter's).
@@ -120,7 +121,7 @@ class MLLMRerankerModule(L.LightningModule):
             peft = import_peft()
 
             if adapter is not None:
-                self.reranker.model = peft.PeftModel.from_pretrained(self.reranker.model, adapter, is_trainable=True)
+                self.reranker.model = load_lora(self.reranker.model, adapter, merge=False, trainable=True)
             else:
                 config = peft.LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                     target_modules=list(lora_target_modules))

@@ -1,8 +1,10 @@
 """`MLLMReranker`: a vision-language model asked "is this image relevant to the query? True/False" (MonoQwen2-VL).
 
-Each (query, candidate) pair becomes one chat turn -- the candidate image, then the prompt with the query -- and
-the model's next-token distribution after the assistant generation prompt is read at the two label tokens.
-There is no generation: one forward pass per batch, left-padded so every sequence ends at the last position.
+Each (query, candidate) pair becomes the model's input text and images through a template (`templates.py`): by
+default one chat turn -- the candidate image, then the prompt with the query -- as MonoQwen2-VL's card builds it;
+jina-reranker-m0's and Qwen3-VL-Reranker's formats are the other templates. The model's last position is read:
+the next-token logits of two label tokens, or an MLP head on its hidden state. There is no generation: one forward
+pass per batch, left-padded so every sequence ends at the last position.
 """
 
 from __future__ import annotations
@@ -20,13 +22,22 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.mllm.templates import (
+    MONOQWEN_OCR_PREFIX,
+    MONOQWEN_PROMPT,
+    Content,
+    MonoQwenTemplate,
+    as_content,
+    make_template,
+)
+from mmrerank.rerankers.mllm.weights import import_peft, load_checkpoint_head, load_lora  # noqa: F401 (re-export)
 
 # MonoQwen2-VL-v0.1's prompt (lightonai); `{query}` is filled in per pair.
-DEFAULT_PROMPT = ("Assert the relevance of the previous image document to the following query, answer True or False. "
-                  "The query is: {query}")
+DEFAULT_PROMPT = MONOQWEN_PROMPT
 # With `use_ocr=True` this goes before the prompt, so the model reads the page text right after the page image.
-DEFAULT_OCR_PREFIX = "The document text is: {ocr}\n"
-SCORE_MODES = ("logprob", "logit_diff", "logit")
+DEFAULT_OCR_PREFIX = MONOQWEN_OCR_PREFIX
+# "probability": the number the cards print (the label softmax, or sigmoid(head - head_offset) with a head).
+SCORE_MODES = ("logprob", "logit_diff", "logit", "probability")
 
 
 SETTINGS_FILE, HEAD_FILE = "reranker.json", "head.safetensors"
@@ -42,15 +53,6 @@ def load_head(path: str | Path, device: torch.device | str = "cpu") -> dict[str,
 
         return load_file(str(path), device=str(device))
     return torch.load(path, map_location=device, weights_only=True)
-
-
-def import_peft():
-    """The optional `peft` package (LoRA adapters), or an error that names the extra to install."""
-    try:
-        import peft
-    except ImportError as err:
-        raise ImportError("LoRA adapters need peft: pip install 'mmrerank[lora]'") from err
-    return peft
 
 
 @dataclass
@@ -122,6 +124,21 @@ class PairOutput(NamedTuple):
     hidden: Tensor
 
 
+def _append_token(inputs, token_id: int):
+    """`inputs` with `token_id` appended to every (left-padded) row: attended to, and a text token.
+
+    jina-reranker-m0's `compute_score` appends its score token this way after the processor (modeling.py; the later
+    version also extends `mm_token_type_ids` with 0, a text token).
+    """
+    batch = inputs["input_ids"].shape[0]
+    fill = {"input_ids": token_id, "attention_mask": 1, "mm_token_type_ids": 0, "token_type_ids": 0}
+    for key, value in fill.items():
+        if key in inputs:
+            column = torch.full((batch, 1), value, dtype=inputs[key].dtype, device=inputs[key].device)
+            inputs[key] = torch.cat([inputs[key], column], dim=1)
+    return inputs
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -138,28 +155,37 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
 
 
 class MLLMReranker(Reranker, nn.Module):
-    """Pointwise reranker from a vision-language model's True/False answer (MonoQwen2-VL style).
+    """Pointwise reranker from a vision-language model's answer (MonoQwen2-VL, Qwen3-VL-Reranker) or an MLP head on
+    its last hidden state (jina-reranker-m0).
 
-    For each pair the model sees one user turn -- the candidate image, then `prompt` with the query (and, with
-    `use_ocr`, the page's OCR text first, as `ocr_prefix`) -- followed by the assistant generation prompt.
-    The relevance score is read at the last position:
+    Each pair becomes the model's input through `template` (see `templates.py`): `"monoqwen"` (the default) is
+    one user turn -- the candidate image, then `prompt` with the query (and, with `use_ocr`, the page's OCR text
+    first, as `ocr_prefix`) -- followed by the assistant generation prompt; `"jina"` is jina-reranker-m0's
+    document-then-query text; `"yes_no"` is Qwen3-VL-Reranker's system turn and `<Instruct>` / `<Query>` /
+    `<Document>` sections. The relevance score is read at the last position:
 
     - `score="logprob"`: log P(positive label) after a softmax restricted to the two label logits;
+    - `score="probability"`: that probability itself, the number the cards print (MonoQwen2-VL's
+      `softmax(logits[[True, False]])[0]`, Qwen3-VL-Reranker's `sigmoid(logit_yes - logit_no)`);
     - `score="logit_diff"`: logit(positive) - logit(negative) (same ranking, unbounded);
     - `score="logit"`: the positive label's raw logit, the score that contrastive and pairwise training rank with
       (those losses leave the negative label's logit untrained, so a softmax over both would add noise);
-    - with `head="mlp"`: the scalar of an MLP on the last hidden state (jina-reranker-m0 style), which
-      replaces the label-based score.
+    - with `head="mlp"`: the scalar of an MLP on the last hidden state (jina-reranker-m0 style), which replaces the
+      label-based score; with `score="probability"` it becomes `sigmoid(head - head_offset)` (jina's
+      `compute_score` normalisation, offset 2.65).
 
-    Candidates are PIL images, `Page`s, `(image, ocr_text)` pairs or dicts (see `as_page`).
+    Queries are texts, or (templates that take them) PIL images; candidates are PIL images, `Page`s,
+    `(image, ocr_text)` pairs, dicts, or (templates that take them) texts -- see `templates.as_content`.
 
     Args:
-        model_name_or_path: a Qwen2-VL-style checkpoint (e.g. `Qwen/Qwen2-VL-2B-Instruct`) or a local folder.
-        adapter: a peft LoRA adapter (path or hub name, e.g. `lightonai/MonoQwen2-VL-v0.1`) applied to the model.
-        prompt: user text after the image; must contain `{query}`.
+        model_name_or_path: a Qwen-VL-family checkpoint (e.g. `Qwen/Qwen2-VL-2B-Instruct`) or a local folder.
+        adapter: a peft LoRA adapter (path or hub name, e.g. `lightonai/MonoQwen2-VL-v0.1`) applied to the model;
+            keys saved in older transformers layouts are converted (`weights.load_lora`).
+        prompt: the `monoqwen` template's user text after the image; must contain `{query}`.
         labels: the (positive, negative) answer words, each a single token.
-        score: `"logprob"`, `"logit_diff"` or `"logit"` (use `"logit"` after contrastive or pairwise training).
-        use_ocr: put the candidate's OCR text in the prompt.
+        score: `"logprob"`, `"probability"`, `"logit_diff"` or `"logit"` (use `"logit"` after contrastive or
+            pairwise training).
+        use_ocr: use the text that comes with a candidate image (a page's OCR text).
         head: None or `"mlp"`.
         head_path: a state dict saved by `save_head`, loaded into the head.
         batch_size: pairs per forward pass in `score`.
@@ -170,6 +196,12 @@ class MLLMReranker(Reranker, nn.Module):
         merge_adapter: fold the LoRA weights into the model (faster inference; not for training).
         ocr_prefix: the OCR text template, containing `{ocr}`.
         max_ocr_chars: OCR text is cut to this many characters, to bound the sequence length.
+        template: `"monoqwen"`, `"jina"` or `"yes_no"`.
+        instruction: the `yes_no` template's `<Instruct>` text (None: Qwen3-VL-Reranker's default).
+        score_token_id: a token appended to every tokenised pair, whose position is read (jina-reranker-m0: 100).
+        head_offset: subtracted from the head's output before the sigmoid of `score="probability"`.
+        head_prefix: load the head from the tensors under this prefix in the model's own checkpoint (jina-reranker-m0:
+            `"score."`, as `score.0` / `score.2` or `score.dense` / `score.out_proj`).
     """
 
     def __init__(self, model_name_or_path: str | Path, adapter: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
@@ -177,17 +209,23 @@ class MLLMReranker(Reranker, nn.Module):
                  head: str | None = None, head_path: str | Path | None = None, batch_size: int = 8,
                  device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                  processor_name_or_path: str | Path | None = None, processor_kwargs: dict | None = None,
-                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int = 2000) -> None:
+                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int = 2000,
+                 template: str = "monoqwen", instruction: str | None = None, score_token_id: int | None = None,
+                 head_offset: float = 0.0, head_prefix: str | None = None) -> None:
         super().__init__()
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
         if head not in (None, "mlp"):
             raise ValueError(f"head must be None or 'mlp', got {head!r}")
-        if "{query}" not in prompt:
-            raise ValueError("prompt must contain '{query}'")
+        if head is None and (head_path is not None or head_prefix is not None):
+            raise ValueError("head_path / head_prefix given but head is None")
+        if head_path is not None and head_prefix is not None:
+            raise ValueError("give the head's weights once: head_path or head_prefix, not both")
+        self.template = make_template(template, prompt, ocr_prefix, instruction)
         self.prompt, self.score_mode, self.use_ocr = prompt, score, use_ocr
         self.ocr_prefix, self.max_ocr_chars, self.batch_size = ocr_prefix, max_ocr_chars, batch_size
         self.labels, self.name_or_path, self.head_kind = tuple(labels), str(model_name_or_path), head
+        self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
         device = _resolve_device(device)
         self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,
                                                        **(processor_kwargs or {}))
@@ -196,18 +234,16 @@ class MLLMReranker(Reranker, nn.Module):
         self.label_ids = resolve_label_ids(self.processor.tokenizer, self.labels)
         model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device))
         if adapter is not None:
-            model = import_peft().PeftModel.from_pretrained(model, str(adapter))
-            if merge_adapter:
-                model = model.merge_and_unload()
+            model = load_lora(model, adapter, merge=merge_adapter)
         self.model = model.to(device).eval()
         hidden = self.model.config.get_text_config().hidden_size
         # The head works in fp32 whatever the model's dtype: it is small, and its scores are compared across pairs.
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)).to(device) \
             if head == "mlp" else None
         if head_path is not None:
-            if self.head is None:
-                raise ValueError("head_path given but head is None")
             self.head.load_state_dict(load_head(head_path, device))
+        if head_prefix is not None:
+            load_checkpoint_head(self.head, model_name_or_path, head_prefix)
 
     @property
     def device(self) -> torch.device:
@@ -223,9 +259,14 @@ class MLLMReranker(Reranker, nn.Module):
         atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
     def settings(self) -> dict[str, Any]:
-        """What scores like this reranker besides the weights: prompt, labels, score rule, OCR use and head."""
+        """What scores like this reranker besides the weights: template, prompt, labels, score rule, OCR use, head.
+
+        (A head read from the checkpoint, `head_prefix`, is saved with the other head weights, so it is not here.)
+        """
         return {"prompt": self.prompt, "labels": list(self.labels), "score": self.score_mode, "use_ocr": self.use_ocr,
-                "head": self.head_kind, "ocr_prefix": self.ocr_prefix, "max_ocr_chars": self.max_ocr_chars}
+                "head": self.head_kind, "ocr_prefix": self.ocr_prefix, "max_ocr_chars": self.max_ocr_chars,
+                "template": self.template.name, "instruction": self.instruction,
+                "score_token_id": self.score_token_id, "head_offset": self.head_offset}
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the reranker as one folder: the model and processor (or, for a LoRA model, the adapter and the base
@@ -260,27 +301,44 @@ class MLLMReranker(Reranker, nn.Module):
         return cls(model, adapter=adapter, head_path=head_path, **{**settings, **overrides})
 
     def prompt_text(self, query: str, page: Page) -> str:
-        """The user text for one pair (after the image): the prompt with the query, OCR text first if used."""
-        text = self.prompt.format(query=query)
-        if self.use_ocr and page.text:
-            text = self.ocr_prefix.format(ocr=page.text[:self.max_ocr_chars]) + text
-        return text
+        """The `monoqwen` template's user text for one pair (after the image): the prompt with the query, OCR text
+        first if used."""
+        if not isinstance(self.template, MonoQwenTemplate):
+            raise ValueError(f"prompt_text is the 'monoqwen' template's; this reranker uses {self.template.name!r}")
+        return self.template.prompt_text(query, self._document(page))
 
-    def chat_text(self, query: str, page: Page) -> str:
-        """The full chat-formatted input for one pair, ending with the assistant generation prompt."""
-        messages = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": self.prompt_text(query, page)}]}]
-        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def chat_text(self, query: Any, candidate: Any) -> str:
+        """The full input text for one pair (before the processor expands its images), ending where the score is
+        read (the assistant generation prompt, or the document-then-query text for `jina`)."""
+        return self.render(query, candidate)[0]
 
-    def encode(self, queries: Sequence[str], candidates: Sequence[Any]):
-        """Processor inputs for `B` pairs: left-padded `input_ids`/`attention_mask`/`mm_token_type_ids` `[B, L]`,
-        `pixel_values` `[sum of patches, C*T*P*P]` and `image_grid_thw` `[B, 3]`, on the model's device."""
+    def render(self, query: Any, candidate: Any) -> tuple[str, list[Image.Image]]:
+        """One pair's input text and its images, in the order of their placeholders in the text.
+
+        Raises:
+            ValueError: a query or candidate of a kind the template does not take (e.g. a text document for
+                `monoqwen`), naming what it takes.
+        """
+        return self.template.render(as_content(query), self._document(candidate), self.processor)
+
+    def _document(self, candidate: Any) -> Content:
+        """A candidate as the template sees it: an image's OCR text kept only with `use_ocr`, and cut."""
+        return as_content(candidate, keep_text=self.use_ocr, max_chars=self.max_ocr_chars)
+
+    def encode(self, queries: Sequence[Any], candidates: Sequence[Any]):
+        """Processor inputs for `B` pairs: left-padded `input_ids`/`attention_mask`/`mm_token_type_ids` `[B, L]`
+        (ending with `score_token_id` if set), `pixel_values` `[sum of patches, C*T*P*P]` and `image_grid_thw`
+        `[number of images, 3]` when the pairs have images, on the model's device."""
         if len(queries) != len(candidates):
             raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
-        pages = [as_page(c) for c in candidates]
-        texts = [self.chat_text(q, p) for q, p in zip(queries, pages)]
-        images = [p.image.convert("RGB") for p in pages]
-        return self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
+        rendered = [self.render(q, c) for q, c in zip(queries, candidates)]
+        # the processor gives the i-th placeholder of the batch (in text order) the i-th image: one flat list
+        images = [image.convert("RGB") for _, pair_images in rendered for image in pair_images]
+        inputs = self.processor(text=[text for text, _ in rendered], images=images or None, padding=True,
+                                return_tensors="pt")
+        if self.score_token_id is not None:
+            inputs = _append_token(inputs, self.score_token_id)
+        return inputs.to(self.device)
 
     def _language_model_parts(self):
         """(backbone returning hidden states, lm_head) of the model, looking through a peft wrapper."""
@@ -310,7 +368,9 @@ class MLLMReranker(Reranker, nn.Module):
     def scores_from(self, output: PairOutput) -> Tensor:
         """The relevance score `[B]` from a forward pass's output, as configured (`score`, `head`)."""
         if output.head is not None:
-            return output.head
+            return torch.sigmoid(output.head - self.head_offset) if self.score_mode == "probability" else output.head
+        if self.score_mode == "probability":
+            return F.softmax(output.label_logits, dim=-1)[:, 0]
         if self.score_mode == "logprob":
             return F.log_softmax(output.label_logits, dim=-1)[:, 0]
         if self.score_mode == "logit":

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
+    AutoModelForImageTextToText,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
@@ -49,15 +50,15 @@ from mmrerank.rerankers.mllm.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_to
 # text parts (no default system turn, unlike Qwen2-VL), user turns mixing images and text, the generation prompt.
 QWEN3_VL_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
     "{%- else -%}{%- for content in message['content'] -%}"
-    "{%- if content['type'] == 'image' or 'image' in content -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif 'text' in content -%}{{ content['text'] }}{%- endif -%}"
+    "{%- if content['type'] == 'image' or 'image' in content -%}{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in content -%}{{- content['text'] -}}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
-    "<|im_end|>\n"
+    "{{- '<|im_end|>\\n' -}}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
 
 # jina-reranker-m0's hub weights: the language model under `model.`, the vision tower under `visual.`.
@@ -77,6 +78,13 @@ def _text_config(tokenizer, hidden: int, layers: int, head_dim: int, rope: dict)
                 eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
 
 
+def _mrope(head_dim: int, **extra) -> dict:
+    """M-RoPE parameters: each head's rotary frequencies split between (temporal, height, width), summing to
+    head_dim / 2."""
+    third = head_dim // 2 // 3
+    return {"rope_type": "default", "mrope_section": [head_dim // 2 - 2 * third, third, third], **extra}
+
+
 def _vision_token_ids(tokenizer) -> dict[str, int]:
     ids = _token_ids(tokenizer)
     return dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
@@ -90,10 +98,7 @@ def build_tiny_qwen3_vl(folder: str | Path, seed: int = 0, hidden: int = 64, lay
     """
     tokenizer = build_tokenizer(seed)
     head_dim = hidden // 4
-    # interleaved M-RoPE, as Qwen3-VL's config (`mrope_interleaved`); the sections sum to head_dim / 2
-    third = head_dim // 2 // 3
-    rope = {"rope_type": "default", "rope_theta": 5_000_000.0, "mrope_interleaved": True,
-            "mrope_section": [head_dim // 2 - 2 * third, third, third]}
+    rope = _mrope(head_dim, rope_theta=5_000_000.0, mrope_interleaved=True)  # interleaved, as Qwen3-VL's config
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=hidden, num_position_embeddings=64,
                   deepstack_visual_indexes=[0])
@@ -116,8 +121,7 @@ def build_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, hidden: int = 64, l
     """
     tokenizer = build_tokenizer(seed)
     head_dim = hidden // 4
-    third = head_dim // 2 // 3
-    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [head_dim // 2 - 2 * third, third, third]}
+    rope = _mrope(head_dim, rope_theta=1_000_000.0)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2, out_hidden_size=hidden, window_size=112, fullatt_block_indexes=[1])
     config = Qwen2_5_VLConfig(text_config=_text_config(tokenizer, hidden, layers, head_dim, rope),
@@ -160,8 +164,13 @@ def build_tiny_jina(folder: str | Path, seed: int = 0, hidden: int = 64, layers:
     return folder
 
 
+# MonoQwen2-VL-v0.1's adapter_config.json (hub revision c8db55c): r 32, lora_alpha 32, these target modules (all in the
+# language model: Qwen2-VL's vision blocks name theirs qkv / proj / fc1 / fc2).
+MONOQWEN_TARGETS = ("o_proj", "down_proj", "gate_proj", "k_proj", "up_proj", "v_proj", "q_proj")
+
+
 def build_tiny_lora(base: str | Path, folder: str | Path, seed: int = 0, old_layout: bool = True,
-                    target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj")) -> Path:
+                    target_modules: Sequence[str] = MONOQWEN_TARGETS) -> Path:
     """A random LoRA adapter (rank 4, non-zero `lora_B`) for the tiny Qwen2-VL at `base`, saved by peft as `folder`.
 
     Args:
@@ -171,8 +180,6 @@ def build_tiny_lora(base: str | Path, folder: str | Path, seed: int = 0, old_lay
         target_modules: the language model's modules the adapter wraps.
     """
     import peft
-
-    from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(base)
     wrapped = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules)))
