@@ -22,7 +22,7 @@ What the authors' code does, read in github.com/shahafwa/EDJE at commit 56c0c23 
   embeddings replaced in order by the adapter's m outputs. `JointEncoder` builds exactly these inputs with
   `max_text_len = 64 - 3` (what "only_first" leaves a caption): the same ids, types, positions and attention on the
   real tokens; its caption padding sits before `[SEP]` instead of at the end, masked either way, so no real token's
-  state changes (`tests/test_edje_official.py` compares both against the authors' layout).
+  state changes (`tests/rerankers/edje/test_edje_official.py` compares both against the authors' layout).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from mmrerank.scaling.grid import (
 )
 from mmrerank.scaling.results import Evaluation, append_evaluation, metric_kind, read_evaluations
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "scaling"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "scaling"
 
 
 def small_config(**overrides) -> SweepConfig:

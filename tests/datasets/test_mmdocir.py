@@ -20,7 +20,7 @@ from mmrerank.datasets.mmdocir import load_mmdocir, load_mmdocir_annotations, lo
 from mmrerank.datasets.mmdocir.metrics import _union_area, mmdocir_layout_recall, mmdocir_page_metrics
 from mmrerank.metrics import evaluate
 
-REAL_ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmdocir" / \
+REAL_ANNOTATIONS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mmdocir" / \
     "MMDocIR_annotations.jsonl"
 
 

@@ -91,3 +91,4 @@ def test_shard_and_gather_round_trip():
     assert distributed.shard(list(range(5))) == list(range(5))
     parts = [torch.full((2, 3), float(i)) for i in range(4)]
     assert torch.equal(distributed.gather_shards(parts), torch.cat(parts))
+    assert distributed.block(5) == slice(0, 5) and torch.equal(distributed.gather_blocks(parts[1]), parts[1])
