@@ -102,12 +102,20 @@ def in_fresh_process(fn: Callable[..., object], *args) -> None:
         RuntimeError: the process failed (its traceback is on its stderr).
     """
     with alone():  # the child's environment is copied from this one's at start
-        process = multiprocessing.get_context("spawn").Process(target=fn, args=args)
+        # the same number of threads as here: the same kernels, so the child's floats equal what this process
+        # would have computed (a spawned process would otherwise take torch's default)
+        process = multiprocessing.get_context("spawn").Process(target=_with_threads,
+                                                               args=(torch.get_num_threads(), fn, *args))
         process.start()
         process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"{getattr(fn, '__qualname__', fn)} failed in its own process (exit code "
                            f"{process.exitcode}); its traceback is above")
+
+
+def _with_threads(threads: int, fn: Callable[..., object], *args) -> None:
+    torch.set_num_threads(threads)
+    fn(*args)
 
 
 def fail_together(error: BaseException | None) -> None:
