@@ -6,6 +6,7 @@ extra subcommands parse their own arguments with jsonargparse, from the same kin
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -15,7 +16,9 @@ from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.benchmark import benchmark
 from mmrerank.core import distributed
+from mmrerank.core.progress import ProgressLines, on_terminal
 from mmrerank.rerankers.edje.benchmark import precompute
+from mmrerank.retrieval.clip import resolve_device
 
 
 class MMRerankCLI(LightningCLI):
@@ -25,6 +28,11 @@ class MMRerankCLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
                          subclass_mode_data=True, **kwargs)
+
+    def before_fit(self) -> None:
+        """In a log file (stdout not a terminal) Lightning's bar shows only at the end: add whole progress lines."""
+        if not on_terminal() and self.trainer.progress_bar_callback is not None:
+            self.trainer.callbacks.append(ProgressLines(type(self.model).__name__))
 
 
 def function_parser(function, prog: str) -> ArgumentParser:
@@ -36,10 +44,28 @@ def function_parser(function, prog: str) -> ArgumentParser:
 
 
 def parse_function_args(function, prog: str, argv: list[str]) -> dict:
+    """The function's arguments, built; a bad value (an unknown split, measure or device, a negative depth) stops
+    here with the reason, before anything is rendered or trained."""
     parser = function_parser(function, prog)
-    kwargs = parser.instantiate_classes(parser.parse_args(argv)).as_dict()
+    config = parser.parse_args(argv)
+    try:
+        kwargs = parser.instantiate_classes(config).as_dict()
+    except (ValueError, TypeError, RuntimeError) as err:
+        parser.error(str(root_cause(err)))
+    if "device" in kwargs:
+        try:
+            resolve_device(kwargs["device"])
+        except RuntimeError as err:
+            parser.error(f"--device {kwargs['device']!r}: {err}")
     kwargs.pop("config", None)
     return kwargs
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The first error of a chain (jsonargparse wraps a constructor's `ValueError` in its own)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def benchmark_parser() -> ArgumentParser:
@@ -73,8 +99,23 @@ def run_scaling(argv: list[str]) -> None:
 SUBCOMMANDS = {"benchmark": run_benchmark, "precompute": run_precompute, "scaling": run_scaling}
 
 
+# Lines third-party code prints that tell a user nothing about their run: Lightning's advert for its cloud logger,
+# and open_clip's "initialized randomly" for tiny models whose weights are loaded right after.
+NOISE = ("try installing [litlogger]", "No pretrained weights loaded for model 'mmrerank-")
+
+
+def quiet_third_party() -> None:
+    """Drop the `NOISE` log lines (a filter on the loggers that emit them; everything else passes)."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in NOISE)
+
+    for name in ("lightning.pytorch.utilities.rank_zero", ""):  # "": the root logger, which open_clip logs on
+        logging.getLogger(name).addFilter(keep)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    quiet_third_party()
     if argv and argv[0] in SUBCOMMANDS:
         SUBCOMMANDS[argv[0]](argv[1:])
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrerank.cli import MMRerankCLI, benchmark_parser
+from mmrerank.cli import MMRerankCLI, benchmark_parser, main
 from mmrerank.datasets import ImageTextSource
 from mmrerank.rerankers import RerankerSpec
 
@@ -145,3 +145,19 @@ def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
     checkpoint = last_checkpoint(tmp_path, "synthetic-images")
     assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["schedule"] == "cosine"
     assert {p.name.split("-")[0] for p in (tmp_path / "groups").glob("*.json")} == {"train", "val"}
+
+
+@pytest.mark.parametrize("bad, says", [
+    (["--image_text.dataset=Synthetic", "--image_text.dataset.split=tset"], "unknown split 'tset'"),
+    (["--image_text.measures=[nDCG@x]"], "unknown measure"),
+    (["--image_text.depth=-5"], "need depth >= 1"),
+    (["--device=tpu"], "--device 'tpu'"),
+    (["--first_stage.train_steps=0"], "train_steps must be >= 1"),
+])
+def test_bad_benchmark_arguments_stop_before_any_work(bad, says, tmp_path, monkeypatch, capsys):
+    """Refused at parse time: nothing is rendered, trained or written (the cache stays empty)."""
+    monkeypatch.setenv("MMRERANK_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", *bad, f"--output_dir={tmp_path / 'out'}"])
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

@@ -23,6 +23,7 @@ from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate
 from mmrerank.evaluation.report import Report
+from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.spec import RerankContext, RerankerSpec
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
@@ -82,8 +83,10 @@ class ImageText:
         self.dataset = self.dataset or Synthetic()
         if set(self.directions) - {"t2i", "i2t"}:
             raise ValueError(f"image_text.directions may hold 't2i' and 'i2t', got {self.directions}")
+        for measure in self.measures:  # an unknown measure fails here, before anything is rendered or trained
+            parse_measure(measure)
         if self.depth < 1 or not 0 <= self.rerank_depth <= self.depth:
-            raise ValueError(f"need depth >= 1 and 0 <= rerank_depth <= depth, got depth={self.depth}, "
+            raise ValueError(f"image_text: need depth >= 1 and 0 <= rerank_depth <= depth, got depth={self.depth}, "
                              f"rerank_depth={self.rerank_depth}")
 
     def title(self) -> str:

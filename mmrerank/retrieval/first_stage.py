@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 
 from mmrerank.core.io import cache_root, key_digest
+from mmrerank.core.progress import ProgressLines, on_terminal
 from mmrerank.datasets.synthetic import SyntheticConfig
 from mmrerank.retrieval.clip import CLIPEncoder
 
@@ -93,9 +94,11 @@ class FirstStage:
 
         L.seed_everything(self.seed, verbose=False)
         module = CLIPModule(self.model_name, lr=self.lr)
+        live = progress and on_terminal()  # a log file gets whole lines with an ETA instead of the live bar
         trainer = L.Trainer(max_steps=self.train_steps, accelerator="auto", devices=1, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                            limit_val_batches=0)
+                            enable_checkpointing=False, enable_progress_bar=live, enable_model_summary=False,
+                            limit_val_batches=0, callbacks=[ProgressLines("first stage")] if progress and not live
+                            else None)
         trainer.fit(module, datamodule=SyntheticDataModule(self.synthetic, batch_size=self.batch_size))
         module.encoder.save_pretrained(self.folder())
         return module.encoder
