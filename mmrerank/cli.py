@@ -104,13 +104,15 @@ SUBCOMMANDS = {"benchmark": run_benchmark, "precompute": run_precompute, "scalin
 NOISE = ("try installing [litlogger]", "No pretrained weights loaded for model 'mmrerank-")
 
 
-def quiet_third_party() -> None:
-    """Drop the `NOISE` log lines (a filter on the loggers that emit them; everything else passes)."""
-    def keep(record: logging.LogRecord) -> bool:
-        return not any(text in record.getMessage() for text in NOISE)
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in NOISE)
 
+
+def quiet_third_party() -> None:
+    """Drop the `NOISE` log lines (a filter on the loggers that emit them; everything else passes). Idempotent:
+    a logger holds a given filter once, however often `main` runs in a process."""
     for name in ("lightning.pytorch.utilities.rank_zero", ""):  # "": the root logger, which open_clip logs on
-        logging.getLogger(name).addFilter(keep)
+        logging.getLogger(name).addFilter(_not_noise)
 
 
 def main(argv: list[str] | None = None) -> None:

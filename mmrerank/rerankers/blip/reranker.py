@@ -230,13 +230,15 @@ class ITMReranker(Reranker):
     def text_positions(self) -> int:
         """How many text positions the model's position table has."""
 
-    @abstractmethod
     def vision_dtype(self) -> torch.dtype:
         """The dtype the vision tower computes in."""
+        return self.model.vision_model.embeddings.patch_embedding.weight.dtype
 
-    @abstractmethod
     def encode_images(self, pixel_values: Tensor) -> Tensor:
-        """`[N, 3, H, W]` -> the vision tower's output tokens `[N, P, D]` (what the text side cross-attends to)."""
+        """`[N, 3, H, W]` -> the vision tower's output tokens `[N, P, D]` (what the text side cross-attends to).
+
+        `last_hidden_state` is after `post_layernorm`: for BLIP-2, LAVIS's `ln_vision(visual_encoder(image))`."""
+        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
 
     @abstractmethod
     def pair_scores(self, image_embeds: Tensor, image_index: Tensor, input_ids: Tensor, attention_mask: Tensor,
@@ -304,12 +306,6 @@ class BlipITMReranker(ITMReranker):
     def text_positions(self) -> int:
         return self.model.config.text_config.max_position_embeddings
 
-    def vision_dtype(self) -> torch.dtype:
-        return self.model.vision_model.embeddings.patch_embedding.weight.dtype
-
-    def encode_images(self, pixel_values: Tensor) -> Tensor:
-        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
-
     def pair_scores(self, image_embeds: Tensor, image_index: Tensor, input_ids: Tensor, attention_mask: Tensor,
                     text_index: Tensor) -> Tensor:
         model, image = self.model, image_embeds[image_index]
@@ -348,13 +344,6 @@ class Blip2ITMReranker(ITMReranker):
 
     def text_positions(self) -> int:
         return self.model.config.qformer_config.max_position_embeddings
-
-    def vision_dtype(self) -> torch.dtype:
-        return self.model.vision_model.embeddings.patch_embedding.weight.dtype
-
-    def encode_images(self, pixel_values: Tensor) -> Tensor:
-        # last_hidden_state is after post_layernorm: LAVIS's ln_vision(visual_encoder(image))
-        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
 
     def _qformer(self, embeds: Tensor, query_length: int, mask: Tensor | None = None,
                  image: Tensor | None = None) -> Tensor:
