@@ -17,6 +17,7 @@ from typing import Any
 from mmrerank.core import distributed
 from mmrerank.evaluation.report import Report
 from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage
+from mmrerank.fitting import train_missing
 from mmrerank.rerankers import specs  # noqa: F401  (configs name the families' specs by short class_path)
 from mmrerank.retrieval.clip import resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
@@ -24,7 +25,7 @@ from mmrerank.retrieval.first_stage import FirstStage
 
 def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | None = None, pages: Pages | None = None,
               instances: Instances | None = None, output_dir: str | None = None, device: str = "auto",
-              progress: bool = True) -> Report:
+              progress: bool = True, retrain: bool = False) -> Report:
     """Run the benchmark and write `report.json`, `report.md` and `success_at_k.png` to `output_dir`.
 
     Args:
@@ -34,6 +35,7 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
         instances: image-to-image rows (off by default).
         output_dir: where the report goes (default `outputs/benchmark/<dataset name>`).
         device: `auto` (GPU when present), `cpu` or `cuda`.
+        retrain: train the cached first stage and every reranker's `fit` recipe again, replacing their folders.
     """
     image_text = image_text or ImageText()
     dataset = image_text.dataset
@@ -46,15 +48,20 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
         title += f": first stage {first_stage.model_name}"
     report = Report(title, config=describe({"first_stage": first_stage, "image_text": image_text, "pages": pages,
                                             "instances": instances}))
-    if image_text.directions:
+    reranker_specs = [spec for suite in suites for spec in suite.rerankers]
+    encoder = None
+    if image_text.directions or instances is not None or (pages is not None and pages.dual_encoder) \
+            or any(spec.fit for spec in reranker_specs):
         start = time.perf_counter()
-        encoder = build_first_stage(first_stage, progress).to(resolve_device(device))
+        encoder = build_first_stage(first_stage, progress, retrain)
         report.timings["first stage ready"] = time.perf_counter() - start
-        image_text.run(report, encoder, device, progress)
+    train_missing(reranker_specs, first_stage, retrain, progress, report.timings)
+    if image_text.directions:
+        image_text.run(report, encoder.to(resolve_device(device)), device, progress)
     if instances is not None:
         instances.run(report, first_stage, device, progress)
     if pages is not None:
-        pages.run(report, device, progress)
+        pages.run(report, device, progress, encoder)
     report.config["output_dir"] = output_dir
     if distributed.is_rank_zero():  # every rank holds the same rows; one writes them
         report.save(output_dir)

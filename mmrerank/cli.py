@@ -9,30 +9,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 
-import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser
-from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.benchmark import benchmark
 from mmrerank.core import distributed
-from mmrerank.core.progress import ProgressLines, on_terminal
+from mmrerank.fitting import MMRerankCLI, packaged_config
 from mmrerank.rerankers.edje.benchmark import precompute
 from mmrerank.retrieval.clip import resolve_device
-
-
-class MMRerankCLI(LightningCLI):
-    """Lightning's CLI over every mmrerank `LightningModule` and `LightningDataModule` (by `class_path`)."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
-                         subclass_mode_data=True, **kwargs)
-
-    def before_fit(self) -> None:
-        """In a log file (stdout not a terminal) Lightning's bar shows only at the end: add whole progress lines."""
-        if not on_terminal() and self.trainer.progress_bar_callback is not None:
-            self.trainer.callbacks.append(ProgressLines(type(self.model).__name__))
 
 
 def function_parser(function, prog: str) -> ArgumentParser:
@@ -72,7 +57,13 @@ def benchmark_parser() -> ArgumentParser:
     return function_parser(benchmark, "mmrerank benchmark")
 
 
+DEFAULT_BENCHMARK = "benchmark/synthetic.yaml"  # every family on the built-in benchmarks
+
+
 def run_benchmark(argv: list[str]) -> None:
+    """`mmrerank benchmark [--config F] [overrides]`; without `--config`, the packaged default config."""
+    if not any(a == "--config" or a.startswith("--config=") for a in argv) and not {"-h", "--help"} & set(argv):
+        argv = ["--config", packaged_config(DEFAULT_BENCHMARK), *argv]
     kwargs = parse_function_args(benchmark, "mmrerank benchmark", argv)
     start = time.perf_counter()
     with distributed.process_group():  # under torchrun: one group for the whole command
@@ -80,7 +71,7 @@ def run_benchmark(argv: list[str]) -> None:
         if not distributed.is_rank_zero():  # the same report on every rank: one prints it
             return
     print(report.to_markdown())
-    print(f"Wrote {report.config['output_dir']}/report.json, report.md and success_at_k.png "
+    print(f"Wrote {report.config['output_dir']}/report.json, report.md, success_at_k.png and summary.png "
           f"({time.perf_counter() - start:.0f} s in all).")
 
 
@@ -113,10 +104,23 @@ def quiet_third_party() -> None:
     a logger holds a given filter once, however often `main` runs in a process."""
     for name in ("lightning.pytorch.utilities.rank_zero", ""):  # "": the root logger, which open_clip logs on
         logging.getLogger(name).addFilter(_not_noise)
+    # Lightning's own use of a deprecated torch pytree API, not the user's
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def with_packaged_configs(argv: list[str]) -> list[str]:
+    """`argv` with every `--config` value resolved by `packaged_config`."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + packaged_config(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = packaged_config(out[i + 1])
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = with_packaged_configs(sys.argv[1:] if argv is None else argv)
     quiet_third_party()
     if argv and argv[0] in SUBCOMMANDS:
         SUBCOMMANDS[argv[0]](argv[1:])

@@ -20,7 +20,7 @@ LAYERS = [
     ("retrieval", ["mmrerank.retrieval"]),
     ("rerankers", ["mmrerank.rerankers"]),
     ("evaluation", ["mmrerank.evaluation"]),
-    ("application", ["mmrerank.benchmark", "mmrerank.cli", "mmrerank.scaling.cli"]),
+    ("application", ["mmrerank.benchmark", "mmrerank.cli", "mmrerank.fitting", "mmrerank.scaling.cli"]),
 ]
 
 

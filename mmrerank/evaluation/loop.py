@@ -62,6 +62,7 @@ def evaluate(report: Report, task: RetrievalTask, run: Run, rerankers: Mapping[s
         start = time.perf_counter()
         systems[name] = rerank_sharded(reranker, run, task, depth, batch_size, progress)
         report.timings[f"{task.direction} {name}"] = time.perf_counter() - start
+        report.baselines[name] = first_stage
     for name, system_run in systems.items():
         report.add(name, task.direction, task.measure(system_run, measures), task.curve(system_run))
     return systems

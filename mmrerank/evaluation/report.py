@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ class Report:
         curves: system name -> direction -> Success@k for k = 1 .. depth.
         config: the settings that produced the numbers.
         timings: seconds per step of the pipeline.
+        baselines: reranker row -> the first-stage row it reranks (a row below its first stage is called out).
     """
 
     title: str
@@ -28,33 +30,65 @@ class Report:
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, str] = field(default_factory=dict)
 
     def add(self, system: str, direction: str, metrics: Mapping[str, float], curve: Sequence[float] = ()) -> None:
         self.rows.setdefault(system, {}).update({f"{direction}/{k}": v for k, v in metrics.items()})
         if curve:
             self.curves.setdefault(system, {})[direction] = list(curve)
 
-    def to_markdown(self) -> str:
-        """One table per set of columns (image-text rows and image-to-image rows measure different things)."""
+    def tables(self) -> dict[tuple[str, ...], list[str]]:
+        """Rows grouped by their columns: one table per benchmark (image-text, pages, image-to-image)."""
         tables: dict[tuple[str, ...], list[str]] = {}
         for system, row in self.rows.items():
             tables.setdefault(tuple(row), []).append(system)
+        return tables
+
+    @staticmethod
+    def headline(columns: Sequence[str]) -> list[str]:
+        """The columns at rank 1 and the rank-free ones (`t2i/Success@1`, `pages/micro/R@1`, `i2i/hard/mAP`)."""
+        return [c for c in columns if int((re.search(r"@(\d+)$", c) or ["", "1"])[1]) == 1]
+
+    def shortfalls(self) -> list[str]:
+        """Reranker rows that do not beat their first stage on a headline column, in words."""
+        out = []
+        for system, base in self.baselines.items():
+            if system not in self.rows or base not in self.rows:
+                continue
+            for column in self.headline(list(self.rows[system])):
+                mine, theirs = self.rows[system][column], self.rows[base].get(column)
+                if theirs is not None and mine <= theirs:
+                    out.append(f"{system}: {column} {mine:.4f}, not above {base}'s {theirs:.4f}")
+        return out
+
+    def to_markdown(self) -> str:
+        """One table per benchmark, the rows that do not beat their first stage, then the timings."""
         parts = [f"### {self.title}"]
-        for columns, systems in tables.items():
+        for columns, systems in self.tables().items():
             lines = [f"| system | {' | '.join(columns)} |", "| --- |" + " ---: |" * len(columns)]
             lines += [f"| {s} | " + " | ".join(f"{self.rows[s][c]:.4f}" for c in columns) + " |" for s in systems]
             parts.append("\n".join(lines))
-        timing = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
-        return "\n\n".join(parts) + (f"\n\nTimings: {timing}\n" if timing else "\n")
+        if self.baselines:
+            shortfalls = self.shortfalls()
+            parts.append("**Rerankers that do not beat their first stage:** " + "; ".join(shortfalls) if shortfalls
+                         else "Every reranker row beats its first stage on each headline column.")
+        if self.timings:
+            lines = ["| step | seconds |", "| --- | ---: |"]
+            lines += [f"| {k} | {v:.1f} |" for k, v in self.timings.items()]
+            parts.append("Timings:\n\n" + "\n".join(lines))
+        return "\n\n".join(parts) + "\n"
 
     def save(self, folder: str | Path) -> list[Path]:
-        """Write `report.json`, `report.md` and `success_at_k.png` into `folder` (atomically, each)."""
+        """Write `report.json`, `report.md`, `success_at_k.png` (curves) and `summary.png` into `folder` (atomically,
+        each)."""
         folder = Path(folder)
         atomic_write_json(folder / "report.json", {"title": self.title, "rows": self.rows, "curves": self.curves,
-                                                   "config": self.config, "timings": self.timings})
+                                                   "config": self.config, "timings": self.timings,
+                                                   "baselines": self.baselines})
         atomic_write_text(folder / "report.md", self.to_markdown())
         atomic_write(folder / "success_at_k.png", lambda tmp: self.plot(tmp))
-        return [folder / "report.json", folder / "report.md", folder / "success_at_k.png"]
+        atomic_write(folder / "summary.png", lambda tmp: self.plot_summary(tmp))
+        return [folder / name for name in ("report.json", "report.md", "success_at_k.png", "summary.png")]
 
     def plot(self, path: Path) -> None:
         """Success@k against k, one panel per direction, one line per system."""
@@ -72,11 +106,38 @@ class Report:
                 if direction in curves:
                     ks = range(1, len(curves[direction]) + 1)
                     ax.plot(ks, curves[direction], marker=".", label=system)
-            ax.set(xscale="log", xlabel="k", ylabel="Success@k", title=direction, ylim=(0, 1.02))
+            measure = "recall@k" if direction == "pages" else "Success@k"  # one gold page: the same quantity
+            ax.set(xscale="log", xlabel="k", ylabel=measure, title=direction, ylim=(0, 1.02))
             ax.grid(alpha=0.3)
             if ax.lines:
                 ax.legend()
         fig.suptitle(self.title)
+        fig.tight_layout()
+        fig.savefig(path, format="png", dpi=120)
+        plt.close(fig)
+
+    def plot_summary(self, path: Path) -> None:
+        """One panel per benchmark: each system's headline columns as bars, the first stage first."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        tables = list(self.tables().items()) or [((), [])]
+        fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4.5), squeeze=False)
+        for ax, (columns, systems) in zip(axes[0], tables):
+            heads = self.headline(columns) if systems else []
+            width = 0.8 / max(len(systems), 1)
+            for i, system in enumerate(systems):
+                values = [self.rows[system][c] for c in heads]
+                ax.bar(np.arange(len(heads)) + i * width, values, width, label=system)
+            ax.set_xticks(np.arange(len(heads)) + 0.4 - width / 2, heads)
+            ax.set(ylim=(0, 1.05) if all(v <= 1 for s in systems for v in self.rows[s].values()) else None)
+            ax.grid(axis="y", alpha=0.3)
+            if systems:
+                ax.legend(fontsize="small")
+        fig.suptitle(f"{self.title}: first stage vs rerankers")
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=120)
         plt.close(fig)

@@ -31,19 +31,21 @@ from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
 from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
 from mmrerank.retrieval.index import retrieve
-from mmrerank.retrieval.pages import bm25_page_scores
+from mmrerank.retrieval.pages import bm25_page_scores, clip_page_scores
 
 
-def build_first_stage(first_stage: FirstStage, progress: bool = True) -> CLIPEncoder:
+def build_first_stage(first_stage: FirstStage, progress: bool = True, retrain: bool = False) -> CLIPEncoder:
     """`first_stage.build`, and under `torch.distributed` trained (when missing) by rank 0 alone while the others
     wait, then loaded by every rank. Rank 0 trains in a process of its own: Lightning, finding a process group,
-    would wait for the other ranks."""
+    would wait for the other ranks. `retrain`: train the cached default again (not a given checkpoint)."""
+    retrain = retrain and not first_stage.pretrained and not first_stage.checkpoint
     if distributed.world()[1] == 1:
-        return first_stage.build(progress)
+        return first_stage.train(progress) if retrain else first_stage.build(progress)
 
     def build() -> CLIPEncoder:
-        if not first_stage.pretrained and not CLIPEncoder.is_saved(first_stage.folder()):
-            distributed.in_fresh_process(first_stage.build, progress)  # trains it and saves it to its folder
+        if distributed.is_rank_zero() and (retrain or (not first_stage.pretrained
+                                                        and not CLIPEncoder.is_saved(first_stage.folder()))):
+            distributed.in_fresh_process(first_stage.train, progress)  # trains it and saves it to its folder
         return first_stage.build(progress)
 
     return distributed.on_rank_zero_first(build)
@@ -162,7 +164,9 @@ class PageTask(RetrievalTask):
         return row
 
     def curve(self, run: Run) -> list[float]:
-        return []
+        """Micro recall@k for k = 1 .. max(ks)."""
+        records = self.dataset.page_records(self.page_scores(run))
+        return [mmdocir_page_metrics(records, k)["recall"]["micro"] for k in range(1, max(self.ks) + 1)]
 
 
 @dataclass
@@ -175,6 +179,8 @@ class Pages:
         depth: BM25 pages reranked per question.
         batch_size: pairs per reranker batch.
         rerankers: the families' rows (`MLLMRows`, ...).
+        dual_encoder: also report the benchmark's first-stage dual encoder over page images (row `CLIP`), a first
+            stage of its own (not reranked).
     """
 
     pages: PagesConfig | None = None
@@ -183,6 +189,7 @@ class Pages:
     depth: int = 5
     batch_size: int = 16
     rerankers: list[RerankerSpec] = field(default_factory=list)
+    dual_encoder: bool = False
 
     def __post_init__(self) -> None:
         self.pages = self.pages or PagesConfig(seed=1, documents=100)
@@ -202,14 +209,22 @@ class Pages:
         folder = ensure_pages(self.pages)
         return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
 
-    def run(self, report: Report, device: str = "auto", progress: bool = True) -> None:
+    def run(self, report: Report, device: str = "auto", progress: bool = True,
+            encoder: CLIPEncoder | None = None) -> None:
+        """BM25 and its rerankers; with `dual_encoder`, also `encoder` (the benchmark's first stage) over page images."""
         data = distributed.on_rank_zero_first(self.load)
+        task = PageTask(data)
+        if self.dual_encoder and encoder is not None:
+            start = time.perf_counter()
+            scores = clip_page_scores(data, encoder.to(resolve_device(device)), progress=progress)
+            report.timings["pages CLIP"] = time.perf_counter() - start
+            evaluate(report, task, data.per_document_run(scores), {}, self.depth, (), first_stage="CLIP")
         start = time.perf_counter()
         run = data.per_document_run(bm25_page_scores(data))
         report.timings["pages BM25"] = time.perf_counter() - start
         context = RerankContext("pages", "pages", data, {"name": self.title()}, device, progress,
                                 timings=report.timings, first_stage="BM25", depth=self.depth)
-        evaluate(report, PageTask(data), run, rows(self.rerankers, context), self.depth, (), self.batch_size,
+        evaluate(report, task, run, rows(self.rerankers, context), self.depth, (), self.batch_size,
                  progress, first_stage="BM25")
 
 

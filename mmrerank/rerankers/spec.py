@@ -46,9 +46,33 @@ class RerankContext:
     depth: int = 0
 
 
+@dataclass
+class FitRecipe:
+    """How a benchmark trains a spec's model when none is given: `mmrerank fit --config <config> <args...>`, the
+    command a user would run (a path, or a packaged config such as `edje/synthetic.yaml`)."""
+
+    config: str
+    args: list[str] = field(default_factory=list)
+
+
 class RerankerSpec(ABC):
     """A family's benchmark rows: `rows(context)` gives `{system name: Reranker}` for the tasks it supports
-    (an empty dict for the others)."""
+    (an empty dict for the others).
+
+    A spec whose model is to be trained by the benchmark holds a `fit` recipe; the benchmark runs it once into a
+    cache folder (`fit_args` point it there and at the benchmark's first stage) and hands the folder to `use_trained`.
+    """
+
+    fit: FitRecipe | None = None
+
+    def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
+        """Arguments added to `fit.args`: save the model to `export_dir`, read the first stage saved at
+        `first_stage` (a `save_pretrained` folder)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be trained by the benchmark")
+
+    def use_trained(self, export_dir: str) -> None:
+        """Read the model `fit` saved to `export_dir`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be trained by the benchmark")
 
     @abstractmethod
     def rows(self, context: RerankContext) -> dict[str, Reranker]:

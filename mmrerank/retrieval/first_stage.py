@@ -15,7 +15,7 @@ import lightning as L
 from mmrerank.core.io import cache_root, key_digest
 from mmrerank.core.progress import ProgressLines, on_terminal
 from mmrerank.datasets.synthetic import SyntheticConfig
-from mmrerank.retrieval.clip import CLIPEncoder
+from mmrerank.retrieval.clip import CLIPEncoder, mixed_precision, resolve_device
 
 
 @dataclass
@@ -54,7 +54,12 @@ class FirstStage:
         """What the trained weights depend on (the synthetic data's location excluded: it does not change them)."""
         synthetic = {k: v for k, v in asdict(self.synthetic or SyntheticConfig()).items() if k != "root"}
         return {"model_name": self.model_name, "train_steps": self.train_steps, "batch_size": self.batch_size,
-                "lr": self.lr, "seed": self.seed, "synthetic": synthetic}
+                "lr": self.lr, "seed": self.seed, "synthetic": synthetic, "precision": self.precision()}
+
+    @staticmethod
+    def precision() -> str:
+        """The training's numeric precision on this machine (bf16 autocast where the hardware has it)."""
+        return mixed_precision(resolve_device("auto"))
 
     def identity(self) -> dict:
         """What identifies this first stage's weights, for the keys of caches built with it: the pretrained tag, the
@@ -96,6 +101,7 @@ class FirstStage:
         module = CLIPModule(self.model_name, lr=self.lr)
         live = progress and on_terminal()  # a log file gets whole lines with an ETA instead of the live bar
         trainer = L.Trainer(max_steps=self.train_steps, accelerator="auto", devices=1, logger=False,
+                            precision=self.precision(),
                             enable_checkpointing=False, enable_progress_bar=live, enable_model_summary=False,
                             limit_val_batches=0, callbacks=[ProgressLines("first stage")] if progress and not live
                             else None)

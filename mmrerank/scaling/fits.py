@@ -162,19 +162,25 @@ def grid_minima(sse: np.ndarray, shape: tuple[int, ...], count: int) -> np.ndarr
 
 
 def model(theta: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """y for theta = [a, b_1, c_1, ..., b_k, c_k] at normalised sizes u [P, k]."""
-    out = np.full(u.shape[0], theta[0])
+    """y for theta = [a, b_1, c_1, ..., b_k, c_k] at normalised sizes u [P, k].
+
+    theta may carry leading batch dimensions, [..., 1 + 2k]; the result is then [..., P].
+    """
+    theta = np.asarray(theta, dtype=float)
+    out = np.broadcast_to(theta[..., :1], theta.shape[:-1] + (u.shape[0],))
     for j in range(u.shape[1]):
-        out = out + theta[1 + 2 * j] * u[:, j] ** theta[2 + 2 * j]
+        out = out + theta[..., 1 + 2 * j, None] * u[:, j] ** theta[..., 2 + 2 * j, None]
     return out
 
 
 def jacobian(theta: np.ndarray, u: np.ndarray) -> np.ndarray:
-    jac = np.ones((u.shape[0], len(theta)))
+    """d model / d theta at normalised sizes u [P, k]: [P, 1 + 2k], or [..., P, 1 + 2k] for a batch of thetas."""
+    theta = np.asarray(theta, dtype=float)
+    jac = np.ones(theta.shape[:-1] + (u.shape[0], theta.shape[-1]))
     for j in range(u.shape[1]):
-        power = u[:, j] ** theta[2 + 2 * j]
-        jac[:, 1 + 2 * j] = power
-        jac[:, 2 + 2 * j] = theta[1 + 2 * j] * power * np.log(u[:, j])
+        power = u[:, j] ** theta[..., 2 + 2 * j, None]  # [..., P]
+        jac[..., 1 + 2 * j] = power
+        jac[..., 2 + 2 * j] = theta[..., 1 + 2 * j, None] * power * np.log(u[:, j])
     return jac
 
 

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mmrerank.core.io import atomic_write_json, atomic_write_text
 from mmrerank.scaling.forecast import (
     Forecast,
@@ -20,6 +22,7 @@ from mmrerank.scaling.forecast import (
 )
 from mmrerank.scaling.plots import plot_data_laws, plot_model_law, slug
 from mmrerank.scaling.results import LOSSES, read_evaluations
+from mmrerank.scaling.statistics import FTest
 
 
 @dataclass
@@ -74,22 +77,86 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}g}"
 
 
+def yes_no(flag: bool | None) -> str:
+    return "-" if flag is None else "yes" if flag else "no"
+
+
+def interval_cells(interval: list[float] | None, inside: bool | None) -> str:
+    """interval | inside, or "-" cells when the interval does not exist."""
+    return "- | -" if interval is None else f"[{interval[0]:.4f}, {interval[1]:.4f}] | {yes_no(inside)}"
+
+
+FORECAST_HEADER = "actual | forecast | abs err | bootstrap interval | inside | delta interval | inside"
+
+
 def forecast_cells(row: dict[str, Any]) -> str:
-    """actual | forecast | interval | abs err | inside, for one held-out point."""
-    low, high = row["interval"]
-    return (f"{row['actual']:.4f} | {row['predicted']:.4f} | [{low:.4f}, {high:.4f}] | {row['abs_error']:.4f} | "
-            f"{'yes' if row['inside'] else 'no'}")
+    """The FORECAST_HEADER cells of one held-out point."""
+    return (f"{row['actual']:.4f} | {row['predicted']:.4f} | {row['abs_error']:.4f} | "
+            f"{interval_cells(row['interval'], row['inside'])} | "
+            f"{interval_cells(row['delta_interval'], row['delta_inside'])}")
 
 
 def model_table(report: ScalingReport) -> list[str]:
-    lines = ["| loss | metric | fit R² | held out | actual | forecast | interval | abs err | inside | Kaplan | "
-             "Kaplan abs err |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| loss | metric | fit R² | held out | seeds | {FORECAST_HEADER} | Kaplan | Kaplan abs err | note |",
+             "|---" * 15 + "|"]
     for (loss, metric), result in report.model.items():
         if result.law is None:
-            lines.append(f"| {loss} | {metric} | not fitted: {result.skipped} |" + " |" * 8)
+            lines.append(f"| {loss} | {metric} | not fitted: {result.skipped} |" + " |" * 12)
         for row in result.rows():
-            lines.append(f"| {loss} | {metric} | {result.law.r2:.3f} | {row['held_out']} | {forecast_cells(row)} | "
-                         f"{fmt(row.get('kaplan_predicted'))} | {fmt(row.get('kaplan_abs_error'))} |")
+            lines.append(f"| {loss} | {metric} | {result.law.r2:.3f} | {row['held_out']} | {row['n_seeds']} | "
+                         f"{forecast_cells(row)} | {fmt(row.get('kaplan_predicted'))} | "
+                         f"{fmt(row.get('kaplan_abs_error'))} | {result.trust or ''} |")
+    return lines
+
+
+def f_cells(test: FTest) -> str:
+    """F (df) | p of one F-test, or why it has no value."""
+    if test.f is None:
+        return f"- | - ({test.reason})"
+    return f"{test.f:.4g} ({test.df_num}, {test.df_den}) | {test.p_value:.3g}"
+
+
+def seeds_cell(result: Forecast) -> str:
+    counts = np.sum(np.isfinite(result.seeds_fit), axis=1)
+    return str(counts.min()) if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+
+
+def statistics_table(report: ScalingReport) -> list[str]:
+    lines = ["| loss | metric | points | seeds per point | R² | adjusted R² | F vs constant (df) | p | "
+             "F vs line in log N (df) | p | delta method | bootstrap |", "|---" * 12 + "|"]
+    for (loss, metric), result in report.model.items():
+        if result.law is None:
+            continue
+        stats = result.statistics
+        lines.append(f"| {loss} | {metric} | {len(result.y_fit)} | {seeds_cell(result)} | {result.law.r2:.4f} | "
+                     f"{fmt(stats['adjusted_r2'])} | {f_cells(stats['f_vs_constant'])} | "
+                     f"{f_cells(stats['f_vs_loglinear'])} | {result.delta_reason or 'ok'} | "
+                     f"{result.boot.method} resampled |")
+    return lines
+
+
+def distance_table(report: ScalingReport) -> list[str]:
+    lines = ["| loss | metric | sizes held out | fitted up to N | forecast N | decades | actual | forecast | abs err |",
+             "|---" * 9 + "|"]
+    for (loss, metric), result in report.model.items():
+        for row in result.distance:
+            lines.append(f"| {loss} | {metric} | {row['held_out']} | {row['fit_max_x']:.3g} | {row['x']:.3g} | "
+                         f"{row['decades']:.2f} | {row['actual']:.4f} | {row['predicted']:.4f} | "
+                         f"{row['abs_error']:.4f} |")
+    return lines
+
+
+def calibration_table(report: ScalingReport) -> list[str]:
+    lines = ["| loss | metric | noise sd per seed | from | seeds | laws | bootstrap coverage | delta coverage |",
+             "|---" * 8 + "|"]
+    for (loss, metric), result in report.model.items():
+        cov = result.calibration
+        if cov is None:
+            continue
+        boot = "-" if cov.bootstrap is None else f"{cov.bootstrap:.2f} ({cov.method}, of {cov.n_bootstrap})"
+        delta = "-" if cov.delta is None else f"{cov.delta:.2f} (of {cov.n_delta})"
+        lines.append(f"| {loss} | {metric} | {cov.noise_sd:.3g} | {result.noise_source} | {cov.n_seeds} | "
+                     f"{cov.n_laws} | {boot} | {delta} |")
     return lines
 
 
@@ -104,8 +171,7 @@ def predictable_table(report: ScalingReport) -> list[str]:
 
 
 def data_table(report: ScalingReport) -> list[str]:
-    lines = ["| loss | metric | size | fit R² | held-out examples | actual | forecast | interval | abs err | inside |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| loss | metric | size | fit R² | held-out examples | {FORECAST_HEADER} |", "|---" * 12 + "|"]
     for (loss, metric), results in report.data.items():
         for result in results:
             for row in result.rows():
@@ -142,16 +208,32 @@ def to_markdown(report: ScalingReport) -> str:
         f"Model law `y = a + b N^c` on the final checkpoint of every size but the {cfg.holdout} largest; data law "
         f"`y = a + b D^c` per size on every checkpoint but the last {cfg.holdout_checkpoints} (of its largest "
         "budget); joint law `y = a + b N^c + d D^e` on every checkpoint of every run, checked out of sample on the "
-        f"held-out sizes (fitted without them). Intervals: bootstrap {level} ({cfg.resamples} resamples for the "
-        f"model law, {cfg.data_resamples} per data law). Kaplan: `(A/N)^alpha + delta` (losses) or "
-        "`delta - (A/N)^alpha` (metrics), fitted as a line in log-log space of the gap. With few fitted points the "
-        "bootstrap intervals run narrow (a resample with only 3 distinct sizes is fitted exactly), so read "
-        "\"inside\" with that in mind.", "",
+        f"held-out sizes (fitted without them). Evaluations that differ only in seed are averaged before fitting. "
+        f"Intervals at {level}: bootstrap ({cfg.resamples} resamples for the model law, {cfg.data_resamples} per "
+        "data law; each point's seeds are resampled when every fitted point has two or more, else the points), and "
+        "the delta method (`sigma^2 (J^T J)^-1` at the optimum, t quantile with n - 3 degrees of freedom). Kaplan: "
+        "`(A/N)^alpha + delta` (losses) or `delta - (A/N)^alpha` (metrics), fitted as a line in log-log space of "
+        "the gap. With few fitted points the intervals run narrow (a point resample with only 3 distinct sizes is "
+        "fitted exactly); the note column says so when the fit has fewer than 4 distinct sizes or n - p < 2.", "",
         "## Which metrics scale predictably", "",
-        f"Predictable for a loss: model-law R² >= {cfg.r2_min} and every held-out forecast within "
-        f"{cfg.max_rel_error:.0%} of the actual value.", "",
+        f"Predictable for a loss: model-law R² >= {cfg.r2_min}, every held-out forecast within "
+        f"{cfg.max_rel_error:.0%} of the actual value, and the F-test of the law against a constant significant at "
+        f"{cfg.f_alpha} (not significant when it has no residual degree of freedom).", "",
         *predictable_table(report), "",
         "## Model law: forecasts of the held-out sizes", "", *model_table(report), "",
+        "## Model law: fit statistics", "",
+        "F-tests (extra sum of squares): the law (3 parameters) against a constant (nested) and against a line in "
+        "log N (2 parameters; not nested, the law taken as the fuller model; F < 0: the line fits better).", "",
+        *statistics_table(report), "",
+        "## Model law: forecast error against extrapolation distance", "",
+        "Fit on all but the h largest sizes, forecast the largest; decades = log10(forecast N / largest fitted N).",
+        "", *distance_table(report), "",
+        "## Model law: calibration of the intervals", "",
+        f"Coverage of the {level} intervals measured on {cfg.calibration_laws} seeded synthetic laws like the fitted "
+        "one (asymptote within the data's spread, gap 1-3 spreads, exponent in [-0.6, -0.05]) on the sweep's own "
+        f"sizes, with its noise level (the pooled seed spread, else the given sd {cfg.noise_sd}) and seed count; "
+        f"{cfg.calibration_resamples} bootstrap resamples per law. Coverage well below {level} means the intervals "
+        "above are too narrow.", "", *calibration_table(report), "",
         "## Data law: forecasts of the held-out checkpoints", "", *data_table(report), "",
         "## Joint law", "", *joint_tables(report), "",
     ]

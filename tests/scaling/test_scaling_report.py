@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from mmrerank.scaling.cli import main
 from mmrerank.scaling.fits import fit_joint_law, fit_power_law
@@ -15,7 +16,7 @@ from mmrerank.scaling.results import Evaluation, append_evaluation
 
 PARAMS = [1_000_000, 3_000_000, 10_000_000, 30_000_000, 100_000_000]
 EXAMPLES = [10_000, 30_000, 100_000, 300_000, 1_000_000]
-FAST = ForecastConfig(resamples=40, data_resamples=20)
+FAST = ForecastConfig(resamples=40, data_resamples=20, calibration_laws=40, calibration_resamples=10)
 
 
 def ndcg(n: float, d: float) -> float:
@@ -47,10 +48,15 @@ def report(sweep):
     return build_report(sweep, FAST)
 
 
-def seed_mean_finals(path, loss: str, metric: str) -> list[float]:
+def seed_finals(path, loss: str, metric: str) -> list[list[float]]:
+    """Per size, the final checkpoint's value of every seed, read line by line."""
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    return [np.mean([r["metrics"][metric] for r in lines if r["loss"] == loss and r["params"] == n and r["final"]])
+    return [[r["metrics"][metric] for r in lines if r["loss"] == loss and r["params"] == n and r["final"]]
             for n in PARAMS]
+
+
+def seed_mean_finals(path, loss: str, metric: str) -> list[float]:
+    return [sum(values) / len(values) for values in seed_finals(path, loss, metric)]
 
 
 def test_model_law_forecast_equals_a_direct_fit(sweep, report):
@@ -165,3 +171,82 @@ def test_runs_of_two_budgets_and_a_rerun_line(tmp_path):
     assert report.model["pairwise", "AP"].y_fit == pytest.approx([ndcg(n, 1_000_000) for n in PARAMS[:3]])
     assert len(report.data["pairwise", "AP"][0].x_fit) == 4  # five checkpoints of the 1M run, one held out
     assert report.joint["pairwise", "AP"].law.n_points == 4 * (3 + 5)
+
+
+def test_model_law_statistics_match_direct_computations(sweep, report):
+    """Two seeds per point: means fitted, seeds resampled, standard errors, F-tests, adjusted R^2, distance table."""
+    result = report.model["listwise", "nDCG@10"]
+    seeds = seed_finals(sweep, "listwise", "nDCG@10")
+    means = np.array(seed_mean_finals(sweep, "listwise", "nDCG@10"))
+    out = result.to_dict()
+    assert out["fit_n_seeds"] == [2, 2, 2, 2] and out["bootstrap_method"] == "seeds"
+    assert out["fit_se"] == pytest.approx([abs(a - b) / 2 for a, b in seeds[:-1]])  # sd / sqrt(2) of two values
+    row, = out["forecasts"]
+    assert row["n_seeds"] == 2 and row["se"] == pytest.approx(abs(seeds[-1][0] - seeds[-1][1]) / 2)
+    law = fit_power_law(PARAMS[:-1], means[:-1])
+    sse = np.sum((means[:-1] - law.predict(PARAMS[:-1])) ** 2)
+    sst = np.sum((means[:-1] - means[:-1].mean()) ** 2)
+    f_const = out["statistics"]["f_vs_constant"]
+    assert f_const["df"] == [2, 1] and f_const["F"] == pytest.approx((sst - sse) / 2 / sse, rel=1e-5)
+    assert f_const["p_value"] == pytest.approx(stats.f.sf((sst - sse) / 2 / sse, 2, 1), rel=1e-4)
+    assert out["statistics"]["adjusted_r2"] == pytest.approx(1 - (sse / 1) / (sst / 3), abs=1e-9)
+    assert out["statistics"]["trust"] == "n - p = 1 residual degrees of freedom: intervals too narrow to trust"
+    low, high = row["delta_interval"]
+    assert low < row["predicted"] < high and row["delta_inside"] == (low <= row["actual"] <= high)
+    for h, dist in zip((1, 2), out["holdout_distance"]):
+        direct = float(fit_power_law(PARAMS[:-h], means[:-h]).predict(PARAMS[-1]))
+        assert dist["held_out"] == h and dist["predicted"] == pytest.approx(direct, abs=1e-9)
+    calibration = out["calibration"]
+    pooled = np.sqrt(np.mean([(a - b) ** 2 / 2 for a, b in seeds[:-1]]))  # one degree of freedom per point
+    assert calibration["noise_source"] == "seed spread" and calibration["noise_sd"] == pytest.approx(pooled)
+    assert calibration["n_seeds"] == 2 and calibration["method"] == "seeds" and calibration["n_laws"] == 40
+
+
+def test_report_shows_statistics_distance_and_calibration(report, tmp_path):
+    write_report(report, tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    for heading in ("## Model law: fit statistics", "## Model law: forecast error against extrapolation distance",
+                    "## Model law: calibration of the intervals"):
+        assert heading in md
+    assert "| pointwise | CE@16 | 4 | 2 |" in md  # points and seeds per point of the statistics table
+    assert md.count("| seed spread | 2 | 40 |") == 4  # two losses x two metrics
+    data = json.loads((tmp_path / "report.json").read_text())
+    entry = data["model_law"]["pointwise"]["nDCG@10"]
+    assert len(entry["holdout_distance"]) == 2 and entry["calibration"]["n_laws"] == 40
+    assert entry["forecasts"][0]["delta_interval"] is not None
+
+
+def test_predictable_requires_a_significant_f_test(tmp_path):
+    """Exact data on 4 sizes: R^2 = 1 and exact forecasts, but the F-test has no residual degree of freedom."""
+    for count in (4, 5):
+        path = tmp_path / f"sizes{count}.jsonl"
+        for i, n in enumerate(PARAMS[:count]):
+            append_evaluation(path, Evaluation(f"s{i}", n, 1000, 10, "pairwise", 0, {"AP": ndcg(n, 1e12)}))
+        report = build_report(path, FAST)
+        row, = report.model["pairwise", "AP"].rows()
+        assert report.model["pairwise", "AP"].law.r2 > 0.999 and row["abs_error"] < 1e-4
+        assert report.predictable["AP"]["pairwise"] is (count == 5)
+    assert report.model["pairwise", "AP"].boot.method == "points"
+
+
+def test_seeds_are_averaged_within_one_budget_and_checkpoint(tmp_path):
+    """Seed 2 of s1 ran a smaller budget (left out of its model law); seed 1 of s2 crashed before the end."""
+    path = tmp_path / "seeds.jsonl"
+    rng = np.random.default_rng(3)
+    expected: dict[int, list[float]] = {n: [] for n in PARAMS[:4]}
+    for i, n in enumerate(PARAMS[:4]):
+        for seed in (0, 1, 2):
+            budget = 100_000 if (i, seed) == (1, 2) else 1_000_000
+            for d in [x for x in EXAMPLES if x <= budget]:
+                if (i, seed) == (2, 1) and d == budget:
+                    continue
+                value = ndcg(n, d) + rng.normal(0, 0.003)
+                append_evaluation(path, Evaluation(f"s{i}", n, d, d // 32, "pairwise", seed, {"AP": value},
+                                                   budget=budget, final=d == budget))
+                if budget == 1_000_000 and d == budget:
+                    expected[n].append(value)
+    result = build_report(path, FAST).model["pairwise", "AP"]
+    assert result.to_dict()["fit_n_seeds"] == [3, 2, 2]
+    assert result.y_fit == pytest.approx([np.mean(expected[n]) for n in PARAMS[:3]])
+    assert result.y_out == pytest.approx([np.mean(expected[PARAMS[3]])])
+    assert result.boot.method == "seeds"

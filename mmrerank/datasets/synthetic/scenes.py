@@ -237,3 +237,15 @@ def caption_scene(rng: np.random.Generator, scene: list[Obj], count: int) -> lis
                     spec[3 * k:3 * k + 3] = _descriptor(o, named)
         out.append((text, spec))
     return out
+
+
+def caption_words() -> list[str]:
+    """Every word a synthetic caption can contain, sorted: the vocabulary of the tiny first stages' tokenizer.
+
+    Read from the word lists and templates above, so a word added to the grammar joins the vocabulary.
+    """
+    phrases = [*COLOUR_NAMES, "shape", "a", "an", "and", ","]
+    for table in (SHAPE_WORDS, SIZE_WORDS, RELATION_WORDS):
+        phrases += [w for words in table.values() for w in words]
+    phrases += [t.format(a="", b="", rel="") for t in (*SINGLE, *RELATED, *LISTED)]
+    return sorted({w for p in phrases for w in p.split()})

@@ -13,7 +13,7 @@ from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.reranker import EDJEReranker, precompute_images
 from mmrerank.rerankers.fusion import Fused, Memoized
-from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.spec import FitRecipe, RerankContext, RerankerSpec
 
 
 def default_store(model: str | Path, source: dict) -> str:
@@ -27,20 +27,32 @@ class EDJERows(RerankerSpec):
 
     Attributes:
         model: the exported EDJE folder (`export_dir` of `mmrerank fit --config configs/edje/synthetic.yaml`).
+        fit: or the training that makes it (a `FitRecipe`), run by the benchmark into the cache the first time.
         store: the corpus's token store; default `<model>/tokens/<dataset>-<split>`, written by `precompute` first
             when missing (and resumed when a run was interrupted).
         alpha: also report `logit + alpha * first-stage score` (row `edje + <alpha> x first stage`); 0: not.
         dtype, shard_size: of the token store.
     """
 
-    model: str
+    model: str | None = None
+    fit: FitRecipe | None = None
     store: str | None = None
     alpha: float = 0.0
     dtype: str = "bfloat16"
     shard_size: int = 1024
 
     def __post_init__(self) -> None:
+        if (self.model is None) == (self.fit is None):
+            raise ValueError("EDJERows needs exactly one of model (an exported EDJE folder) and fit (a recipe)")
         self._built: tuple[int, dict[str, Reranker]] | None = None
+
+    def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
+        model = "--model.init_args."
+        return [f"{model}export_dir={export_dir}", f"{model}vision_checkpoint={first_stage}",
+                f"{model}text_checkpoint={first_stage}", f"--data.init_args.first_stage.checkpoint={first_stage}"]
+
+    def use_trained(self, export_dir: str) -> None:
+        self.model, self._built = export_dir, None
 
     def rows(self, context: RerankContext) -> dict[str, Reranker]:
         if context.kind != "image-text":
@@ -50,6 +62,8 @@ class EDJERows(RerankerSpec):
         return dict(self._built[1])
 
     def _build(self, context: RerankContext) -> dict[str, Reranker]:
+        if self.model is None:
+            raise ValueError("EDJERows.fit has not been run: mmrerank benchmark trains it first")
         if not (Path(self.model) / "config.json").is_file():
             raise FileNotFoundError(f"no EDJE model at {self.model}; train one first: "
                                     "mmrerank fit --config configs/edje/synthetic.yaml")

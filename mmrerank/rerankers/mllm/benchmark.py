@@ -13,7 +13,7 @@ from mmrerank.core.io import cache_root
 from mmrerank.core.items import RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.fusion import Fused, Memoized
-from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.spec import FitRecipe, RerankContext, RerankerSpec
 
 
 @dataclass
@@ -26,6 +26,8 @@ class MLLMRows(RerankerSpec):
             `MLLMRerankerModule` (what `mmrerank fit` with a `configs/mllm/` file writes); either brings the base
             model, prompt, OCR setting and the score its loss trains. When set, `model`, `adapter`, `score` and
             `use_ocr` are not used.
+        fit: or the training that makes `checkpoint` (a `FitRecipe`), run by the benchmark into the cache the first
+            time.
         model: otherwise, the base model (hub name or folder; the tiny offline Qwen2-VL is built there when
             `build_tiny` and the folder is missing: an untrained reranker, for smoke tests only). Default: that tiny
             model under the cache (`$MMRERANK_CACHE/tiny-qwen2-vl`).
@@ -38,6 +40,7 @@ class MLLMRows(RerankerSpec):
     """
 
     checkpoint: str | None = None
+    fit: FitRecipe | None = None
     model: str | None = None
     build_tiny: bool = True
     adapter: str | None = None
@@ -52,7 +55,17 @@ class MLLMRows(RerankerSpec):
         if set(self.directions) - {"t2i"}:
             raise ValueError(f"MLLMRows reranks images for text queries: directions may hold only 't2i', got "
                              f"{self.directions}")
+        if self.checkpoint and self.fit:
+            raise ValueError("MLLMRows takes a checkpoint or a fit recipe, not both")
         self._reranker = None
+
+    def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
+        """The model is saved to `export_dir`, its tiny base built under the cache (not the working folder)."""
+        return [f"--model.init_args.export_dir={export_dir}",
+                f"--model.init_args.model_name_or_path={cache_root() / 'tiny-qwen2-vl'}"]
+
+    def use_trained(self, export_dir: str) -> None:
+        self.checkpoint, self._reranker = export_dir, None
 
     def reranker(self, device: str = "auto"):
         """The `MLLMReranker`, from `checkpoint` or from `model` (+ `adapter`), built once."""

@@ -94,6 +94,7 @@ class MLLMRerankerModule(L.LightningModule):
         build_tiny: unless `model_name_or_path` is a folder holding a whole model, build the tiny offline Qwen2-VL
             there first (`ensure_tiny_vlm`: a half-built folder is rebuilt), so configs run without a download.
         tiny_hidden, tiny_layers: that tiny model's language-model width and depth.
+        export_dir: where the trained reranker is saved at the end of `fit` (`save_reranker`), if set.
 
     The reranker scores with what the loss trains: `log P(positive label)` after SFT, the positive label's raw
     logit after the group losses (`MLLMReranker(score="logit")`; the negative label's logit gets no training).
@@ -105,7 +106,7 @@ class MLLMRerankerModule(L.LightningModule):
                  lora_target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
                  freeze_vision: bool = True, lr: float = 1e-4, weight_decay: float = 0.0, schedule: str = "constant",
                  warmup_steps: int = 0, temperature: float = 1.0, dtype: str = "float32", build_tiny: bool = False,
-                 tiny_hidden: int = 64, tiny_layers: int = 2) -> None:
+                 tiny_hidden: int = 64, tiny_layers: int = 2, export_dir: str | None = None) -> None:
         super().__init__()
         if loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss!r}")
@@ -183,6 +184,11 @@ class MLLMRerankerModule(L.LightningModule):
         factor = partial(lr_factor, warmup=self.hparams.warmup_steps, total=total, schedule=self.hparams.schedule)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        """Save the trained reranker to `export_dir` (rank 0), the folder `MLLMRows(checkpoint=...)` reads."""
+        if self.hparams.export_dir and self.trainer.is_global_zero:
+            self.save_reranker(self.hparams.export_dir)
 
     def save_reranker(self, folder: str | Path) -> Path:
         """Save the trained reranker as a folder `MLLMReranker.from_pretrained` loads (see `save_pretrained`).
