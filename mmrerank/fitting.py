@@ -31,8 +31,10 @@ class MMRerankCLI(LightningCLI):
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
-                         subclass_mode_data=True, **kwargs)
+        with warnings.catch_warnings():  # `args` given while sys.argv holds the console script's (or a benchmark's)
+            warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+            super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
+                             subclass_mode_data=True, **kwargs)
 
     def before_fit(self) -> None:
         """In a log file (stdout not a terminal) Lightning's bar would show only once, at the end: whole progress
@@ -101,7 +103,5 @@ def fit(spec: RerankerSpec, folder: Path, first_stage: FirstStage, progress: boo
             "--trainer.enable_model_summary=false", *([] if progress else ["--trainer.enable_progress_bar=false"])]
     if progress:
         print(f"training {type(spec).__name__}: mmrerank {' '.join(args)}", flush=True)
-    with warnings.catch_warnings():  # LightningCLI warns that `args` and sys.argv (the benchmark's) both exist
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        MMRerankCLI(args=args)
+    MMRerankCLI(args=args)
     atomic_write_json(folder / DONE, {"args": args})

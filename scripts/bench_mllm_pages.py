@@ -23,7 +23,7 @@ from mmrerank.evaluation import Report, evaluate
 from mmrerank.evaluation.suites import PageTask
 from mmrerank.rerankers.fusion import Fused, Memoized
 from mmrerank.rerankers.mllm.data import PageGroupsDataModule
-from mmrerank.rerankers.mllm.module import MLLMRerankerModule
+from mmrerank.rerankers.mllm.module import MLLMRerankerModule, page_text
 from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
 from mmrerank.retrieval.pages import bm25_page_scores
 
@@ -50,20 +50,13 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def training_text(documents: int) -> list[str]:
-    """The training documents' page texts and questions (never the evaluation documents')."""
-    folder = ensure_pages(PagesConfig(seed=0, documents=documents))
-    data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet", load_images=False)
-    return [*data.ocr_text, *data.questions.texts]
-
-
 def train(args: argparse.Namespace, loss: str, report: Report) -> MLLMRerankerModule:
     """Train one tiny reranker with `loss` on the training documents; log its wall time in `report`."""
     L.seed_everything(0, verbose=False)
     model = Path(args.work) / f"tiny-qwen2-vl-h{args.hidden}-l{args.layers}-v{args.vocab}-d{args.train_docs}"
     if args.vocab:
-        ensure_tiny_vlm(model, hidden=args.hidden, layers=args.layers, corpus=training_text(args.train_docs),
-                       vocab_size=args.vocab)
+        ensure_tiny_vlm(model, hidden=args.hidden, layers=args.layers, vocab_size=args.vocab,
+                        corpus=page_text(PagesConfig(seed=0, documents=args.train_docs)))
     module = MLLMRerankerModule(str(model), build_tiny=True, tiny_hidden=args.hidden, tiny_layers=args.layers,
                                 loss=loss, use_ocr=True, lr=args.lr, schedule=args.schedule,
                                 warmup_steps=args.warmup)

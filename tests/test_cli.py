@@ -96,7 +96,8 @@ def test_fit_single_and_ddp_take_the_same_steps(tiny_config, tmp_path):
 def test_benchmark_command_writes_report(tiny_config, tmp_path):
     out = tmp_path / "report"
     synthetic = "--image_text.dataset.init_args.synthetic"
-    run_cli(["benchmark", "--image_text.dataset=Synthetic", f"{synthetic}.root={tiny_config.root}",
+    run_cli(["benchmark", "--config", "benchmark/first_stage.yaml", "--image_text.dataset=Synthetic",
+             f"{synthetic}.root={tiny_config.root}",
              f"{synthetic}.seed={tiny_config.seed}", f"{synthetic}.train_images={tiny_config.train_images}",
              f"{synthetic}.val_images={tiny_config.val_images}", f"{synthetic}.test_images={tiny_config.test_images}",
              f"--first_stage.checkpoint={tmp_path / 'fs'}", "--first_stage.train_steps=2",

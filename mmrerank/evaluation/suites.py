@@ -211,7 +211,7 @@ class Pages:
 
     def run(self, report: Report, device: str = "auto", progress: bool = True,
             encoder: CLIPEncoder | None = None) -> None:
-        """BM25 and its rerankers; with `dual_encoder`, also `encoder` (the benchmark's first stage) over page images."""
+        """BM25 and its rerankers; with `dual_encoder`, also `encoder` (the benchmark's first stage) over pages."""
         data = distributed.on_rank_zero_first(self.load)
         task = PageTask(data)
         if self.dual_encoder and encoder is not None:

@@ -246,7 +246,8 @@ def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, ti
 
 def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
     out = tmp_path / "report"
-    main(["benchmark", *image_text_args(tiny_config), f"--first_stage.checkpoint={trained / 'fs'}",
+    main(["benchmark", "--config", "benchmark/first_stage.yaml", *image_text_args(tiny_config),
+          f"--first_stage.checkpoint={trained / 'fs'}",
           "--image_text.rerankers+=EDJERows", f"--image_text.rerankers.model={trained / 'model'}",
           "--image_text.rerankers.alpha=1.0", f"--image_text.rerankers.store={tmp_path / 'store'}",
           "--image_text.depth=20", "--image_text.rerank_depth=5", f"--output_dir={out}", "--progress=false"])
@@ -260,7 +261,8 @@ def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
 
 def test_missing_model_is_a_clear_error(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="train one first"):
-        main(["benchmark", *image_text_args(tiny_config), f"--first_stage.checkpoint={tmp_path / 'fs'}",
+        main(["benchmark", "--config", "benchmark/first_stage.yaml", *image_text_args(tiny_config),
+              f"--first_stage.checkpoint={tmp_path / 'fs'}",
               "--first_stage.train_steps=1", "--first_stage.batch_size=8", "--image_text.rerankers+=EDJERows",
               f"--image_text.rerankers.model={tmp_path / 'nothing'}", f"--output_dir={tmp_path / 'out'}",
               "--progress=false"])
