@@ -65,6 +65,9 @@ def run_benchmark(argv: list[str]) -> None:
     if not any(a == "--config" or a.startswith("--config=") for a in argv) and not {"-h", "--help"} & set(argv):
         argv = ["--config", packaged_config(DEFAULT_BENCHMARK), *argv]
     kwargs = parse_function_args(benchmark, "mmrerank benchmark", argv)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).addFilter(_not_benchmark_noise)
     start = time.perf_counter()
     with distributed.process_group():  # under torchrun: one group for the whole command
         report = benchmark(**kwargs)
@@ -93,10 +96,21 @@ SUBCOMMANDS = {"benchmark": run_benchmark, "precompute": run_precompute, "scalin
 # Lines third-party code prints that tell a user nothing about their run: Lightning's advert for its cloud logger,
 # and open_clip's "initialized randomly" for tiny models whose weights are loaded right after.
 NOISE = ("try installing [litlogger]", "No pretrained weights loaded for model 'mmrerank-")
+# Lightning's set-up lines, repeated by every training a benchmark runs; the stage's own progress lines say more
+BENCHMARK_NOISE = ("GPU available:", "TPU available:", "HPU available:", "Automatic Mixed Precision", "Seed set to",
+                   "`Trainer.fit` stopped")
 
 
 def _not_noise(record: logging.LogRecord) -> bool:
     return not any(text in record.getMessage() for text in NOISE)
+
+
+def _warnings_and_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def _not_benchmark_noise(record: logging.LogRecord) -> bool:
+    return not any(text in record.getMessage() for text in BENCHMARK_NOISE)
 
 
 def quiet_third_party() -> None:
@@ -104,6 +118,8 @@ def quiet_third_party() -> None:
     a logger holds a given filter once, however often `main` runs in a process."""
     for name in ("lightning.pytorch.utilities.rank_zero", ""):  # "": the root logger, which open_clip logs on
         logging.getLogger(name).addFilter(_not_noise)
+    # bm25s sets its logger to DEBUG when imported (later, lazily): a filter outlasts that, a level would not
+    logging.getLogger("bm25s").addFilter(_warnings_and_worse)
     # Lightning's own use of a deprecated torch pytree API, not the user's
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 

@@ -71,10 +71,11 @@ def train_missing(specs: list[RerankerSpec], first_stage: FirstStage, retrain: b
         if spec.fit is None:
             continue
         folder = trained_folder(spec, first_stage)
+        trains = retrain or not (folder / DONE).is_file()
         start = time.perf_counter()
         distributed.on_rank_zero_first(lambda spec=spec, folder=folder: train_once(spec, folder, first_stage, retrain,
                                                                                    progress))
-        if timings is not None and time.perf_counter() - start > 1:
+        if timings is not None and trains:
             timings[f"{type(spec).__name__} training"] = time.perf_counter() - start
         spec.use_trained(str(folder / "model"))
 

@@ -37,18 +37,35 @@ from mmrerank.retrieval.pages import bm25_page_scores, clip_page_scores
 def build_first_stage(first_stage: FirstStage, progress: bool = True, retrain: bool = False) -> CLIPEncoder:
     """`first_stage.build`, and under `torch.distributed` trained (when missing) by rank 0 alone while the others
     wait, then loaded by every rank. Rank 0 trains in a process of its own: Lightning, finding a process group,
-    would wait for the other ranks. `retrain`: train the cached default again (not a given checkpoint)."""
-    retrain = retrain and not first_stage.pretrained and not first_stage.checkpoint
+    would wait for the other ranks. `retrain`: train the cached default again (see `FirstStage.build`)."""
     if distributed.world()[1] == 1:
-        return first_stage.train(progress) if retrain else first_stage.build(progress)
+        return first_stage.build(progress, retrain)
 
     def build() -> CLIPEncoder:
-        if distributed.is_rank_zero() and (retrain or (not first_stage.pretrained
-                                                        and not CLIPEncoder.is_saved(first_stage.folder()))):
-            distributed.in_fresh_process(first_stage.train, progress)  # trains it and saves it to its folder
+        missing = not first_stage.pretrained and not CLIPEncoder.is_saved(first_stage.folder())
+        if distributed.is_rank_zero() and (retrain or missing):
+            distributed.in_fresh_process(first_stage.build, progress, retrain)  # trains it and saves it to its folder
         return first_stage.build(progress)
 
     return distributed.on_rank_zero_first(build)
+
+
+def cached_descriptors(key: dict, extract) -> tuple[torch.Tensor, torch.Tensor]:
+    """`extract()` (query and database descriptors), kept under `<cache>/descriptors/<digest of key>.safetensors`."""
+    from safetensors.torch import load_file, save_file
+
+    from mmrerank.core.io import atomic_path, cache_root, key_digest
+
+    path = cache_root() / "descriptors" / f"{key_digest(key)}.safetensors"
+    if path.is_file():
+        tensors = load_file(str(path))
+        return tensors["queries"], tensors["database"]
+    queries, database = extract()
+    if distributed.is_rank_zero():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({"queries": queries.cpu().contiguous(), "database": database.cpu().contiguous()}, str(tmp))
+    return queries, database
 
 
 def rows(specs: list[RerankerSpec], context: RerankContext) -> dict[str, Reranker]:
@@ -268,6 +285,20 @@ class Instances:
     def title(self) -> str:
         return f"{self.dataset} image-to-image"
 
+    def descriptor_key(self, backbone: str, checkpoint: str | None, pooling: PoolingConfig,
+                       relu_plus: bool | None) -> dict | None:
+        """What the descriptors depend on, for the built-in benchmark on the first stage's tower (its images are a
+        function of `instances`, its weights of the checkpoint's bytes); None (no caching) for anything else."""
+        if self.dataset != "synthetic" or self.backbone != "first_stage" or self.cvnet_checkpoint:
+            return None
+        from dataclasses import asdict
+
+        from mmrerank.retrieval.negatives import file_stamp
+
+        instances = {k: v for k, v in asdict(self.instances).items() if k != "root"}
+        return {"instances": instances, "backbone": backbone, "weights": file_stamp(checkpoint),
+                "pooling": asdict(pooling), "relu_plus": relu_plus, "head_dim": self.head_dim}
+
     def run(self, report: Report, first_stage: FirstStage, device: str = "auto", progress: bool = True) -> None:
         data = distributed.on_rank_zero_first(lambda: load_instances(self.instances) if self.dataset == "synthetic"
                                               else load_revisited(self.root, self.dataset))
@@ -281,12 +312,16 @@ class Instances:
         for system, pooling in (("GeM", PoolingConfig.plain_gem()), ("SuperGlobal pooling", self.pooling)):
             # ReLU+ is part of SuperGlobal: the GeM baseline is the plain global model (CVNet-Global's own setting)
             relu_plus = None if system == "SuperGlobal pooling" else False
-            extractor = SuperGlobalExtractor(backbone, pooling, self.head_dim, self.pretrained, checkpoint,
-                                             cvnet_checkpoint=self.cvnet_checkpoint,
-                                             relu_plus=relu_plus).to(resolve_device(device))
+
+            def extract(pooling=pooling, relu_plus=relu_plus) -> tuple[torch.Tensor, torch.Tensor]:
+                extractor = SuperGlobalExtractor(backbone, pooling, self.head_dim, self.pretrained, checkpoint,
+                                                 cvnet_checkpoint=self.cvnet_checkpoint,
+                                                 relu_plus=relu_plus).to(resolve_device(device))
+                return extractor.extract(queries, progress=progress), extractor.extract(database, progress=progress)
+
             start = time.perf_counter()
-            query_desc, db_desc = extractor.extract(queries, progress=progress), extractor.extract(database,
-                                                                                                progress=progress)
+            key = self.descriptor_key(backbone, checkpoint, pooling, relu_plus)
+            query_desc, db_desc = cached_descriptors(key, extract) if key else extract()
             report.timings[f"i2i {system} descriptors"] = time.perf_counter() - start
             run = retrieve(query_desc, db_desc, data.query_names, data.db_names, data.num_db)
             specs = self.rerankers if system == "SuperGlobal pooling" else []

@@ -153,7 +153,7 @@ class CLIPEncoder(nn.Module):
             model_name = config["model_name"]
             if config.get("words", None) != getattr(tokenizer_for(model_name), "words", None):
                 raise ValueError(f"{path} was trained with a different word vocabulary than {model_name!r} has now; "
-                                 "retrain it (mmrerank benchmark --retrain for the cached default)")
+                                 "retrain it (mmrerank benchmark --retrain=true for the cached default)")
             path = path / "model.safetensors"
         if model_name is None:
             raise ValueError(f"{path} is a weights file: pass the model_name it was saved from")

@@ -81,11 +81,14 @@ class FirstStage:
             return Path(self.checkpoint)
         return cache_root() / "first_stage" / f"{self.model_name}-{key_digest(self.training_key())}"
 
-    def build(self, progress: bool = True) -> CLIPEncoder:
-        """The encoder: pretrained, loaded, or trained first (then saved to `folder()`)."""
+    def build(self, progress: bool = True, retrain: bool = False) -> CLIPEncoder:
+        """The encoder: pretrained, loaded, or trained first (then saved to `folder()`); `retrain` trains the cached
+        default again (a given checkpoint is only ever loaded)."""
         if self.pretrained:
             return CLIPEncoder(self.model_name, self.pretrained)
         path = self.folder()
+        if retrain and not self.checkpoint:
+            return self.train(progress)
         if CLIPEncoder.is_saved(path):
             return CLIPEncoder.from_pretrained(path, self.model_name)
         if self.checkpoint and path.exists():

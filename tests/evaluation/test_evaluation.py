@@ -93,7 +93,7 @@ def test_oracle_reranker_reaches_first_stage_success_at_depth(tiny_test_split, e
         assert report.curves[FIRST_STAGE][direction][4] == pytest.approx(measure(run, task.qrels, ["Success@5"])[
             "Success@5"])
     paths = report.save(tmp_path / "out")
-    assert [p.name for p in paths] == ["report.json", "report.md", "success_at_k.png"]
+    assert [p.name for p in paths] == ["report.json", "report.md", "success_at_k.png", "summary.png"]
     assert json.loads(paths[0].read_text())["rows"] == report.rows
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| oracle |" in paths[1].read_text()

@@ -32,6 +32,7 @@ class EDJERows(RerankerSpec):
             when missing (and resumed when a run was interrupted).
         alpha: also report `logit + alpha * first-stage score` (row `edje + <alpha> x first stage`); 0: not.
         dtype, shard_size: of the token store.
+        bf16: score under bfloat16 autocast (`EDJEReranker.bf16`).
     """
 
     model: str | None = None
@@ -40,6 +41,7 @@ class EDJERows(RerankerSpec):
     alpha: float = 0.0
     dtype: str = "bfloat16"
     shard_size: int = 1024
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.fit is None):
@@ -73,7 +75,7 @@ class EDJERows(RerankerSpec):
         tokens = precompute_images(model, context.data.images, store, self.dtype, self.shard_size,
                                    device=context.device, progress=context.progress)
         context.timings["edje token store"] = time.perf_counter() - start
-        reranker = Memoized(EDJEReranker(model, tokens, context.device))
+        reranker = Memoized(EDJEReranker(model, tokens, context.device, self.bf16))
         rows: dict[str, Reranker] = {"edje": reranker}
         if self.alpha:
             rows[f"edje + {self.alpha:g} x first stage"] = Fused(reranker, self.alpha)

@@ -131,11 +131,13 @@ class EDJEReranker(Reranker):
         model: an exported `EDJE` folder (or a loaded model).
         store: the corpus's token store (folder or `TokenStore`); None encodes images on the fly.
         device: `auto` (GPU when present), `cpu` or `cuda`.
+        bf16: score under bfloat16 autocast (about 1.7x faster on CPUs with AVX-512 BF16; logits move by about 3 % of
+            their spread, so near-ties may swap).
     """
 
     def __init__(self, model: str | Path | EDJE, store: str | Path | TokenStore | None = None,
-                 device: str = "auto") -> None:
-        self.device = resolve_device(device)
+                 device: str = "auto", bf16: bool = False) -> None:
+        self.device, self.bf16 = resolve_device(device), bf16
         self.model = (model if isinstance(model, EDJE) else EDJE.from_pretrained(model)).to(self.device).eval()
         self.store = TokenStore(store) if isinstance(store, (str, Path)) else store
         if self.store is not None and self.store.shape[1:] != (self.model.num_image_tokens, self.model.dim):
@@ -165,7 +167,11 @@ class EDJEReranker(Reranker):
         if not queries:
             return torch.zeros(0)
         texts, images = (queries, candidates) if isinstance(queries[0], str) else (candidates, queries)
-        return self.model.score(list(texts), self.image_tokens(images)).float().cpu()
+        return self._score(list(texts), self.image_tokens(images))
+
+    def _score(self, captions: list[str], tokens: Tensor) -> Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.score(captions, tokens).float().cpu()
 
     @torch.no_grad()
     def score_rows(self, task: RetrievalTask, query_rows: Tensor, candidate_rows: Tensor,
@@ -179,4 +185,4 @@ class EDJEReranker(Reranker):
         else:
             unique, inverse = image_rows.unique(return_inverse=True)  # i2t: one query image, k candidates
             tokens = self.image_tokens([images[int(i)] for i in unique])[inverse.to(self.device)]
-        return self.model.score(captions, tokens).float().cpu()
+        return self._score(captions, tokens)

@@ -245,15 +245,26 @@ def _gram(x: Tensor, out: Tensor) -> Tensor:
     The first half of the rows is computed against all columns, the second half against its own half of the
     columns only, and the remaining block is the first one's transpose. (Finer splits skip more in theory, but
     their smaller products run less efficiently: on 2 cores a four-way split saved no more than this one.)
+    The diagonal blocks get their upper triangle mirrored: a BLAS kernel need not give `a . b` and `b . a` the same
+    rounding (on AVX-512 BF16 CPUs it does not), and the result must be exactly symmetric like the true product.
     """
     m = x.shape[1]
     half = m // 2
     if half < 64:  # too small to gain from splitting
-        return torch.bmm(x, x.transpose(1, 2), out=out)
+        return _mirror_upper(torch.bmm(x, x.transpose(1, 2), out=out))
     torch.bmm(x[:, :half], x.transpose(1, 2), out=out[:, :half])
     torch.bmm(x[:, half:], x[:, half:].transpose(1, 2), out=out[:, half:, half:])
     out[:, half:, :half] = out[:, :half, half:].transpose(1, 2)
+    _mirror_upper(out[:, :half, :half])
+    _mirror_upper(out[:, half:, half:])
     return out
+
+
+def _mirror_upper(block: Tensor) -> Tensor:
+    """`[c, n, n]` in place: the strict lower triangle set to the upper one's transpose."""
+    lower = torch.ones(block.shape[-2:], dtype=torch.bool, device=block.device).tril(-1)
+    block[:, lower] = block.transpose(1, 2)[:, lower]
+    return block
 
 
 def _reorder(x: Tensor, s0: Tensor | None, queries: Tensor, k: int, beta: float, work: _Workspace) -> Tensor:

@@ -220,6 +220,10 @@ def test_precompute_then_rerank_reorders_only_the_top_k(trained, tiny_config, ti
     from_store = reranker.score(captions, [reranker.store.rows(i) for i in range(3)])
     online = EDJEReranker(model).score(captions, images)
     torch.testing.assert_close(from_store, online, atol=0.05, rtol=0.05)
+    # under bf16 autocast: the float32 scores up to bf16's rounding, and the model left in float32
+    bf16 = EDJEReranker(model, store, bf16=True).score(captions, [reranker.store.rows(i) for i in range(3)])
+    torch.testing.assert_close(bf16, from_store, atol=0.1, rtol=0.05)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
     task = tiny_test_split.task("t2i")
     torch.manual_seed(0)

@@ -285,10 +285,14 @@ def test_rerank_matches_reference_with_a_split_gram_and_duplicates():
     # M = 200 >= 128, so `rerank` computes the similarities in two halves; copies of items land in both halves.
     base = unit_vectors(260, 24, seed=71)
     g = torch.Generator().manual_seed(72)
-    database = torch.cat([base, base[:50]])[torch.randperm(310, generator=g)]
+    perm = torch.randperm(310, generator=g)
+    database = torch.cat([base, base[:50]])[perm]
+    item = torch.cat([torch.arange(260), torch.arange(50)])[perm]  # a copy and its original: the same item
     queries = unit_vectors(5, 24, seed=73)
     expected = reference_rerank(queries, database, top_m=200, k=9)
-    assert torch.equal(rerank(queries, database, top_m=200, k=9, batch_size=2), expected)
+    # Equal up to the order of a copy and its original: their scores tie exactly in exact arithmetic, and which
+    # comes first then depends on how the BLAS kernel rounds x . y against y . x (it differs between CPUs).
+    assert torch.equal(item[rerank(queries, database, top_m=200, k=9, batch_size=2)], item[expected])
 
 
 def quantised_sims(b: int, m: int, seed: int, levels: int) -> torch.Tensor:
