@@ -100,7 +100,7 @@ def test_default_benchmark_reports_every_family_and_reuses_what_it_trained(tiny_
     retrained = json.loads((tmp_path / "third" / "report.json").read_text())
     assert {"EDJERows training", "MLLMRows training"} <= set(retrained["timings"])
     assert all((cache / "trained" / name / DONE).stat().st_mtime_ns > marks[name] for name in trained)
-    # seeded: the first stage and the MLLM train to the same weights. (EDJE's retraining, which finds the hard
-    # negatives and patch tokens cached, is not bit-identical to its first, cold training: its rows may move.)
+    # the first stage and the MLLM train to the same weights; EDJE's retraining on warm caches is not yet
+    # bit-identical to its cold first training (its rows may move a little)
     for system in ("first stage", "BM25 + MLLM (top 5)", "SuperGlobal pooling + rerank"):
         assert retrained["rows"][system] == report["rows"][system]

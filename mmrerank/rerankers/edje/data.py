@@ -228,8 +228,11 @@ class EDJEDataModule(L.LightningDataModule):
                     "images": torch.cat([t2i, image[:, None].expand(b, k)]).reshape(-1),
                     "image_set": split, "k": k, "caption_emb": data.negatives.text_emb[caption]}
 
+        # its own seeded generator: the global one has been drawn from by whatever ran before (mining hard negatives
+        # on a cold cache does, a warm cache does not), and the order must not depend on that
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate, drop_last=shuffle)
+                          collate_fn=collate, drop_last=shuffle, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True, self.train_config.split)
