@@ -51,7 +51,7 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     reranker_specs = [spec for suite in suites for spec in suite.rerankers]
     encoder = None
     if image_text.directions or instances is not None or (pages is not None and pages.dual_encoder) \
-            or any(spec.fit for spec in reranker_specs):
+            or any(spec.fit and spec.fit_reads_first_stage for spec in reranker_specs):
         start = time.perf_counter()
         encoder = build_first_stage(first_stage, progress, retrain)
         report.timings["first stage ready"] = time.perf_counter() - start

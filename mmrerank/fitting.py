@@ -59,7 +59,8 @@ def trained_folder(spec: RerankerSpec, first_stage: FirstStage) -> Path:
     config = Path(packaged_config(spec.fit.config))
     if not config.is_file():
         raise FileNotFoundError(f"{type(spec).__name__}.fit.config: no config file {spec.fit.config}")
-    key = {"config": config.read_text(), "args": spec.fit.args, "first_stage": first_stage.identity()}
+    key = {"config": config.read_text(), "args": spec.fit.args,
+           "first_stage": first_stage.identity() if spec.fit_reads_first_stage else None}
     return cache_root() / "trained" / f"{config.parent.name}-{config.stem}-{key_digest(key)}"
 
 

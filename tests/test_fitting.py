@@ -33,3 +33,13 @@ def test_trained_folder_changes_with_config_text_arguments_and_first_stage(tmp_p
     assert folder(stage=FirstStage(train_steps=7)) != base
     config.write_text("trainer: {max_steps: 6}\n")
     assert folder() != base
+
+
+def test_a_recipe_that_reads_no_first_stage_is_not_keyed_by_it(tmp_path, monkeypatch):
+    from mmrerank.rerankers.mllm.benchmark import MLLMRows
+
+    monkeypatch.setenv("MMRERANK_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "mllm.yaml"
+    config.write_text("trainer: {max_steps: 5}\n")
+    spec = MLLMRows(fit=FitRecipe(str(config)))
+    assert trained_folder(spec, FirstStage()) == trained_folder(spec, FirstStage(train_steps=7))

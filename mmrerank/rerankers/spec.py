@@ -64,6 +64,7 @@ class RerankerSpec(ABC):
     """
 
     fit: FitRecipe | None = None
+    fit_reads_first_stage = True  # False: the recipe needs no first stage, which then neither is built nor keys it
 
     def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
         """Arguments added to `fit.args`: save the model to `export_dir`, read the first stage saved at

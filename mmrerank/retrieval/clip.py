@@ -150,11 +150,12 @@ class CLIPEncoder(nn.Module):
             import json
 
             config = json.loads((path / "config.json").read_text())
-            model_name = config["model_name"]
-            if config.get("words", None) != getattr(tokenizer_for(model_name), "words", None):
-                raise ValueError(f"{path} was trained with a different word vocabulary than {model_name!r} has now; "
-                                 "retrain it (mmrerank benchmark --retrain=true for the cached default)")
-            path = path / "model.safetensors"
+            encoder = cls(config["model_name"])
+            if config.get("words", None) != getattr(encoder.tokenizer, "words", None):
+                raise ValueError(f"{path} was trained with a different word vocabulary than {encoder.model_name!r} "
+                                 "has now; retrain it (mmrerank benchmark --retrain=true for the cached default)")
+            encoder.load_weights(path / "model.safetensors")
+            return encoder
         if model_name is None:
             raise ValueError(f"{path} is a weights file: pass the model_name it was saved from")
         encoder = cls(model_name)

@@ -59,6 +59,8 @@ class MLLMRows(RerankerSpec):
             raise ValueError("MLLMRows takes a checkpoint or a fit recipe, not both")
         self._reranker = None
 
+    fit_reads_first_stage = False  # it trains on pages: BM25 groups, no dual encoder
+
     def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
         """The model is saved to `export_dir`, its tiny base built beside it (its tokenizer may be trained on the
         recipe's documents, so a base is not shared between recipes)."""
