@@ -82,7 +82,7 @@ class Reranker(ABC):
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         run = run.sorted()
         head, tail = run.indices[:, :depth].cpu(), run.indices[:, depth:].cpu()
-        new_scores = self._head_scores(run, task, head, batch_size, progress)
+        new_scores = self.head_scores(run, task, head, batch_size, progress)
         bad = ~torch.isfinite(new_scores) & (head != PAD)
         if nonfinite == "error" and bad.any():
             raise ValueError(_nonfinite_message(run, head, new_scores, bad))
@@ -90,7 +90,7 @@ class Reranker(ABC):
         # rows are already in order; sorting (stable) only moves empty slots that sat among the tail to the end
         return Run(indices.to(run.indices.device), scores.to(run.scores.device), run.query_ids, run.doc_ids).sorted()
 
-    def _head_scores(self, run: Run, task: RetrievalTask, head: Tensor, batch_size: int, progress: bool) -> Tensor:
+    def head_scores(self, run: Run, task: RetrievalTask, head: Tensor, batch_size: int, progress: bool) -> Tensor:
         """The reranker's scores of the `[Q, depth]` candidates `head` (CPU), `[Q, depth]` float; empty slots 0."""
         new_scores = torch.zeros(head.shape)
         depth = head.shape[1]

@@ -12,7 +12,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import os
 import shlex
+import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -184,7 +188,7 @@ class EvalRecorder:
         self.final_written = False
 
     def __call__(self, examples: int, steps: int, metrics: Mapping[str, float], params: int | None = None,
-                 final: bool | None = None) -> None:
+                 final: bool | None = None, references: Mapping[str, Mapping[str, float]] | None = None) -> None:
         """Record one evaluation.
 
         Args:
@@ -193,12 +197,15 @@ class EvalRecorder:
             metrics: metric name -> value (see `mmrerank.scaling.results` for the names the report reads).
             params: exact non-embedding parameters (default: the size's planned count).
             final: whether this is the run's last checkpoint (default: examples >= budget).
+            references: rankings compared with on the same task, name -> metrics (`"first stage"`: the run the
+                model reranks).
         """
         final = examples >= self.point.budget if final is None else final
         evaluation = Evaluation(size=self.point.size.name, params=params or self.point.size.params,
                                 examples=int(examples), steps=int(steps), loss=self.point.loss, seed=self.point.seed,
                                 metrics={k: float(v) for k, v in metrics.items()}, budget=self.point.budget,
-                                point=self.point.key, final=bool(final))
+                                point=self.point.key, final=bool(final),
+                                references=None if references is None else {k: dict(v) for k, v in references.items()})
         append_evaluation(self.results_path, evaluation)
         self.final_written |= evaluation.final
 
@@ -268,3 +275,71 @@ def commands(config_path: str | Path, config: SweepConfig, results_path: str | P
         if point.key not in done:
             yield (f"mmrerank scaling sweep --config {shlex.quote(str(config_path))}{results} "
                    f"--point {shlex.quote(point.key)}")
+
+
+def point_command(config_path: str | Path, key: str, results_path: str | Path | None = None) -> list[str]:
+    """The argv that trains one grid point in a fresh process (what `--dry-run` prints, with this interpreter)."""
+    results = ["--results", str(results_path)] if results_path else []
+    return [sys.executable, "-m", "mmrerank.scaling.cli", "sweep", "--config", str(config_path), *results,
+            "--point", key]
+
+
+def run_workers(config_path: str | Path, config: SweepConfig, workers: int, results_path: str | Path | None = None,
+                log=print, poll_s: float = 1.0) -> list[str]:
+    """Train every unfinished grid point in `workers` processes of one thread each; a rerun resumes.
+
+    The first point runs alone, so that the caches every point reads (first stage, patch tokens, mined negatives)
+    are written once; the rest run `workers` at a time, smallest model first. Each process writes its output to
+    `<results>.logs/<key>.log`; `log` gets a line per finished point with the ETA of the rest. One thread per
+    process keeps a point's numbers the same whichever way the sweep is dispatched.
+
+    Raises:
+        RuntimeError: after every point has had its turn, naming the points whose process failed and their logs.
+    """
+    from mmrerank.core.progress import format_seconds
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    results_path = Path(results_path or config.results)
+    done = finished_points(results_path)
+    todo = [p.key for p in grid_points(config) if p.key not in done]
+    logs = results_path.with_name(results_path.name + ".logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log(f"sweep: {len(todo)} of {len(grid_points(config))} grid points to train, {workers} worker(s); logs in {logs}")
+    running: dict[str, tuple[subprocess.Popen, float, object]] = {}
+    finished, failed, start = [], [], time.monotonic()
+
+    def launch(key: str) -> None:
+        out = open(logs / f"{key}.log", "w")  # noqa: SIM115 (closed when the process ends)
+        running[key] = (subprocess.Popen(point_command(config_path, key, results_path), stdout=out,
+                                         stderr=subprocess.STDOUT, env=env), time.monotonic(), out)
+
+    queue = list(todo)
+    try:
+        while queue or running:
+            limit = 1 if not finished and not failed else workers  # the first point alone: it writes the caches
+            while queue and len(running) < limit:
+                launch(queue.pop(0))
+            time.sleep(poll_s)
+            for key, (proc, began, out) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                out.close()
+                del running[key]
+                (finished if proc.returncode == 0 else failed).append(key)
+                elapsed = time.monotonic() - start
+                left = len(queue) + len(running)
+                eta = elapsed / (len(finished) + len(failed)) * left / workers if left else 0.0
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, {logs / key}.log)"
+                log(f"sweep: {key} {status} in {format_seconds(time.monotonic() - began)}; "
+                    f"{len(finished) + len(failed)}/{len(todo)}, {format_seconds(elapsed)} elapsed, "
+                    f"ETA {format_seconds(eta)}")
+    finally:
+        for proc, _, out in running.values():  # interrupted: stop the workers, keep what they recorded
+            proc.terminate()
+            proc.wait()
+            out.close()
+    if failed:
+        raise RuntimeError(f"{len(failed)} grid point(s) failed: {', '.join(failed)}; see their logs in {logs}")
+    return finished

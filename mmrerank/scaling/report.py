@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,14 @@ from mmrerank.scaling.forecast import (
     curves,
     data_laws,
     joint_law,
+    latest_run,
     metric_names,
     model_law,
     scales_predictably,
+    unique_checkpoints,
 )
 from mmrerank.scaling.plots import plot_data_laws, plot_model_law, slug
-from mmrerank.scaling.results import LOSSES, read_evaluations
+from mmrerank.scaling.results import LOSSES, Evaluation, read_evaluations
 from mmrerank.scaling.statistics import FTest
 
 
@@ -33,6 +36,8 @@ class ScalingReport:
         config: the forecast settings; losses, metrics: what was fitted, in order.
         model: (loss, metric) -> model-law forecast; data: (loss, metric) -> one data-law forecast per size;
         joint: (loss, metric) -> joint law; predictable: metric -> loss -> True/False/None (not fitted).
+        references: one row per loss and size (`against_references`): its final metrics beside the rankings it
+            was compared with on the same candidates (the first stage it reranks, the reranker unfused).
     """
 
     config: ForecastConfig
@@ -42,6 +47,7 @@ class ScalingReport:
     data: dict[tuple[str, str], list[Forecast]]
     joint: dict[tuple[str, str], JointForecast]
     predictable: dict[str, dict[str, bool | None]]
+    references: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def nest(table: dict, convert) -> dict:
@@ -50,7 +56,7 @@ class ScalingReport:
         return {"config": asdict(self.config), "losses": self.losses, "metrics": self.metrics,
                 "predictable": self.predictable, "model_law": nest(self.model, lambda r: r.to_dict()),
                 "data_law": nest(self.data, lambda rs: [r.to_dict() for r in rs]),
-                "joint_law": nest(self.joint, lambda r: r.to_dict())}
+                "joint_law": nest(self.joint, lambda r: r.to_dict()), "references": self.references}
 
 
 def build_report(results_path: str | Path, cfg: ForecastConfig | None = None) -> ScalingReport:
@@ -70,7 +76,38 @@ def build_report(results_path: str | Path, cfg: ForecastConfig | None = None) ->
             data[loss, metric] = data_laws(loss_curves, metric, cfg)
             joint[loss, metric] = joint_law(runs, metric, cfg)
     predictable = {m: {loss: scales_predictably(model[loss, m], cfg) for loss in losses} for m in metrics}
-    return ScalingReport(cfg, losses, metrics, model, data, joint, predictable)
+    return ScalingReport(cfg, losses, metrics, model, data, joint, predictable,
+                         against_references(evaluations, losses, metrics[:2]))
+
+
+def seed_mean(tables: list[dict[str, float]], metric: str) -> float:
+    """Mean of `metric` over per-seed metric tables (NaN where a seed lacks it)."""
+    return float(np.mean([t.get(metric, np.nan) for t in tables]))
+
+
+def against_references(evaluations: list[Evaluation], losses: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """Per loss and size, the final checkpoint's seed means of `metrics` beside each reference's (same seeds).
+
+    Each row: loss, size, params, seeds, `values` metric -> mean, `references` name -> metric -> mean, and `above`
+    metric -> whether the mean beats the first stage's (None without a first-stage reference).
+    """
+    rows = []
+    for loss in losses:
+        finals: dict[str, list[Evaluation]] = defaultdict(list)
+        for e in latest_run(unique_checkpoints([e for e in evaluations if e.loss == loss])):
+            finals[e.size].append(e)
+        for size, evs in finals.items():
+            last = max(e.examples for e in evs)
+            evs = [e for e in evs if e.examples == last]
+            names = sorted({name for e in evs for name in (e.references or {})})
+            values = {m: seed_mean([e.metrics for e in evs], m) for m in metrics}
+            refs = {n: {m: seed_mean([(e.references or {}).get(n, {}) for e in evs], m) for m in metrics}
+                    for n in names}
+            base = refs.get("first stage")
+            above = {m: None if base is None else bool(values[m] > base[m]) for m in metrics}
+            rows.append({"loss": loss, "size": size, "params": int(np.median([e.params for e in evs])),
+                         "seeds": len(evs), "examples": last, "values": values, "references": refs, "above": above})
+    return sorted(rows, key=lambda r: (losses.index(r["loss"]), r["params"]))
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -200,6 +237,25 @@ def joint_tables(report: ScalingReport) -> list[str]:
                        "the smallest to 100x the largest size):", ""] + alloc
 
 
+def references_table(report: ScalingReport) -> list[str]:
+    """The `against_references` rows as a table; a point that does not beat its first stage is marked."""
+    if not report.references:
+        return ["(no evaluation in the results has references)"]
+    names = sorted({name for row in report.references for name in row["references"]})
+    metrics = list(report.references[0]["values"])
+    head = [f"{m} | " + " | ".join(f"{m} {name}" for name in names) for m in metrics]
+    lines = ["| loss | size | params | seeds | examples | " + " | ".join(head) + " | above first stage |",
+             "|---" * (6 + len(metrics) * (1 + len(names))) + "|"]
+    for row in report.references:
+        cells = [f"{row['values'][m]:.4f} | " + " | ".join(fmt(row["references"].get(n, {}).get(m)) for n in names)
+                 for m in metrics]
+        flags = [v for v in row["above"].values() if v is not None]
+        mark = "-" if not flags else "yes" if all(flags) else "**NO**"
+        lines.append(f"| {row['loss']} | {row['size']} | {row['params']} | {row['seeds']} | {row['examples']} | "
+                     + " | ".join(cells) + f" | {mark} |")
+    return lines
+
+
 def to_markdown(report: ScalingReport) -> str:
     cfg = report.config
     level = f"{cfg.level:.0%}"
@@ -215,6 +271,11 @@ def to_markdown(report: ScalingReport) -> str:
         "`(A/N)^alpha + delta` (losses) or `delta - (A/N)^alpha` (metrics), fitted as a line in log-log space of "
         "the gap. With few fitted points the intervals run narrow (a point resample with only 3 distinct sizes is "
         "fitted exactly); the note column says so when the fit has fewer than 4 distinct sizes or n - p < 2.", "",
+        "## Every point against the first stage", "",
+        "Final checkpoint of each size, seed means, beside the rankings it was compared with on the same queries and "
+        "candidates (`first stage`: the run it reranks; `alone`: the reranker's own score, unfused). **NO** marks a "
+        "point whose mean does not beat the first stage on every metric shown.", "",
+        *references_table(report), "",
         "## Which metrics scale predictably", "",
         f"Predictable for a loss: model-law R² >= {cfg.r2_min}, every held-out forecast within "
         f"{cfg.max_rel_error:.0%} of the actual value, and the F-test of the law against a constant significant at "

@@ -12,7 +12,9 @@ Each line is one evaluation of one trained model (one checkpoint of one run)::
      # optional:
      "budget": 4096000,       # examples the run was planned for (tells runs of one size apart); default: none
      "point": "s1-listwise-d4096000-s0",  # key of the sweep grid point that wrote the line
-     "final": true}           # this is the run's last checkpoint (marks the grid point finished)
+     "final": true,           # this is the run's last checkpoint (marks the grid point finished)
+     "references": {"first stage": {"nDCG@10": 0.45, ...}}}  # rankings the model is compared with, on the
+                              # same queries and candidates (the run it reranks; the reranker alone, unfused)
 
 Metrics whose name before any "@k" is in `LOWER_IS_BETTER` (contrastive entropy `CE@k`) are lower-is-better and
 fitted as losses; every other metric is a ranking metric in [0, 1], higher is better.
@@ -53,6 +55,7 @@ class Evaluation:
     budget: int | None = None
     point: str | None = None
     final: bool = False
+    references: dict[str, dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         # numpy scalars from a trainer would not serialise; store plain Python types
@@ -61,6 +64,9 @@ class Evaluation:
         object.__setattr__(self, "budget", None if self.budget is None else int(self.budget))
         object.__setattr__(self, "final", bool(self.final))
         object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
+        if self.references is not None:
+            object.__setattr__(self, "references", {str(name): {str(k): float(v) for k, v in values.items()}
+                                                    for name, values in self.references.items()})
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.params <= 0 or self.examples <= 0 or self.steps < 0:

@@ -163,3 +163,53 @@ def test_numpy_scalars_are_stored_as_plain_json(tmp_path):
     append_evaluation(tmp_path / "r.jsonl", record)
     assert read_evaluations(tmp_path / "r.jsonl") == [record]
     assert json.loads((tmp_path / "r.jsonl").read_text())["final"] is True
+
+
+WORKER_TRAINER = '''
+import json, os, time
+
+def train_point(point, on_eval):
+    """Writes when it ran and with how many threads; fails for the size named `fail`."""
+    began = time.time()
+    if point.size.name == "fail":
+        raise RuntimeError("this point fails")
+    time.sleep(0.3)
+    with open(os.environ["WORKER_TRACE"], "a") as trace:
+        trace.write(json.dumps({"key": point.key, "began": began, "ended": time.time(),
+                                "threads": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
+    for examples in point.eval_at:
+        on_eval(examples=examples, steps=examples, metrics={"AP": point.size.params / 1e4 + point.seed / 100})
+'''
+
+
+def test_workers_train_every_point_once_first_alone_then_in_parallel(tmp_path, monkeypatch, capsys):
+    from mmrerank.scaling.cli import main
+
+    (tmp_path / "worker_trainer.py").write_text(WORKER_TRAINER)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")
+    monkeypatch.setenv("WORKER_TRACE", str(tmp_path / "trace.jsonl"))
+    sizes = "[{name: a, params: 1000}, {name: b, params: 2000}]"
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"trainer: worker_trainer:train_point\nsizes: {sizes}\nbudgets: [10]\nlosses: [pairwise]\n"
+                      f"seeds: [0, 1]\neval_fractions: [0.5]\nresults: {tmp_path / 'r.jsonl'}\n")
+    main(["sweep", "--config", str(config), "--workers", "2"])
+    trace = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    keys = [p.key for p in grid_points(load_sweep_config(config))]
+    assert sorted(t["key"] for t in trace) == sorted(keys)  # each point once
+    assert {t["threads"] for t in trace} == {"1"}
+    first = min(trace, key=lambda t: t["began"])
+    assert first["key"] == keys[0] and all(t["began"] >= first["ended"] for t in trace if t is not first)
+    rest = sorted((t for t in trace if t is not first), key=lambda t: t["began"])
+    assert any(b["began"] < a["ended"] for a, b in zip(rest, rest[1:]))  # two ran at once
+    evaluations = read_evaluations(tmp_path / "r.jsonl")
+    assert finished_points(tmp_path / "r.jsonl") == set(keys) and len(evaluations) == 2 * len(keys)
+    assert {(e.size, e.seed): e.metrics["AP"] for e in evaluations if e.final} == {
+        (s, seed): p / 1e4 + seed / 100 for s, p in [("a", 1000), ("b", 2000)] for seed in (0, 1)}
+    assert "ETA" in capsys.readouterr().out
+    main(["sweep", "--config", str(config), "--workers", "2"])  # resumes: nothing left
+    assert len((tmp_path / "trace.jsonl").read_text().splitlines()) == len(keys)
+
+    config.write_text(config.read_text().replace("{name: b, params: 2000}", "{name: fail, params: 3000}"))
+    with pytest.raises(SystemExit, match=r"2 grid point\(s\) failed: fail-pairwise-d10-s0, fail-pairwise-d10-s1"):
+        main(["sweep", "--config", str(config), "--workers", "2"])
+    assert "this point fails" in (tmp_path / "r.jsonl.logs" / "fail-pairwise-d10-s0.log").read_text()

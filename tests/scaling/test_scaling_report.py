@@ -250,3 +250,30 @@ def test_seeds_are_averaged_within_one_budget_and_checkpoint(tmp_path):
     assert result.y_fit == pytest.approx([np.mean(expected[n]) for n in PARAMS[:3]])
     assert result.y_out == pytest.approx([np.mean(expected[PARAMS[3]])])
     assert result.boot.method == "seeds"
+
+
+def test_every_point_is_set_against_its_first_stage(tmp_path):
+    """Seed means of the final checkpoint beside the references' seed means; a point below is marked NO."""
+    path = tmp_path / "refs.jsonl"
+    base = {"nDCG@10": 0.50, "AP": 0.40}
+    finals = {"s1": [(0.49, 0.41), (0.50, 0.42)], "s2": [(0.55, 0.45), (0.57, 0.47)]}  # s1: nDCG mean 0.495 < 0.5
+    for i, (size, seeds) in enumerate(finals.items()):
+        for seed, (ndcg10, ap) in enumerate(seeds):
+            refs = {"first stage": base, "alone": {"nDCG@10": ndcg10 - 0.1, "AP": ap - 0.1}}
+            append_evaluation(path, Evaluation(size, 1000 * (i + 1), 50, 5, "listwise", seed,
+                                               {"nDCG@10": 0.3, "AP": 0.2}, budget=100, references=refs))
+            append_evaluation(path, Evaluation(size, 1000 * (i + 1), 100, 10, "listwise", seed,
+                                               {"nDCG@10": ndcg10, "AP": ap}, budget=100, final=True,
+                                               references=refs))
+    report = build_report(path, ForecastConfig(resamples=10, data_resamples=5, calibration_laws=0))
+    s1, s2 = report.references
+    assert (s1["size"], s1["seeds"], s1["examples"]) == ("s1", 2, 100)
+    assert s1["values"] == pytest.approx({"nDCG@10": 0.495, "AP": 0.415})
+    assert s1["references"]["alone"] == pytest.approx({"nDCG@10": 0.395, "AP": 0.315})
+    assert s1["above"] == {"nDCG@10": False, "AP": True} and s2["above"] == {"nDCG@10": True, "AP": True}
+    write_report(report, tmp_path / "out")
+    table = (tmp_path / "out" / "report.md").read_text().split("## Every point against the first stage")[1]
+    s1_line, = [line for line in table.splitlines() if line.startswith("| listwise | s1 |")]
+    s2_line, = [line for line in table.splitlines() if line.startswith("| listwise | s2 |")]
+    assert s1_line.endswith("| **NO** |") and s2_line.endswith("| yes |")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["references"][0]["size"] == "s1"

@@ -36,9 +36,15 @@ class SweepArgs:
         candidates: K, first-stage candidates per eval query (the fixed top-K every model reranks).
         batch_size: captions per step (each gives a t2i and an i2t group of 1 positive + `negatives`).
         negatives, hard: negatives per group and how many of them are first-stage hard negatives.
+        curriculum_steps: steps of random negatives only before the hard ones start (`EDJEDataModule`).
+        twins: put each caption's near-duplicate twin image (and its captions) in its groups (`EDJEDataModule`).
+        alpha: the recorded `metrics` rank by `logit + alpha * first-stage score` (the benchmark's fused row);
+            0: by the logit alone. The logit alone and the first stage on the same candidates are recorded as the
+            evaluation's `references` either way.
         eval_split: the split whose captions are the eval queries (`val` or `test`).
         eval_queries: evaluate on the first this many captions of that split (None: all).
         lr, warmup_steps: AdamW peak learning rate (a size's `dims.lr` overrides it) and warm-up.
+        precision: Lightning's trainer precision (`bf16-mixed` about halves a CPU step).
         synthetic: `SyntheticConfig` arguments of the benchmark (default: the built-in one).
         first_stage: `FirstStage` arguments of the retriever that gives the candidates and hard negatives
             (its checkpoint is also the default frozen vision source's weights).
@@ -50,10 +56,13 @@ class SweepArgs:
     negatives: int = 5
     hard: int = 3
     curriculum_steps: int = 0
+    twins: bool = False
+    alpha: float = 0.0
     eval_split: str = "val"
     eval_queries: int | None = 1000
     lr: float = 1e-3
     warmup_steps: int = 100
+    precision: str = "32-true"
     synthetic: dict[str, Any] = field(default_factory=dict)
     first_stage: dict[str, Any] = field(default_factory=dict)
     module: dict[str, Any] = field(default_factory=dict)
@@ -169,13 +178,19 @@ class _TokensById:
 
 
 @torch.no_grad()
-def evaluate_point(model, task: EvalTask, patches, batch_queries: int = 64) -> dict[str, float]:
-    """The evaluation loop's steps on the fixed task: EDJE reranks the first stage's top K (`Reranker.rerank`) and
-    the task scores the run (`measure`: the sweep's measures plus `CE@K`, contrastive entropy over the K).
+def evaluate_point(model, task: EvalTask, patches, alpha: float = 0.0,
+                   batch_queries: int = 64) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The evaluation loop's steps on the fixed task: EDJE scores the first stage's top K (`Reranker.head_scores`)
+    and the task scores the runs (`measure`: the sweep's measures plus `CE@K`, contrastive entropy over the K).
 
     Args:
         model: an `EDJE` (in training; put back in its mode afterwards).
         patches: `[N, P, D]` patch tokens of the eval split's images (indexable by rows).
+        alpha: the returned metrics rank by `logit + alpha * first-stage score` (0: the logit alone).
+
+    Returns:
+        The reranker's metrics, and the references on the same candidates: `{"first stage": ..., "alone": ...}`
+        (the EDJE logit alone).
     """
     from mmrerank.rerankers.edje.reranker import EDJEReranker
 
@@ -184,18 +199,28 @@ def evaluate_point(model, task: EvalTask, patches, batch_queries: int = 64) -> d
     unique = task.run.indices.unique()  # each candidate image compressed once
     tokens = torch.cat([model.eval().compress(patches[chunk].to(device).float()) for chunk in unique.split(512)])
     store = _TokensById([task.task.corpus.ids[int(i)] for i in unique], tokens)
-    k = task.run.depth
-    reranked = EDJEReranker(model, store, device).rerank(task.run, task.task, k, batch_size=batch_queries * k,
-                                                         progress=False)
+    run = task.run.sorted()
+    k = run.depth
+    logits = EDJEReranker(model, store, device).head_scores(run, task.task, run.indices.cpu(), batch_queries * k,
+                                                            progress=False)
     model.train(was_training)
-    return task.task.measure(reranked, [*MEASURES, f"CE@{k}"])
+    measures = [*MEASURES, f"CE@{k}"]
+
+    def measured(scores: Tensor) -> dict[str, float]:
+        return task.task.measure(Run(run.indices, scores, run.query_ids, run.doc_ids).sorted(), measures)
+
+    first_stage = run.scores.float().cpu()
+    references = {"first stage": measured(first_stage), "alone": measured(logits)}
+    metrics = measured(logits + alpha * first_stage) if alpha else references["alone"]
+    return metrics, references
 
 
 class EvaluateAt(L.Callback):
     """Evaluate at each examples-seen count of `point.eval_at` and hand the metrics to the sweep's recorder."""
 
-    def __init__(self, point: GridPoint, on_eval: EvalRecorder, task: EvalTask, batch_size: int) -> None:
-        self.point, self.on_eval, self.task, self.batch_size = point, on_eval, task, batch_size
+    def __init__(self, point: GridPoint, on_eval: EvalRecorder, task: EvalTask, batch_size: int,
+                 alpha: float = 0.0) -> None:
+        self.point, self.on_eval, self.task, self.batch_size, self.alpha = point, on_eval, task, batch_size, alpha
         self.pending = list(point.eval_at)
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
@@ -203,8 +228,8 @@ class EvaluateAt(L.Callback):
         while self.pending and self.pending[0] <= examples:
             self.pending.pop(0)
             patches = module.patches[trainer.datamodule.val_config.split]
-            metrics = evaluate_point(module.model, self.task, patches)
-            self.on_eval(examples=examples, steps=trainer.global_step, metrics=metrics,
+            metrics, references = evaluate_point(module.model, self.task, patches, self.alpha)
+            self.on_eval(examples=examples, steps=trainer.global_step, metrics=metrics, references=references,
                          params=non_embedding_params(module.model), final=not self.pending)
 
 
@@ -239,13 +264,18 @@ def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     retriever = args.retriever()
     data = EDJEDataModule(train=args.dataset("train"), val=args.dataset(args.eval_split), first_stage=retriever,
                           n=args.negatives, hard=args.hard, batch_size=args.batch_size, seed=point.seed,
-                          curriculum_steps=args.curriculum_steps)
-    settings = {"vision_checkpoint": str(retriever.folder()), **args.module, "joint": joint_config(point.size.dims),
+                          curriculum_steps=args.curriculum_steps, twins=args.twins)
+    weights = str(retriever.folder())  # the first stage's own weights: the frozen vision and text sides read them
+    sides = {"vision_checkpoint": weights}
+    if str(args.module.get("text", "words")).startswith("first_stage:"):
+        sides["text_checkpoint"] = weights
+    settings = {**sides, **args.module, "joint": joint_config(point.size.dims),
                 "loss": point.loss, "lr": float(point.size.dims.get("lr", args.lr)),
                 "warmup_steps": args.warmup_steps, "export_dir": None}
     module = EDJEModule(**settings)  # its setup reads the patch tokens from the on-disk cache after the first point
-    trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0,
-                        callbacks=[SeedAfterCaches(point.seed), EvaluateAt(point, on_eval, task, args.batch_size)])
+    evaluate = EvaluateAt(point, on_eval, task, args.batch_size, args.alpha)
+    trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, precision=args.precision, deterministic=True,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        callbacks=[SeedAfterCaches(point.seed), evaluate])
     trainer.fit(module, datamodule=data)

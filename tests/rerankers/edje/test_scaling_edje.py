@@ -48,7 +48,7 @@ def test_joint_config_needs_the_shape():
         joint_config({"hidden": 64, "layers": 2})
 
 
-def test_evaluate_point_equals_the_metrics_of_the_pairs_scored_one_by_one():
+def test_evaluate_point_equals_the_metrics_of_the_pairs_scored_one_by_one_alone_fused_and_first_stage():
     from mmrerank.core.items import RetrievalTask, Texts
     from mmrerank.core.run import Qrels, Run
 
@@ -67,25 +67,33 @@ def test_evaluate_point_equals_the_metrics_of_the_pairs_scored_one_by_one():
                              torch.tensor([r[1] for r in relevant]))
     task = EvalTask(RetrievalTask("toy/t2i", Texts(query_ids, captions), Texts(image_ids, image_ids), qrels),
                     Run(candidates, torch.linspace(1, 0, k).expand(q, k).clone(), query_ids, image_ids))
-    got = evaluate_point(model, task, patches)
+    alpha = 0.7
+    got, references = evaluate_point(model, task, patches, alpha)
+    assert set(references) == {"first stage", "alone"}
     assert model.training  # put back in training mode
     # independent expectation: each pair scored alone, a naive per-query dict run, scored by the same metric code
     model.eval()
     with torch.no_grad():
         scores = torch.tensor([[float(model.score([captions[i]], model.compress(patches[int(d)][None].float())))
                                 for d in candidates[i]] for i in range(q)])
-    run = {query_ids[i]: {image_ids[int(d)]: float(s) for d, s in zip(candidates[i], scores[i])} for i in range(q)}
     naive = {qid: {did: 1 for did in docs} for qid, docs in
              ((query_ids[a], [image_ids[b] for c, b in relevant if c == a]) for a in range(q))}
-    expected = evaluate(run, naive, ["nDCG@10", "AP", "RR", "R@1", f"CE@{k}"])
-    for name, value in expected.items():
-        assert got[name] == pytest.approx(value, abs=1e-4), name
-    # RR by hand: the best rank of a query's relevant candidates under the scores
-    ranks = []
-    for i in range(q):
-        rel = [j for j in range(k) if (i, int(candidates[i, j])) in relevant]
-        ranks.append(min(int((scores[i] > scores[i, j]).sum()) + 1 for j in rel))
-    assert got["RR"] == pytest.approx(sum(1 / r for r in ranks) / q, abs=1e-4)
+    first_stage = task.run.scores
+    for measured, pair_scores in ((references["alone"], scores), (got, scores + alpha * first_stage),
+                                  (references["first stage"], first_stage)):
+        run = {query_ids[i]: {image_ids[int(d)]: float(s) for d, s in zip(candidates[i], pair_scores[i])}
+               for i in range(q)}
+        expected = evaluate(run, naive, ["nDCG@10", "AP", "RR", "R@1", f"CE@{k}"])
+        for name, value in expected.items():
+            assert measured[name] == pytest.approx(value, abs=1e-4), name
+        # RR by hand: the best rank of a query's relevant candidates under the scores
+        ranks = []
+        for i in range(q):
+            rel = [j for j in range(k) if (i, int(candidates[i, j])) in relevant]
+            ranks.append(min(int((pair_scores[i] > pair_scores[i, j]).sum()) + 1 for j in rel))
+        assert measured["RR"] == pytest.approx(sum(1 / r for r in ranks) / q, abs=1e-4)
+    assert got != references["alone"]  # the fusion moved something, so the three checks are three
+    assert evaluate_point(model, task, patches)[0] == references["alone"]  # alpha 0: the logit alone
 
 
 def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path):
@@ -114,6 +122,10 @@ def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path)
         assert e.steps * 4 == e.examples and e.examples in (e.budget // 2, e.budget)
         assert 0 <= e.metrics["nDCG@10"] <= 1 and e.metrics["CE@8"] > 0
         assert set(e.metrics) >= {"nDCG@1", "nDCG@5", "nDCG@10", "AP", "RR", "R@5", "CE@8"}
+    # every evaluation is compared with the first stage on the same fixed candidates: one set of numbers for all
+    assert all(set(e.references) == {"first stage", "alone"} for e in lines)
+    assert len({json.dumps(e.references["first stage"], sort_keys=True) for e in lines}) == 1
+    assert all(e.metrics == e.references["alone"] for e in lines)  # alpha 0: the recorded metrics are the logit's
     assert run_sweep(config, results) == []  # resume: every point is finished
 
     out = tmp_path / "report"
@@ -121,4 +133,6 @@ def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path)
                   "--data-resamples", "10", "--metrics", "nDCG@10"])
     report = json.loads((out / "report.json").read_text())
     assert "nDCG@10" in json.dumps(report) and (out / "report.md").is_file()
+    assert [(r["size"], r["examples"]) for r in report["references"]] == [("s1", 32), ("s2", 32)]  # largest budget
+    assert "## Every point against the first stage" in (out / "report.md").read_text()
     assert asdict(config.sizes[0])["dims"]["hidden"] == 16
