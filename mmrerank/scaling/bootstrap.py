@@ -127,7 +127,7 @@ def resample_seed_means(samples: np.ndarray, n_resamples: int, rng: np.random.Ge
         rng: the generator drawn from (one call, so a seed fixes the result).
 
     Returns:
-        [..., R, P] resampled means.
+        [..., R, P] resampled means, their spread about each point's mean widened by sqrt(n_p / (n_p - 1)).
     """
     compact = np.sort(samples, axis=-1)  # NaN sorts last, so a point's n_p seeds sit in its first n_p slots
     counts = seed_counts(compact)  # [..., P]
@@ -137,7 +137,13 @@ def resample_seed_means(samples: np.ndarray, n_resamples: int, rng: np.random.Ge
     draws = rng.integers(0, counts[..., None, :, None], size=lead + (n_resamples, p, s))  # [..., R, P, S]
     values = np.take_along_axis(compact[..., None, :, :], draws, axis=-1)
     used = np.arange(s) < counts[..., None, :, None]  # only the first n_p draws count, so n_p seeds are averaged
-    return np.sum(np.where(used, values, 0.0), axis=-1) / counts[..., None, :]
+    means = np.sum(np.where(used, values, 0.0), axis=-1) / counts[..., None, :]
+    # A mean of n draws with replacement varies by (n - 1) / n of the mean's sampling variance (it divides the
+    # population variance by n, not the sample variance): widen each deviation by sqrt(n / (n - 1)) so that the
+    # resampled means vary as much as the estimated sampling variance of the mean says.
+    centre = np.nanmean(compact, axis=-1)[..., None, :]
+    widen = np.sqrt(counts / np.maximum(counts - 1, 1))[..., None, :]
+    return centre + (means - centre) * widen
 
 
 def bootstrap_seeds(fit_fn: Callable[[np.ndarray, np.ndarray], Any], x: Any, samples: Any, n_resamples: int = 1000,

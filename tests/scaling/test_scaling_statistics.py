@@ -169,10 +169,14 @@ def test_seed_resamples_draw_each_points_own_seeds():
     assert means.shape == (4000, 6)
     for p, row in enumerate(samples):
         values = row[np.isfinite(row)]
-        possible = {round(float(np.mean(c)), 12) for c in itertools.combinations_with_replacement(values, len(values))}
-        assert {round(float(m), 12) for m in means[:, p]} <= possible  # n_p draws of the point's own seeds
-        # the bootstrap variance of a mean of n draws with replacement: population variance / n
-        assert means[:, p].var() == pytest.approx(values.var() / len(values), rel=0.12, abs=1e-12)
+        n = len(values)
+        possible = {round(float(np.mean(c)), 9) for c in itertools.combinations_with_replacement(values, n)}
+        widen = np.sqrt(n / (n - 1)) if n > 1 else 1.0
+        unwidened = values.mean() + (means[:, p] - values.mean()) / widen
+        assert {round(float(m), 9) for m in unwidened} <= possible  # n_p draws of the point's own seeds
+        # widened so the resampled means vary as the sample variance (ddof 1) / n says a mean of n seeds does
+        expected = values.var(ddof=1) / n if n > 1 else 0.0
+        assert means[:, p].var() == pytest.approx(expected, rel=0.12, abs=1e-12)
     again = resample_seed_means(samples, 4000, np.random.default_rng(0))
     assert np.array_equal(means, again)
     with pytest.raises(ValueError, match="at least one seed"):
@@ -195,8 +199,9 @@ def test_seed_bootstrap_keeps_the_sizes_and_refits_resampled_means():
     for x, y in seen[1:]:
         assert np.array_equal(x, X)
         for p in range(len(X)):
-            possible = [np.mean(c) for c in itertools.product(samples[p], repeat=3)]
-            assert np.min(np.abs(np.array(possible) - y[p])) < 1e-12
+            centre = samples[p].mean()
+            possible = [centre + (np.mean(c) - centre) * np.sqrt(1.5) for c in itertools.product(samples[p], repeat=3)]
+            assert np.min(np.abs(np.array(possible) - y[p])) < 1e-12  # 3 draws of its seeds, widened by sqrt(3/2)
     again = bootstrap_seeds(recorder, X, samples, n_resamples=25, seed=1)
     assert again.intervals == result.intervals
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -25,7 +25,7 @@ from mmrerank.scaling.results import read_evaluations
 pytestmark = pytest.mark.slow  # end to end: trains models
 
 
-def test_non_embedding_params_count_the_joint_encoder_but_its_embedding_tables():
+def test_non_embedding_params_count_the_joint_encoder_but_its_embedding_tables(tmp_path):
     tok = build_wordpiece_tokenizer(["a red circle", "a blue square"], vocab_size=60)
     config = EDJEConfig(vision="timm:none", patch_dim=24, num_patches=9, num_image_tokens=4, adapter_heads=2,
                         joint=joint_config({"hidden": 32, "layers": 2, "heads": 2}), max_text_len=8)
@@ -40,6 +40,12 @@ def test_non_embedding_params_count_the_joint_encoder_but_its_embedding_tables()
     total = sum(p.numel() for p in model.parameters())
     assert image_side_params(model) == sum(p.numel() for p in model.adapter.parameters())
     assert non_embedding_params(model) + tables + image_side_params(model) == total
+    # a first-stage text side (frozen tower + projection) stands for the word embeddings: not counted either
+    CLIPEncoder("mmrerank-tiny-resnet").save_pretrained(tmp_path / "fs")
+    with_tower = EDJE(replace(config, text="first_stage:mmrerank-tiny-resnet", text_checkpoint=str(tmp_path / "fs")),
+                      tok)
+    text_side = sum(p.numel() for p in with_tower.joint.text.parameters())
+    assert text_side > 10 * joint and non_embedding_params(with_tower) == joint
 
 
 def test_joint_config_needs_the_shape():

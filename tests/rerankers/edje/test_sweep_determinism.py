@@ -45,14 +45,23 @@ def test_same_seed_same_metrics_with_a_cold_or_a_warm_cache(tmp_path, monkeypatc
                       "warmup_steps": 1, "synthetic": synthetic, "first_stage": {"checkpoint": str(first_stage)},
                       "module": {"feature_index": 2, "num_image_tokens": 4, "adapter_heads": 2,
                                  "adapter_mlp_ratio": 1, "max_text_len": 16, "tokenizer": str(tokenizer)}})
+    # and the default sweep's recipe: twins, a curriculum, the first stage's text side, fusion, bf16
+    recipe = SweepConfig(**{**config.__dict__, "trainer_args": {
+        **config.trainer_args, "twins": True, "curriculum_steps": 2, "alpha": 5.0, "precision": "bf16-mixed",
+        "module": {**config.trainer_args["module"], "tokenizer": None, "text": "first_stage:mmrerank-tiny-resnet"}}})
+    for cfg in (config, recipe):
+        same_numbers_cold_or_warm(cfg, tmp_path / f"cache-{len(cfg.trainer_args)}", monkeypatch)
+
+
+def same_numbers_cold_or_warm(config, cache, monkeypatch):
     [point] = grid_points(config)
-    cache = tmp_path / "cache"
     cold = train_once(point, cache, monkeypatch)
     assert (cache / "negatives").is_dir() and (cache / "patches").is_dir()  # the caches the second run reads
     warm = train_once(point, cache, monkeypatch)
     assert [c["examples"] for c in cold] == [8, 16]
     for a, b in zip(cold, warm, strict=True):
         assert a["metrics"] == b["metrics"], (a["examples"], a["metrics"], b["metrics"])  # exactly, not approx
+        assert a["references"] == b["references"]
     # and the training does learn something the seed decides: a different seed gives other numbers
     other = train_once(grid_points(SweepConfig(**{**config.__dict__, "seeds": [1]}))[0], cache, monkeypatch)
     assert other[-1]["metrics"]["CE@8"] != cold[-1]["metrics"]["CE@8"]
