@@ -77,7 +77,10 @@ def build_report(results_path: str | Path, cfg: ForecastConfig | None = None) ->
             joint[loss, metric] = joint_law(runs, metric, cfg)
     predictable = {m: {loss: scales_predictably(model[loss, m], cfg) for loss in losses} for m in metrics}
     return ScalingReport(cfg, losses, metrics, model, data, joint, predictable,
-                         against_references(evaluations, losses, metrics[:2]))
+                         against_references(evaluations, losses, [m for m in SHOWN if m in metrics] or metrics[:2]))
+
+
+SHOWN = ("nDCG@10", "AP")  # the metrics the report sets against the references (the headline pair)
 
 
 def seed_mean(tables: list[dict[str, float]], metric: str) -> float:
