@@ -166,16 +166,22 @@ def test_numpy_scalars_are_stored_as_plain_json(tmp_path):
 
 
 WORKER_TRAINER = '''
-import json, os, time
+import json, os, pathlib, time
 
 def train_point(point, on_eval):
-    """Writes when it ran and with how many threads; fails for the size named `fail`."""
+    """Writes when it ran, with how many threads and whether another point ran beside it; `fail` raises."""
     began = time.time()
     if point.size.name == "fail":
         raise RuntimeError("this point fails")
-    time.sleep(0.3)
+    running = pathlib.Path(os.environ["WORKER_TRACE"]).with_name("running")
+    running.mkdir(exist_ok=True)
+    (running / point.key).touch()
+    together = False
+    while point.size.name != "a" and not together and time.time() < began + 120:  # not the first: wait for a peer
+        together = len(list(running.iterdir())) >= 3  # the first point's file and two of the rest
+        time.sleep(0.05)
     with open(os.environ["WORKER_TRACE"], "a") as trace:
-        trace.write(json.dumps({"key": point.key, "began": began, "ended": time.time(),
+        trace.write(json.dumps({"key": point.key, "began": began, "ended": time.time(), "together": together,
                                 "threads": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
     for examples in point.eval_at:
         on_eval(examples=examples, steps=examples, metrics={"AP": point.size.params / 1e4 + point.seed / 100})
@@ -188,28 +194,27 @@ def test_workers_train_every_point_once_first_alone_then_in_parallel(tmp_path, m
     (tmp_path / "worker_trainer.py").write_text(WORKER_TRAINER)
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{':'.join(sys.path)}")
     monkeypatch.setenv("WORKER_TRACE", str(tmp_path / "trace.jsonl"))
-    sizes = "[{name: a, params: 1000}, {name: b, params: 2000}]"
+    sizes = "[{name: a, params: 1000}, {name: b, params: 2000}, {name: c, params: 3000}]"
     config = tmp_path / "sweep.yaml"
     config.write_text(f"trainer: worker_trainer:train_point\nsizes: {sizes}\nbudgets: [10]\nlosses: [pairwise]\n"
-                      f"seeds: [0, 1]\neval_fractions: [0.5]\nresults: {tmp_path / 'r.jsonl'}\n")
+                      f"eval_fractions: [0.5]\nresults: {tmp_path / 'r.jsonl'}\n")
     main(["sweep", "--config", str(config), "--workers", "2"])
-    trace = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    trace = {t["key"]: t for t in map(json.loads, (tmp_path / "trace.jsonl").read_text().splitlines())}
     keys = [p.key for p in grid_points(load_sweep_config(config))]
-    assert sorted(t["key"] for t in trace) == sorted(keys)  # each point once
-    assert {t["threads"] for t in trace} == {"1"}
-    first = min(trace, key=lambda t: t["began"])
-    assert first["key"] == keys[0] and all(t["began"] >= first["ended"] for t in trace if t is not first)
-    rest = sorted((t for t in trace if t is not first), key=lambda t: t["began"])
-    assert any(b["began"] < a["ended"] for a, b in zip(rest, rest[1:]))  # two ran at once
+    assert sorted(trace) == sorted(keys)  # each point once
+    assert {t["threads"] for t in trace.values()} == {"1"}
+    first = trace[keys[0]]
+    assert all(t["began"] >= first["ended"] for key, t in trace.items() if key != keys[0])  # the first alone
+    assert all(trace[key]["together"] for key in keys[1:])  # then the other two at once
     evaluations = read_evaluations(tmp_path / "r.jsonl")
     assert finished_points(tmp_path / "r.jsonl") == set(keys) and len(evaluations) == 2 * len(keys)
-    assert {(e.size, e.seed): e.metrics["AP"] for e in evaluations if e.final} == {
-        (s, seed): p / 1e4 + seed / 100 for s, p in [("a", 1000), ("b", 2000)] for seed in (0, 1)}
+    assert {e.size: e.metrics["AP"] for e in evaluations if e.final} == {"a": 0.1, "b": 0.2, "c": 0.3}
     assert "ETA" in capsys.readouterr().out
     main(["sweep", "--config", str(config), "--workers", "2"])  # resumes: nothing left
     assert len((tmp_path / "trace.jsonl").read_text().splitlines()) == len(keys)
 
-    config.write_text(config.read_text().replace("{name: b, params: 2000}", "{name: fail, params: 3000}"))
+    config.write_text(config.read_text().replace("{name: c, params: 3000}", "{name: fail, params: 3000}")
+                      .replace("eval_fractions", "seeds: [0, 1]\neval_fractions"))
     with pytest.raises(SystemExit, match=r"2 grid point\(s\) failed: fail-pairwise-d10-s0, fail-pairwise-d10-s1"):
         main(["sweep", "--config", str(config), "--workers", "2"])
     assert "this point fails" in (tmp_path / "r.jsonl.logs" / "fail-pairwise-d10-s0.log").read_text()
