@@ -28,6 +28,7 @@ from mmrerank.scaling.statistics import (
     DeltaInterval,
     LawPrior,
     adjusted_r2,
+    calibration_note,
     f_vs_constant,
     f_vs_loglinear,
     holdout_distance,
@@ -326,6 +327,7 @@ def model_law(loss_curves: list[Curve], metric: str, cfg: ForecastConfig) -> For
         result.distance = holdout_distance(np.concatenate([result.x_fit, result.x_out]),
                                            np.concatenate([result.y_fit, result.y_out]), result.kind)
         result.calibration, result.noise_source = calibrate(result, cfg)
+        result.trust = "; ".join(n for n in (result.trust, calibration_note(result.calibration)) if n) or None
     return result
 
 

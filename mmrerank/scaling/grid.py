@@ -267,29 +267,32 @@ def run_sweep(config: SweepConfig, results_path: str | Path | None = None, train
     return ran
 
 
+def point_args(config_path: str | Path, key: str, results_path: str | Path | None = None) -> list[str]:
+    """The `mmrerank scaling` arguments that train one grid point."""
+    results = ["--results", str(results_path)] if results_path else []
+    return ["sweep", "--config", str(config_path), *results, "--point", key]
+
+
 def commands(config_path: str | Path, config: SweepConfig, results_path: str | Path | None = None) -> Iterator[str]:
     """One shell command per unfinished grid point (for a scheduler, or `--dry-run`)."""
     done = finished_points(results_path or config.results)
-    results = f" --results {shlex.quote(str(results_path))}" if results_path else ""
     for point in grid_points(config):
         if point.key not in done:
-            yield (f"mmrerank scaling sweep --config {shlex.quote(str(config_path))}{results} "
-                   f"--point {shlex.quote(point.key)}")
+            yield shlex.join(["mmrerank", "scaling", *point_args(config_path, point.key, results_path)])
 
 
 def point_command(config_path: str | Path, key: str, results_path: str | Path | None = None) -> list[str]:
-    """The argv that trains one grid point in a fresh process (what `--dry-run` prints, with this interpreter)."""
-    results = ["--results", str(results_path)] if results_path else []
-    return [sys.executable, "-m", "mmrerank.scaling.cli", "sweep", "--config", str(config_path), *results,
-            "--point", key]
+    """The argv that trains one grid point in a fresh process with this interpreter (what `commands` prints)."""
+    return [sys.executable, "-m", "mmrerank.scaling.cli", *point_args(config_path, key, results_path)]
 
 
 def run_workers(config_path: str | Path, config: SweepConfig, workers: int, results_path: str | Path | None = None,
                 log=print, poll_s: float = 1.0) -> list[str]:
     """Train every unfinished grid point in `workers` processes of one thread each; a rerun resumes.
 
-    The first point runs alone, so that the caches every point reads (first stage, patch tokens, mined negatives)
-    are written once; the rest run `workers` at a time, smallest model first. Each process writes its output to
+    The first point of a new sweep runs alone, so that the caches every point reads (first stage, patch tokens,
+    mined negatives) are written once; the rest, and every point of a resumed sweep, run `workers` at a time,
+    smallest model first. Each process writes its output to
     `<results>.logs/<key>.log`; `log` gets a line per finished point with the ETA of the rest. One thread per
     process keeps a point's numbers the same whichever way the sweep is dispatched.
 
@@ -308,7 +311,7 @@ def run_workers(config_path: str | Path, config: SweepConfig, workers: int, resu
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log(f"sweep: {len(todo)} of {len(grid_points(config))} grid points to train, {workers} worker(s); logs in {logs}")
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
-    finished, failed, start = [], [], time.monotonic()
+    finished, failed, durations, start = [], [], [], time.monotonic()
 
     def launch(key: str) -> None:
         out = open(logs / f"{key}.log", "w")  # noqa: SIM115 (closed when the process ends)
@@ -318,7 +321,8 @@ def run_workers(config_path: str | Path, config: SweepConfig, workers: int, resu
     queue = list(todo)
     try:
         while queue or running:
-            limit = 1 if not finished and not failed else workers  # the first point alone: it writes the caches
+            # the first point of a new sweep alone: it writes the caches; a resumed one's were written before
+            limit = 1 if not (done or finished or failed) else workers
             while queue and len(running) < limit:
                 launch(queue.pop(0))
             time.sleep(poll_s)
@@ -327,14 +331,18 @@ def run_workers(config_path: str | Path, config: SweepConfig, workers: int, resu
                     continue
                 out.close()
                 del running[key]
-                (finished if proc.returncode == 0 else failed).append(key)
-                elapsed = time.monotonic() - start
+                took = time.monotonic() - began
+                if proc.returncode == 0:
+                    finished.append(key)
+                    durations.append(took)
+                else:
+                    failed.append(key)
                 left = len(queue) + len(running)
-                eta = elapsed / (len(finished) + len(failed)) * left / workers if left else 0.0
+                # a failed point says nothing about how long the others take: the ETA is from finished ones only
+                eta = format_seconds(sum(durations) / len(durations) * left / workers) if durations else "unknown"
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, {logs / key}.log)"
-                log(f"sweep: {key} {status} in {format_seconds(time.monotonic() - began)}; "
-                    f"{len(finished) + len(failed)}/{len(todo)}, {format_seconds(elapsed)} elapsed, "
-                    f"ETA {format_seconds(eta)}")
+                log(f"sweep: {key} {status} in {format_seconds(took)}; {len(finished) + len(failed)}/{len(todo)}, "
+                    f"{format_seconds(time.monotonic() - start)} elapsed, ETA {eta}")
     finally:
         for proc, _, out in running.values():  # interrupted: stop the workers, keep what they recorded
             proc.terminate()

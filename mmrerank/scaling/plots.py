@@ -48,11 +48,19 @@ def draw_forecast(ax, result: Forecast, color: str, label: str, band: bool) -> N
         ax.plot(xs, result.kaplan.predict(xs), ":", color="gray", linewidth=1.0, label="Kaplan form")
 
 
-def plot_model_law(metric: str, by_loss: dict[str, Forecast], path: Path) -> None:
-    """One panel per training loss: the metric at the final checkpoint against parameters (log x)."""
+def plot_model_law(metric: str, by_loss: dict[str, Forecast], path: Path,
+                   first_stage: dict[str, float] | None = None) -> None:
+    """One panel per training loss: the metric at the final checkpoint against parameters (log x), with the first
+    stage's value on the same candidates as a dashed line where `first_stage` (loss -> value) has one."""
     fig, axes = panels(len(by_loss))
     for ax, (loss, result) in zip(axes, by_loss.items()):
         draw_forecast(ax, result, "C0", "fitted sizes", band=True)
+        level = (first_stage or {}).get(loss)
+        if level is not None:
+            ax.axhline(level, color="black", linestyle="--", linewidth=1.0, label="first stage")
+            low, high = ax.get_ylim()  # the line stays in view however far the points are from it
+            pad = 0.05 * (high - low)
+            ax.set_ylim(min(low, level - pad), max(high, level + pad))
         ax.set(xscale="log", xlabel="non-embedding parameters", ylabel=metric,
                title=f"{loss}: model law" + (f" (R² {result.law.r2:.3f})" if result.law else " (not fitted)"))
         ax.legend(fontsize=7, title="★ held out", title_fontsize=7)

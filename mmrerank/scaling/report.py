@@ -240,6 +240,17 @@ def joint_tables(report: ScalingReport) -> list[str]:
                        "the smallest to 100x the largest size):", ""] + alloc
 
 
+def first_stage_levels(report: ScalingReport, metric: str) -> dict[str, float]:
+    """loss -> the first stage's `metric` on the candidates its points rerank (the mean over sizes: one task gives one
+    value); empty where the references do not hold it."""
+    levels: dict[str, list[float]] = {}
+    for row in report.references:
+        value = row["references"].get("first stage", {}).get(metric)
+        if value is not None:
+            levels.setdefault(row["loss"], []).append(value)
+    return {loss: float(np.mean(values)) for loss, values in levels.items()}
+
+
 def references_table(report: ScalingReport) -> list[str]:
     """The `against_references` rows as a table; a point that does not beat its first stage is marked."""
     if not report.references:
@@ -313,7 +324,8 @@ def write_report(report: ScalingReport, output_dir: str | Path) -> list[Path]:
     atomic_write_text(written[1], to_markdown(report))
     for metric in report.metrics:
         model_png, data_png = out / f"model_law_{slug(metric)}.png", out / f"data_law_{slug(metric)}.png"
-        plot_model_law(metric, {loss: report.model[loss, metric] for loss in report.losses}, model_png)
+        plot_model_law(metric, {loss: report.model[loss, metric] for loss in report.losses}, model_png,
+                       first_stage_levels(report, metric))
         plot_data_laws(metric, {loss: report.data[loss, metric] for loss in report.losses}, data_png)
         written += [model_png, data_png]
     return written

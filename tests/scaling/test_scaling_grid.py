@@ -218,3 +218,38 @@ def test_workers_train_every_point_once_first_alone_then_in_parallel(tmp_path, m
     with pytest.raises(SystemExit, match=r"2 grid point\(s\) failed: fail-pairwise-d10-s0, fail-pairwise-d10-s1"):
         main(["sweep", "--config", str(config), "--workers", "2"])
     assert "this point fails" in (tmp_path / "r.jsonl.logs" / "fail-pairwise-d10-s0.log").read_text()
+
+
+class FakeProcess:
+    """Stands in for a worker process: finishes at its second poll, and records how many ran beside it."""
+
+    running: list[str] = []
+    peaks: dict[str, int] = {}
+
+    def __init__(self, argv, **_) -> None:
+        self.key, self.polls, self.returncode = argv[-1], 0, None
+        FakeProcess.running.append(self.key)
+        FakeProcess.peaks[self.key] = len(FakeProcess.running)
+
+    def poll(self):
+        self.polls += 1
+        if self.polls >= 2 and self.returncode is None:
+            self.returncode = 0
+            FakeProcess.running.remove(self.key)
+        return self.returncode
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_only_a_new_sweep_runs_its_first_point_alone(tmp_path, monkeypatch, resumed):
+    from mmrerank.scaling import grid
+
+    FakeProcess.running, FakeProcess.peaks = [], {}
+    monkeypatch.setattr(grid.subprocess, "Popen", FakeProcess)
+    config, results = small_config(), tmp_path / "r.jsonl"
+    if resumed:  # one point finished before: the caches it wrote are there
+        run_sweep(config, results, FakeTrainer(), only="s1-pointwise-d800-s0")
+    keys = [p.key for p in grid_points(config)][int(resumed):]
+    assert grid.run_workers("sweep.yaml", config, 2, results, log=lambda line: None, poll_s=0) == keys
+    first_alone = FakeProcess.peaks[keys[0]] == 1 and FakeProcess.peaks[keys[1]] == 1
+    assert first_alone != resumed
+    assert max(FakeProcess.peaks.values()) == 2

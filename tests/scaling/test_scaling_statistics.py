@@ -18,7 +18,9 @@ from mmrerank.scaling.bootstrap import (
 )
 from mmrerank.scaling.fits import fit_power_law
 from mmrerank.scaling.statistics import (
+    Coverage,
     adjusted_r2,
+    calibration_note,
     delta_interval,
     f_test,
     f_vs_constant,
@@ -246,6 +248,19 @@ def test_holdout_distance_against_a_naive_loop():
         assert row["predicted"] == pytest.approx(direct) and row["abs_error"] == pytest.approx(abs(direct - y[-1]))
         assert row["decades"] == pytest.approx(np.log10(x[-1] / x[5 - h]))
     assert holdout_distance(x[:3], y[:3]) == []
+
+
+def test_calibration_note_names_the_intervals_that_undercover():
+    def coverage(bootstrap, delta):
+        return Coverage(bootstrap, delta, n_laws=200, n_bootstrap=200, n_delta=180, method="seeds", n_seeds=2,
+                        noise_sd=0.01, n_resamples=100, level=0.9)
+
+    assert calibration_note(None) is None
+    assert calibration_note(coverage(0.85, 0.97)) is None  # within 0.1 of the level
+    note = calibration_note(coverage(0.73, 0.96))
+    assert note == "bootstrap covered 73% of 200 seeded laws at 90%: too narrow"
+    assert "delta covered 50% of 180" in calibration_note(coverage(0.73, 0.5))
+    assert calibration_note(coverage(None, 0.5)) == "delta covered 50% of 180 seeded laws at 90%: too narrow"
 
 
 def test_trust_note_flags_few_sizes_and_few_degrees_of_freedom():
