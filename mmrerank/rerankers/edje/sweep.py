@@ -44,7 +44,8 @@ class SweepArgs:
         eval_split: the split whose captions are the eval queries (`val` or `test`).
         eval_queries: evaluate on the first this many captions of that split (None: all).
         lr, warmup_steps: AdamW peak learning rate (a size's `dims.lr` overrides it) and warm-up.
-        precision: Lightning's trainer precision (`bf16-mixed` about halves a CPU step).
+        precision: Lightning's trainer precision for training (`bf16-mixed` about halves a CPU step); the
+            evaluations score in float32.
         synthetic: `SyntheticConfig` arguments of the benchmark (default: the built-in one).
         first_stage: `FirstStage` arguments of the retriever that gives the candidates and hard negatives
             (its checkpoint is also the default frozen vision source's weights).
@@ -180,7 +181,7 @@ class _TokensById:
 
 
 @torch.no_grad()
-def evaluate_point(model, task: EvalTask, patches, alpha: float = 0.0, bf16: bool = False,
+def evaluate_point(model, task: EvalTask, patches, alpha: float = 0.0,
                    batch_queries: int = 64) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """The evaluation loop's steps on the fixed task: EDJE scores the first stage's top K (`Reranker.head_scores`)
     and the task scores the runs (`measure`: the sweep's measures plus `CE@K`, contrastive entropy over the K).
@@ -189,7 +190,6 @@ def evaluate_point(model, task: EvalTask, patches, alpha: float = 0.0, bf16: boo
         model: an `EDJE` (in training; put back in its mode afterwards).
         patches: `[N, P, D]` patch tokens of the eval split's images (indexable by rows).
         alpha: the returned metrics rank by `logit + alpha * first-stage score` (0: the logit alone).
-        bf16: score under bfloat16 autocast (about 1.7x faster on a CPU).
 
     Returns:
         The reranker's metrics, and the references on the same candidates: `{"first stage": ..., "alone": ...}`
@@ -204,9 +204,9 @@ def evaluate_point(model, task: EvalTask, patches, alpha: float = 0.0, bf16: boo
     store = _TokensById([task.task.corpus.ids[int(i)] for i in unique], tokens)
     run = task.run.sorted()
     k = run.depth
-    with torch.autocast(device.type, torch.bfloat16, enabled=bf16):  # as the benchmark scores (EDJERows.bf16)
-        logits = EDJEReranker(model, store, device).head_scores(run, task.task, run.indices.cpu(),
-                                                                batch_queries * k, progress=False).float()
+    # float32 whatever the training's precision, as every recorded sweep was scored
+    logits = EDJEReranker(model, store, device).head_scores(run, task.task, run.indices.cpu(), batch_queries * k,
+                                                            progress=False)
     model.train(was_training)
     measures = [*MEASURES, f"CE@{k}"]
 
@@ -223,9 +223,8 @@ class EvaluateAt(L.Callback):
     """Evaluate at each examples-seen count of `point.eval_at` and hand the metrics to the sweep's recorder."""
 
     def __init__(self, point: GridPoint, on_eval: EvalRecorder, task: EvalTask, batch_size: int,
-                 alpha: float = 0.0, bf16: bool = False) -> None:
-        self.point, self.on_eval, self.task, self.batch_size = point, on_eval, task, batch_size
-        self.alpha, self.bf16 = alpha, bf16
+                 alpha: float = 0.0) -> None:
+        self.point, self.on_eval, self.task, self.batch_size, self.alpha = point, on_eval, task, batch_size, alpha
         self.pending = list(point.eval_at)
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx: int) -> None:
@@ -233,8 +232,7 @@ class EvaluateAt(L.Callback):
         while self.pending and self.pending[0] <= examples:
             self.pending.pop(0)
             patches = module.patches[trainer.datamodule.val_config.split]
-            metrics, references = evaluate_point(module.model, self.task, patches, self.alpha,
-                                                 self.bf16)
+            metrics, references = evaluate_point(module.model, self.task, patches, self.alpha)
             self.on_eval(examples=examples, steps=trainer.global_step, metrics=metrics, references=references,
                          params=non_embedding_params(module.model), final=not self.pending)
 
@@ -279,7 +277,7 @@ def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
                 "loss": point.loss, "lr": float(point.size.dims.get("lr", args.lr)),
                 "warmup_steps": args.warmup_steps, "export_dir": None}
     module = EDJEModule(**settings)  # its setup reads the patch tokens from the on-disk cache after the first point
-    evaluate = EvaluateAt(point, on_eval, task, args.batch_size, args.alpha, args.precision.startswith("bf16"))
+    evaluate = EvaluateAt(point, on_eval, task, args.batch_size, args.alpha)
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, precision=args.precision, deterministic=True,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
