@@ -292,12 +292,16 @@ def run_workers(config_path: str | Path, config: SweepConfig, workers: int, resu
 
     The first point of a new sweep runs alone, so that the caches every point reads (first stage, patch tokens,
     mined negatives) are written once; the rest, and every point of a resumed sweep, run `workers` at a time,
-    smallest model first. Each process writes its output to
-    `<results>.logs/<key>.log`; `log` gets a line per finished point with the ETA of the rest. One thread per
-    process keeps a point's numbers the same whichever way the sweep is dispatched.
+    smallest model first. Each process writes its output to `<results>.logs/<key>.log`; `log` gets a line per
+    finished point with the ETA of the rest. One thread per process keeps a point's numbers the same whichever way
+    the sweep is dispatched.
+
+    Returns:
+        The keys of the points trained, in grid order.
 
     Raises:
-        RuntimeError: after every point has had its turn, naming the points whose process failed and their logs.
+        RuntimeError: after every point has had its turn, naming the points whose process failed (in grid order)
+            and their logs.
     """
     from mmrerank.core.progress import format_seconds
 
@@ -305,11 +309,12 @@ def run_workers(config_path: str | Path, config: SweepConfig, workers: int, resu
         raise ValueError(f"workers must be >= 1, got {workers}")
     results_path = Path(results_path or config.results)
     done = finished_points(results_path)
-    todo = [p.key for p in grid_points(config) if p.key not in done]
+    points = grid_points(config)
+    todo = [p.key for p in points if p.key not in done]
     logs = results_path.with_name(results_path.name + ".logs")
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log(f"sweep: {len(todo)} of {len(grid_points(config))} grid points to train, {workers} worker(s); logs in {logs}")
+    log(f"sweep: {len(todo)} of {len(points)} grid points to train, {workers} worker(s); logs in {logs}")
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     finished, failed, durations, start = [], [], [], time.monotonic()
 
@@ -348,6 +353,8 @@ def run_workers(config_path: str | Path, config: SweepConfig, workers: int, resu
             proc.terminate()
             proc.wait()
             out.close()
+    finished.sort(key=todo.index)  # in grid order, however the workers happened to finish
+    failed.sort(key=todo.index)
     if failed:
         raise RuntimeError(f"{len(failed)} grid point(s) failed: {', '.join(failed)}; see their logs in {logs}")
     return finished

@@ -59,6 +59,9 @@ class ScalingReport:
                 "joint_law": nest(self.joint, lambda r: r.to_dict()), "references": self.references}
 
 
+SHOWN = ("nDCG@10", "AP")  # the metrics the report sets against the references (the issue's headline pair)
+
+
 def build_report(results_path: str | Path, cfg: ForecastConfig | None = None) -> ScalingReport:
     """Fit every law of the report on a results JSONL (see `mmrerank.scaling.results` for its schema)."""
     cfg = cfg or ForecastConfig()
@@ -78,9 +81,6 @@ def build_report(results_path: str | Path, cfg: ForecastConfig | None = None) ->
     predictable = {m: {loss: scales_predictably(model[loss, m], cfg) for loss in losses} for m in metrics}
     return ScalingReport(cfg, losses, metrics, model, data, joint, predictable,
                          against_references(evaluations, losses, [m for m in SHOWN if m in metrics] or metrics[:2]))
-
-
-SHOWN = ("nDCG@10", "AP")  # the metrics the report sets against the references (the issue's headline pair)
 
 
 def seed_mean(tables: list[dict[str, float]], metric: str) -> float:

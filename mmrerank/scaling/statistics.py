@@ -206,7 +206,6 @@ def trust_note(x_fit: np.ndarray, p: int = N_PARAMS) -> str | None:
     return "; ".join(reasons) + ": intervals too narrow to trust" if reasons else None
 
 
-
 def calibration_note(coverage: Coverage | None, slack: float = 0.1) -> str | None:
     """Which intervals the seeded laws found too narrow: coverage more than `slack` below the level, else None."""
     if coverage is None:
@@ -215,6 +214,7 @@ def calibration_note(coverage: Coverage | None, slack: float = 0.1) -> str | Non
              (("bootstrap", coverage.bootstrap, coverage.n_bootstrap), ("delta", coverage.delta, coverage.n_delta))
              if value is not None and value < coverage.level - slack]
     return f"{' and '.join(short)} at {coverage.level:.0%}: too narrow" if short else None
+
 
 # --- forecast error against extrapolation distance ------------------------------------------------------------------
 

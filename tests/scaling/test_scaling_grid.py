@@ -231,12 +231,24 @@ class FakeProcess:
         FakeProcess.running.append(self.key)
         FakeProcess.peaks[self.key] = len(FakeProcess.running)
 
+    needs_polls, exit_code = 2, 0
+
     def poll(self):
         self.polls += 1
-        if self.polls >= 2 and self.returncode is None:
-            self.returncode = 0
+        if self.polls >= self.needs_polls and self.returncode is None:
+            self.returncode = self.exit_code
             FakeProcess.running.remove(self.key)
         return self.returncode
+
+
+class SlowFirstFailing(FakeProcess):
+    """Fails; the first point launched takes longest, so the points end in the reverse of grid order."""
+
+    exit_code = 1
+
+    def __init__(self, argv, **kwargs) -> None:
+        super().__init__(argv, **kwargs)
+        self.needs_polls = 6 - len(FakeProcess.peaks)
 
 
 @pytest.mark.parametrize("resumed", [False, True])
@@ -253,3 +265,17 @@ def test_only_a_new_sweep_runs_its_first_point_alone(tmp_path, monkeypatch, resu
     first_alone = FakeProcess.peaks[keys[0]] == 1 and FakeProcess.peaks[keys[1]] == 1
     assert first_alone != resumed
     assert max(FakeProcess.peaks.values()) == 2
+
+
+def test_workers_name_failed_points_in_grid_order_however_they_end(tmp_path, monkeypatch):
+    from mmrerank.scaling import grid
+
+    FakeProcess.running, FakeProcess.peaks = [], {}
+    monkeypatch.setattr(grid.subprocess, "Popen", SlowFirstFailing)
+    config, results = small_config(), tmp_path / "r.jsonl"
+    run_sweep(config, results, FakeTrainer(), only="s1-pointwise-d800-s0")  # resumed: the rest start together
+    ended = []
+    keys = [p.key for p in grid_points(config)][1:]
+    with pytest.raises(RuntimeError, match="3 grid point\\(s\\) failed: " + ", ".join(keys)):
+        grid.run_workers("sweep.yaml", config, 3, results, log=ended.append, poll_s=0)
+    assert [line.split()[1] for line in ended[1:]] == keys[::-1]  # they did end the other way round
