@@ -17,8 +17,10 @@ from mmrerank.datasets import ImageTextSource
 from mmrerank.rerankers import RerankerSpec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("benchmark", "superglobal", "scaling"))
-BENCHMARKS = sorted([*(CONFIGS / "benchmark").glob("*.yaml"), *(CONFIGS / "superglobal").glob("*.yaml")])
+TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml")
+                  if p.parent.name not in ("benchmark", "superglobal", "scaling", "repro"))
+BENCHMARKS = sorted([*(CONFIGS / "benchmark").glob("*.yaml"), *(CONFIGS / "superglobal").glob("*.yaml"),
+                     *(CONFIGS / "repro").glob("*.yaml")])
 
 
 def test_configs_exist():
