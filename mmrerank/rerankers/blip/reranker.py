@@ -22,6 +22,13 @@ salesforce/LAVIS at 506965b9c4a18c1e565bd32acaccabe0198433f7: `lavis/models/albe
   head over them; transformers returns the averaged two logits (the card then applies a softmax), LAVIS takes logit
   1 of each query and averages (the same number: the mean is linear). ITC: the highest of the 32 query-text cosine
   similarities, as both compute it.
+Inputs, as each protocol's code prepares them (checked by running it: tests/fixtures/parity/blip*_itm_*/SOURCE.md):
+
+- Images: both resize with PIL's bicubic filter (transformers 4's `BlipImageProcessor`; LAVIS's `blip_image_eval`,
+  torchvision's `Resize` on a PIL image), so the image processor is loaded on its PIL backend under transformers 5.
+- Captions: the card passes them unchanged (the tokenizer lower-cases); LAVIS's datasets apply `blip_caption`
+  (`pre_caption`) and `compute_sim_matrix` cuts at 35 word pieces.
+- LAVIS's ViT uses LayerNorm eps 1e-6, the hub's BLIP configs 1e-5: the `"lavis"` protocol uses LAVIS's.
 """
 
 from __future__ import annotations
