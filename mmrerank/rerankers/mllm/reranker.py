@@ -36,6 +36,8 @@ from mmrerank.rerankers.mllm.weights import import_peft, load_checkpoint_head, l
 DEFAULT_PROMPT = MONOQWEN_PROMPT
 # With `use_ocr=True` this goes before the prompt, so the model reads the page text right after the page image.
 DEFAULT_OCR_PREFIX = MONOQWEN_OCR_PREFIX
+# With `use_ocr=True` (templates that use a document's text only on request), the text is cut to this many characters.
+DEFAULT_MAX_OCR_CHARS = 2000
 # "probability": the number the cards print (the label softmax, or sigmoid(head - head_offset) with a head).
 SCORE_MODES = ("logprob", "logit_diff", "logit", "probability")
 
@@ -57,7 +59,11 @@ def load_head(path: str | Path, device: torch.device | str = "cpu") -> dict[str,
 
 @dataclass
 class Page:
-    """A document page: its image and, optionally, its OCR text (used only when the reranker has `use_ocr=True`)."""
+    """A document page: its image and, optionally, its OCR text.
+
+    The `yes_no` template (Qwen3-VL-Reranker, lychee-rerank-mm) always scores the text after the image, as their
+    authors' code does; the other templates use it only when the reranker has `use_ocr=True`.
+    """
 
     image: Image.Image
     text: str = ""
@@ -139,6 +145,21 @@ def _append_token(inputs, token_id: int):
     return inputs
 
 
+def _document_text_rule(template, use_ocr: bool | None, max_ocr_chars: int | None) -> tuple[bool, int | None]:
+    """(use_ocr, max_ocr_chars) for `template`: a template that keeps a document's text (`yes_no`) keeps all of it,
+    as its authors' code does, and refuses a setting that would drop or cut it; the others take the settings, by
+    default without the text (as their cards) and cutting it at `DEFAULT_MAX_OCR_CHARS` when used."""
+    if not template.keeps_document_text:
+        return bool(use_ocr), DEFAULT_MAX_OCR_CHARS if max_ocr_chars is None else max_ocr_chars
+    if use_ocr is False or max_ocr_chars is not None:
+        raise ValueError(
+            f"the {template.name!r} template scores a document's whole text after its image, as Qwen3-VL-Reranker's "
+            f"and lychee-rerank-mm's code does; use_ocr=False / max_ocr_chars={max_ocr_chars} would drop or cut it "
+            "(to score a page's image alone, pass the image alone; a reranker.json saved before this rule may hold "
+            '"use_ocr": false and "max_ocr_chars": 2000 -- set them to null)')
+    return True, None
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -185,7 +206,10 @@ class MLLMReranker(Reranker, nn.Module):
         labels: the (positive, negative) answer words, each a single token.
         score: `"logprob"`, `"probability"`, `"logit_diff"` or `"logit"` (use `"logit"` after contrastive or
             pairwise training).
-        use_ocr: use the text that comes with a candidate image (a page's OCR text).
+        use_ocr: use the text that comes with a candidate image (a page's OCR text). None: the template's rule --
+            `yes_no` always uses it, as Qwen3-VL-Reranker's and lychee-rerank-mm's code does (False is refused there:
+            their code has no such option; pass the image alone to score it alone); `monoqwen` and `jina` do not,
+            as their cards (True is an mmrerank option for them).
         head: None or `"mlp"`.
         head_path: a state dict saved by `save_head`, loaded into the head.
         batch_size: pairs per forward pass in `score`.
@@ -195,7 +219,8 @@ class MLLMReranker(Reranker, nn.Module):
         processor_kwargs: extra `AutoProcessor.from_pretrained` arguments (e.g. `min_pixels`, `max_pixels`).
         merge_adapter: fold the LoRA weights into the model (faster inference; not for training).
         ocr_prefix: the OCR text template, containing `{ocr}`.
-        max_ocr_chars: OCR text is cut to this many characters, to bound the sequence length.
+        max_ocr_chars: with `use_ocr` on a `monoqwen` or `jina` template, the text is cut to this many characters
+            (None: 2000), to bound the sequence length. Refused for `yes_no`, whose authors' code does not cut it.
         template: `"monoqwen"`, `"jina"` or `"yes_no"`.
         instruction: the `yes_no` template's `<Instruct>` text (None: Qwen3-VL-Reranker's default).
         score_token_id: a token appended to every tokenised pair, whose position is read (jina-reranker-m0: 100).
@@ -205,11 +230,11 @@ class MLLMReranker(Reranker, nn.Module):
     """
 
     def __init__(self, model_name_or_path: str | Path, adapter: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
-                 labels: Sequence[str] = ("True", "False"), score: str = "logprob", use_ocr: bool = False,
+                 labels: Sequence[str] = ("True", "False"), score: str = "logprob", use_ocr: bool | None = None,
                  head: str | None = None, head_path: str | Path | None = None, batch_size: int = 8,
                  device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                  processor_name_or_path: str | Path | None = None, processor_kwargs: dict | None = None,
-                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int = 2000,
+                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int | None = None,
                  template: str = "monoqwen", instruction: str | None = None, score_token_id: int | None = None,
                  head_offset: float = 0.0, head_prefix: str | None = None) -> None:
         super().__init__()
@@ -222,6 +247,7 @@ class MLLMReranker(Reranker, nn.Module):
         if head_path is not None and head_prefix is not None:
             raise ValueError("give the head's weights once: head_path or head_prefix, not both")
         self.template = make_template(template, prompt, ocr_prefix, instruction)
+        use_ocr, max_ocr_chars = _document_text_rule(self.template, use_ocr, max_ocr_chars)
         self.prompt, self.score_mode, self.use_ocr = prompt, score, use_ocr
         self.ocr_prefix, self.max_ocr_chars, self.batch_size = ocr_prefix, max_ocr_chars, batch_size
         self.labels, self.name_or_path, self.head_kind = tuple(labels), str(model_name_or_path), head
@@ -322,7 +348,8 @@ class MLLMReranker(Reranker, nn.Module):
         return self.template.render(as_content(query), self._document(candidate), self.processor)
 
     def _document(self, candidate: Any) -> Content:
-        """A candidate as the template sees it: an image's OCR text kept only with `use_ocr`, and cut."""
+        """A candidate as the template sees it: the text that comes with an image kept when `use_ocr` (always for
+        `yes_no`), and cut to `max_ocr_chars` (never for `yes_no`)."""
         return as_content(candidate, keep_text=self.use_ocr, max_chars=self.max_ocr_chars)
 
     def encode(self, queries: Sequence[Any], candidates: Sequence[Any]):
