@@ -10,6 +10,7 @@ them into the output.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import time
@@ -184,6 +185,8 @@ def build_reranker(spec: str | Reranker | Mapping[str, Any], device: str = "auto
     mapping (as jsonargparse parses `--reranker my.module.Class --reranker.init_args.x 1`); an instance is kept."""
     if isinstance(spec, Reranker):
         return spec
+    if isinstance(spec, str) and _is_reranker_class(spec):  # a class path without init args parses as a string
+        spec = {"class_path": spec}
     if isinstance(spec, Mapping):
         from jsonargparse import ArgumentParser
 
@@ -195,8 +198,22 @@ def build_reranker(spec: str | Reranker | Mapping[str, Any], device: str = "auto
     return load_reranker(spec, device=device)
 
 
+def _is_reranker_class(spec: str) -> bool:
+    """Does `spec` (not a folder) name a `Reranker` subclass as `package.module.Class`?"""
+    module, _, name = spec.rpartition(".")
+    if not module or Path(spec).exists():
+        return False
+    try:
+        found = getattr(importlib.import_module(module), name, None)
+    except (ImportError, ValueError, TypeError):  # a hub id such as `org/model.v2` is no module
+        return False
+    return isinstance(found, type) and issubclass(found, Reranker)
+
+
 def describe_reranker(spec: str | Reranker | Mapping[str, Any]) -> str:
     """A reranker's row name: the preset or folder as given, or the class name."""
+    if isinstance(spec, str) and _is_reranker_class(spec):
+        return spec.rsplit(".", 1)[-1]
     if isinstance(spec, Reranker):
         return type(spec).__name__
     if isinstance(spec, Mapping):
@@ -230,8 +247,8 @@ def _claim_work_folder(work: Path, manifest: dict) -> None:
             old = json.loads(path.read_text())
             changed = [k for k in manifest if old.get(k) != manifest[k]]
             if changed:
-                raise ValueError(f"{work} holds the finished shards of an earlier rerank with another {', '.join(changed)}"
-                                 f"; delete {work} to start over, or write to another --output")
+                raise ValueError(f"{work} holds the finished shards of an earlier rerank with another "
+                                 f"{', '.join(changed)}; delete {work} to start over, or write to another --output")
             done = len(list(work.glob("shard-*.trec")))
             print(f"Resuming from {work}: {done} finished shard(s) are kept.", flush=True)
             return
