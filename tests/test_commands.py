@@ -244,3 +244,106 @@ def test_help_lists_every_subcommand(capsys):
                  "test", "predict"]:
         assert any(line.split()[:1] == [name] and len(line.split()) > 2 for line in printed), name
     assert set(SUBCOMMANDS) == {"benchmark", "precompute", "scaling", "rerank", "evaluate", "index", "search"}
+
+
+def caption_folder(root: Path) -> Path:
+    """An imagefolder caption table: three PNGs and `metadata.jsonl` with two captions each."""
+    root.mkdir()
+    for i, value in enumerate((0, 120, 255)):
+        grey(value).save(root / f"shot_{i}.png")
+    (root / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"shot_{i}.png", "captions": [f"shot {i} first", f"shot {i} second"]}) + "\n"
+        for i in range(3)))
+    return root
+
+
+def caption_parquet(folder: Path) -> Path:
+    """The same table as a parquet file with an HF Image column (encoded bytes and the file's name)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    images = [{"bytes": (folder / r["file_name"]).read_bytes(), "path": r["file_name"]} for r in rows]
+    path = folder.parent / "table.parquet"
+    pq.write_table(pa.table({"image": images, "captions": [r["captions"] for r in rows]}), path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["imagefolder", "parquet"])
+def test_caption_table_gives_captions_as_queries_and_images_as_corpus(tmp_path, layout):
+    table = caption_folder(tmp_path / "table")
+    if layout == "parquet":
+        table = caption_parquet(table)
+    captions = [f"shot_{i}#{j}" for i in range(3) for j in range(2)]
+    (tmp_path / "run.trec").write_text("".join(f"{c} Q0 shot_{d} {d + 1} {3 - d} bm25\n" for c in captions
+                                               for d in range(3)))
+    (tmp_path / "qrels.txt").write_text("".join(f"{c} 0 {c.split('#')[0]} 1\n" for c in captions))
+    main(["rerank", f"--run={tmp_path / 'run.trec'}", f"--queries={table}", f"--corpus={table}",
+          f"--reranker={ORACLE}", f"--reranker.qrels={tmp_path / 'qrels.txt'}", f"--output={tmp_path / 'out.trec'}",
+          "--progress=false"])
+    reranked = Run.read_trec(tmp_path / "out.trec").to_dict()
+    assert {q: next(iter(c)) for q, c in reranked.items()} == {c: c.split("#")[0] for c in captions}
+
+
+def test_image_queries_against_a_tsv_corpus(tmp_path):
+    """i2t: query images by file name, captions from a TSV; Brightness is not defined on texts, the oracle is."""
+    table = caption_folder(tmp_path / "table")
+    (tmp_path / "texts.tsv").write_text("t-dark\ta dark photo\nt-light\ta light photo\n")
+    (tmp_path / "run.trec").write_text("shot_0 Q0 t-light 1 2 x\nshot_0 Q0 t-dark 2 1 x\n"
+                                       "shot_2 Q0 t-dark 1 2 x\nshot_2 Q0 t-light 2 1 x\n")
+    (tmp_path / "qrels.txt").write_text("shot_0 0 t-dark 1\nshot_2 0 t-light 1\n")
+    (table / "metadata.jsonl").unlink()  # a plain folder of images now
+    main(["rerank", f"--run={tmp_path / 'run.trec'}", f"--queries={table}", f"--corpus={tmp_path / 'texts.tsv'}",
+          f"--reranker={ORACLE}", f"--reranker.qrels={tmp_path / 'qrels.txt'}", f"--output={tmp_path / 'out.trec'}",
+          "--progress=false"])
+    reranked = Run.read_trec(tmp_path / "out.trec").to_dict()
+    assert {q: next(iter(c)) for q, c in reranked.items()} == {"shot_0": "t-dark", "shot_2": "t-light"}
+
+
+def test_bad_lines_name_the_file_and_line(tmp_path):
+    from mmrerank.datasets.files import read_items
+
+    (tmp_path / "q.tsv").write_text("a\tfine\nno tab here\n")
+    with pytest.raises(ValueError, match=r"q\.tsv:2: expected 'id<TAB>text'"):
+        read_items(tmp_path / "q.tsv", "queries")
+    (tmp_path / "q.jsonl").write_text('{"id": "a", "text": "x"}\n{"text": "y"}\n')
+    with pytest.raises(ValueError, match=r"q\.jsonl:2: no 'id'"):
+        read_items(tmp_path / "q.jsonl", "queries")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    grey(0).save(folder / "a.png")
+    grey(0).save(folder / "a.jpg")
+    with pytest.raises(ValueError, match="'a' appears twice"):
+        read_items(folder, "corpus")
+
+
+
+def _rank_worker(rank: int, size: int, port: int, argv: list[str], calls: str) -> None:
+    import os
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_WORLD_SIZE": str(size)})
+    torch.set_num_threads(1)
+    main([*argv, f"--reranker.calls={calls}.{rank}"])
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_rank_reranks_its_share(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    data = user_data(tmp_path, n_images=10, depth=5)  # 20 queries: 4 shards of 5, two per rank
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [*rerank_args(data, tmp_path / "two.trec"), "--shard_size=5"]
+    mp.spawn(_rank_worker, args=(2, port, argv, str(tmp_path / "calls")), nprocs=2, join=True)
+    main([*rerank_args(data, tmp_path / "one.trec"), "--shard_size=5"])
+    assert (tmp_path / "two.trec").read_text() == (tmp_path / "one.trec").read_text()
+    queries = Run.read_trec(data["run"]).query_ids
+    for rank, shards in ((0, (0, 2)), (1, (1, 3))):
+        scored = (tmp_path / f"calls.{rank}").read_text().split()
+        assert scored == [q for s in shards for q in queries[5 * s:5 * s + 5]]
