@@ -347,3 +347,32 @@ def test_under_torchrun_each_rank_reranks_its_share(tmp_path):
     for rank, shards in ((0, (0, 2)), (1, (1, 3))):
         scored = (tmp_path / f"calls.{rank}").read_text().split()
         assert scored == [q for s in shards for q in queries[5 * s:5 * s + 5]]
+
+
+def test_a_real_reranker_by_class_path_scores_the_items_the_ids_name(tmp_path):
+    """A tiny untrained EDJE built by `--reranker mmrerank.rerankers.edje.EDJEReranker --reranker.model FOLDER`: each
+    reranked query's order equals the order of the model's own scores of (that caption, those image files)."""
+    from mmrerank.rerankers.edje import EDJE, EDJEConfig, EDJEReranker, build_wordpiece_tokenizer
+    from mmrerank.retrieval.clip import CLIPEncoder
+
+    torch.manual_seed(0)
+    CLIPEncoder("mmrerank-tiny-resnet").save_pretrained(tmp_path / "vision")
+    tokenizer = build_wordpiece_tokenizer(["a photo number one two three"] * 3, vocab_size=60)
+    config = EDJEConfig(vision="first_stage:mmrerank-tiny-resnet", vision_checkpoint=str(tmp_path / "vision"),
+                        patch_dim=512, num_patches=4, num_image_tokens=2, adapter_heads=2, adapter_mlp_ratio=2,
+                        patch_positions=True, joint={"hidden_size": 16, "num_hidden_layers": 1,
+                                                     "num_attention_heads": 2, "intermediate_size": 32},
+                        max_text_len=8)
+    EDJE(config, tokenizer).eval().save_pretrained(tmp_path / "edje")
+    data = user_data(tmp_path, n_images=8, captions_per_image=1, depth=5)
+    main(["rerank", f"--run={data['run']}", f"--queries={data['captions']}", f"--corpus={data['images']}",
+          "--reranker=mmrerank.rerankers.edje.EDJEReranker", f"--reranker.model={tmp_path / 'edje'}",
+          "--reranker.device=cpu", "--depth=5", f"--output={tmp_path / 'out.trec'}", "--progress=false"])
+    reranked = Run.read_trec(tmp_path / "out.trec").to_dict()
+    texts = dict(line.split("\t") for line in data["captions"].read_text().splitlines())
+    model = EDJEReranker(str(tmp_path / "edje"), device="cpu")
+    for qid, candidates in Run.read_trec(data["run"]).to_dict().items():
+        docs = list(candidates)
+        scores = model.score([texts[qid]] * len(docs), [Image.open(data["images"] / f"{d}.png") for d in docs])
+        expected = [docs[i] for i in torch.sort(scores, descending=True, stable=True).indices.tolist()]
+        assert list(reranked[qid]) == expected
