@@ -376,3 +376,13 @@ def test_a_real_reranker_by_class_path_scores_the_items_the_ids_name(tmp_path):
         scores = model.score([texts[qid]] * len(docs), [Image.open(data["images"] / f"{d}.png") for d in docs])
         expected = [docs[i] for i in torch.sort(scores, descending=True, stable=True).indices.tolist()]
         assert list(reranked[qid]) == expected
+
+
+def test_jsonl_of_image_paths(tmp_path):
+    from mmrerank.datasets.files import read_items
+
+    (tmp_path / "img").mkdir()
+    grey(30).save(tmp_path / "img" / "x.png")
+    (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q7", "image": "img/x.png"}) + "\n")
+    items = read_items(tmp_path / "q.jsonl", "queries")
+    assert items.ids == ["q7"] and items.modality == "image" and items[0].getpixel((0, 0)) == (30, 30, 30)

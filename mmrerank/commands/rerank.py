@@ -57,7 +57,8 @@ def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output
         measures: what to score with `qrels` (default: Success@1, Success@5, Success@10, nDCG@10).
         alpha: fuse `reranker score + alpha * first-stage score` (0: the reranker alone).
         normalize: `none` or `minmax` (per query) for the first-stage scores fused with `alpha`.
-        device: where a preset or saved reranker runs (`auto`, `cpu`, `cuda`, `cuda:1`).
+        device: where a preset or saved reranker runs (`auto`, `cpu`, `cuda`, `cuda:1`); a class given by import
+            path takes its own device among its init args.
         batch_size: (query, document) pairs per scoring call.
         shard_size: queries per shard of work (each finished shard is kept on disk until the output is written).
         progress: print progress lines with an ETA.

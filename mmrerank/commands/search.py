@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mmrerank.commands.rerank import score_table
+from mmrerank.core import distributed
 from mmrerank.core.io import atomic_folder, atomic_write_json
 from mmrerank.core.run import Qrels, Run
 from mmrerank.datasets.files import read_items
@@ -90,6 +91,8 @@ def index(corpus: str, output: str, first_stage: FirstStage | None = None, kind:
     built.add(vectors.cpu(), items.ids)
     record = {"format": FORMAT, "encoder": first_stage.identity(), "first_stage": asdict(first_stage),
               "modality": items.modality, "corpus": str(Path(corpus).resolve()), "count": len(items)}
+    if not distributed.is_rank_zero():  # under torchrun every rank encoded a share; one writes
+        return built
     with atomic_folder(output) as tmp:
         built.save(tmp / "index")
         atomic_write_json(tmp / RECORD, record)

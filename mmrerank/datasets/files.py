@@ -131,9 +131,11 @@ def _pages(pdfs: Sequence[Path], images: Sequence[Path], dpi: int) -> LazyImages
     pages: list[tuple[str, Callable[[], Image.Image]]] = [(p.stem, _image_loader(p)) for p in images]
     for pdf in pdfs:
         try:
-            count = len(pdfium.PdfDocument(pdf))
+            document = pdfium.PdfDocument(pdf)
         except pdfium.PdfiumError as err:
             raise ValueError(f"cannot read PDF {pdf}: {err}") from None
+        count = len(document)
+        document.close()
         pages.extend((f"{pdf.stem}#{page}", _page_loader(pdf, page, dpi)) for page in range(count))
     pages.sort(key=lambda item: item[0])
     loaders = [load for _, load in pages]
