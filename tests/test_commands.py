@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,11 @@ def test_a_work_folder_of_other_settings_is_not_reused(tmp_path):
         rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=1), depth=4, **common)
     with pytest.raises(ValueError, match="another depth"):
         rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
+    shutil.rmtree(tmp_path / "out.trec.work")
+    with pytest.raises(KeyboardInterrupt):  # stopped before its first shard: nothing to keep, the next run starts
+        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=0), depth=4, **common)
+    rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
+    assert (tmp_path / "out.trec").is_file()
 
 
 def test_jsonl_queries_and_run(tmp_path):

@@ -244,13 +244,13 @@ def _claim_work_folder(work: Path, manifest: dict) -> None:
     """
     def claim() -> None:
         path = work / MANIFEST
-        if path.is_file():
+        done = len(list(work.glob("shard-*.trec")))
+        if path.is_file() and done:  # a work folder without shards (a reranker that failed to load) is reused
             old = json.loads(path.read_text())
             changed = [k for k in manifest if old.get(k) != manifest[k]]
             if changed:
                 raise ValueError(f"{work} holds the finished shards of an earlier rerank with another "
                                  f"{', '.join(changed)}; delete {work} to start over, or write to another --output")
-            done = len(list(work.glob("shard-*.trec")))
             print(f"Resuming from {work}: {done} finished shard(s) are kept.", flush=True)
             return
         atomic_write_json(path, manifest)
