@@ -142,7 +142,7 @@ def test_a_work_folder_of_other_settings_is_not_reused(tmp_path):
     common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]),
                   output=str(tmp_path / "out.trec"), batch_size=4, shard_size=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=1), depth=4, **common)
+        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=5), depth=4, **common)  # after shard 0
     with pytest.raises(ValueError, match="another depth"):
         rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
     shutil.rmtree(tmp_path / "out.trec.work")
