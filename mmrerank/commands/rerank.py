@@ -212,14 +212,14 @@ def _is_reranker_class(spec: str) -> bool:
 
 
 def describe_reranker(spec: str | Reranker | Mapping[str, Any]) -> str:
-    """A reranker's row name: the preset or folder as given, or the class name."""
+    """A reranker's row name: the preset's id, the folder's name, or the class name."""
     if isinstance(spec, str) and _is_reranker_class(spec):
         return spec.rsplit(".", 1)[-1]
     if isinstance(spec, Reranker):
         return type(spec).__name__
     if isinstance(spec, Mapping):
         return str(spec.get("class_path", "reranker")).rsplit(".", 1)[-1]
-    return str(spec)
+    return Path(spec).name if Path(spec).is_dir() else str(spec)  # a saved folder by its name, a preset by its id
 
 
 # --- shards: the resumable part -------------------------------------------------------------------------------------
