@@ -314,8 +314,11 @@ def test_lychee_prompt_score_and_batches(lychee_folder, images):
     card = _yes_no_card_text(LYCHEE_INSTRUCTION, QUERIES[3], IMAGE)
     assert reranker.chat_text(QUERIES[3], images[3]) == card
     # the card's score: log_softmax over (no, yes) at the last position, exp of the yes column
+    # the card's images come from qwen-vl-utils' fetch_image: 112 x 96 pixels become 112 x 84 (sides rounded to
+    # multiples of 28) with PIL's bicubic filter, before the processor
+    resized = images[3].resize((112, 84), Image.BICUBIC)
     assert reranker.score([QUERIES[3]], [images[3]]).item() == pytest.approx(
-        _yes_no_by_hand(reranker, card, [images[3]]), abs=1e-5)
+        _yes_no_by_hand(reranker, card, [resized]), abs=1e-5)
     assert reranker.processor.image_processor.size["longest_edge"] == 1280 * 28 * 28
     _assert_batch_equals_single(reranker, QUERIES, images)
     _assert_batch_equals_single(reranker, images, CAPTIONS)
