@@ -9,6 +9,7 @@ pass per batch, left-padded so every sequence ends at the last position.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,8 +234,10 @@ class MLLMReranker(Reranker, nn.Module):
         self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
         self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
         device = _resolve_device(device)
+        # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
+        # change a preset's options for every later load in the process
         self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,
-                                                       **(processor_kwargs or {}))
+                                                       **copy.deepcopy(processor_kwargs or {}))
         # Left padding puts every sequence's final token at position -1, so one index reads all the answers.
         self.processor.tokenizer.padding_side = "left"
         self.label_ids = resolve_label_ids(self.processor.tokenizer, self.labels)
