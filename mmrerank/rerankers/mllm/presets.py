@@ -11,7 +11,8 @@ option reproduces (checked against the authors' code, cited where it is set):
   between 3136 and 602112 pixels (modeling.py `compute_score`).
 - `Qwen/Qwen3-VL-Reranker-2B` / `-8B`: Qwen3-VL; the yes / no system turn and `<Instruct>` / `<Query>` /
   `<Document>` sections; score sigmoid(logit_yes - logit_no) at the last position (`Qwen3VLReranker
-  .compute_scores`: a Linear of lm_head[yes] - lm_head[no]); images between 4 and 1800 32-pixel tokens.
+  .compute_scores`: a Linear of lm_head[yes] - lm_head[no]); images resized as its qwen-vl-utils call does (32-pixel
+  grid, between 4 and 1800 tokens), which the processor then keeps as they are.
 - `vec-ai/lychee-rerank-mm`: Qwen2.5-VL with the same prompt structure; score softmax over (no, yes)
   [1]; images first resized as qwen-vl-utils' `process_vision_info` does (28-pixel grid, its default limits of 4
   to 16384 tokens), then by the processor to between 4 and 1280 28-pixel tokens, as the card's example.
@@ -21,10 +22,11 @@ win over a hub folder's `preprocessor_config.json` whether it holds `min_pixels`
 Qwen2.5-VL repositories' keys) or `size`; a `size=` argument lost to the first (12,845,056 pixels instead of the
 card's limit).
 
-Not reproduced: the cards' truncation of very long texts (10240 tokens), and Qwen3-VL-Reranker's resizing
-(qwen_vl_utils resizes with PIL to the same grid, then the processor runs with `do_resize=False`; here the processor
-resizes, so pixel values may differ slightly). mmrerank batches pairs, left-padded; Qwen3-VL-Reranker's own code
-scores one pair at a time.
+MonoQwen2-VL's card and `rerankers`' MonoVLMRanker pass no limits: Qwen2-VL-2B-Instruct's own files decide
+(3136 to 12,845,056 pixels), and so they do here.
+
+Not reproduced: the cards' truncation of very long texts (10240 tokens). mmrerank batches pairs, left-padded;
+Qwen3-VL-Reranker's own code scores one pair at a time.
 """
 
 from __future__ import annotations
@@ -74,11 +76,14 @@ def _preset(name: str, reranks: str, score: str, licence: str, tasks: tuple[str,
 
 
 # Qwen3-VL-Reranker: MIN_PIXELS = 4 * 32 * 32 and MAX_PIXELS = 1800 * 32 * 32 (src/models/qwen3_vl_reranker.py of
-# QwenLM/Qwen3-VL-Embedding, commit 8ce3aab1fbcc7b7143b094f0b2005dd89e7246b9); labels "yes" / "no" (its
-# `get_vocab()["yes"]`, `["no"]`).
+# QwenLM/Qwen3-VL-Embedding, commit 8ce3aab1fbcc7b7143b094f0b2005dd89e7246b9), given to qwen-vl-utils'
+# `process_vision_info(..., image_patch_size=16)` in each image's entry; the processor then runs with
+# `do_resize=False`. Here the same resize comes first and the processor's, under the same limits, leaves the image as
+# it is (a resize to its own size). Labels "yes" / "no" (its `get_vocab()["yes"]`, `["no"]`).
 def _qwen3_vl() -> dict[str, Any]:
+    limits = dict(min_pixels=4 * 32 * 32, max_pixels=1800 * 32 * 32)
     return dict(template="yes_no", labels=("yes", "no"), score="probability",
-                processor_kwargs=pixel_limits(4 * 32 * 32, 1800 * 32 * 32))
+                processor_kwargs=pixel_limits(**limits), vision_resize=dict(factor=32, **limits))
 
 
 

@@ -15,9 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrerank.rerankers.mllm.presets import JINA, LYCHEE, PRESETS
+from mmrerank.rerankers.mllm.presets import JINA, LYCHEE, PRESETS, QWEN3_VL_2B
 from mmrerank.rerankers.mllm.resize import VisionResize, smart_resize
-from mmrerank.rerankers.mllm.tiny_presets import HUB_MAX_PIXELS, build_tiny_jina, build_tiny_qwen2_5_vl
+from mmrerank.rerankers.mllm.tiny_presets import (
+    HUB_MAX_PIXELS,
+    build_tiny_jina,
+    build_tiny_qwen2_5_vl,
+    build_tiny_qwen3_vl,
+)
 from mmrerank.rerankers.presets import load_reranker
 
 LAYOUTS = ("min_max_pixels", "size", "both")
@@ -104,3 +109,29 @@ def test_vision_resize_equals_qwen_vl_utils():
             ours = VisionResize(factor, **limits)(image)
             assert ours.size == theirs.size and ours.mode == theirs.mode == "RGB"
             assert ours.tobytes() == theirs.tobytes()
+
+
+@pytest.fixture(scope="module")
+def qwen3_folder(tmp_path_factory):
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("qwen3") / "Qwen3-VL-Reranker-2B", seed=3)
+
+
+def test_qwen3_vl_page_pixels_are_its_codes(qwen3_folder):
+    """qwen3_vl_reranker.py resizes with qwen-vl-utils (32-pixel grid, 4 to 1800 tokens) and then calls the
+    processor with `do_resize=False`: the same pixel values, not only the same grid."""
+    reranker = load_reranker(qwen3_folder, preset=QWEN3_VL_2B, device="cpu")
+    page = _noise(7, 2000, 1500)
+    # round to the grid: 1504 x 1984 > 1,843,200; scaled by sqrt(3e6 / 1843200) = 1.2758 to floor(36.7) x
+    # floor(49.0) = 36 x 48 tokens of 32 pixels, 72 x 96 patches of 16
+    inputs = reranker.encode(["a page"], [page])
+    assert inputs["image_grid_thw"].tolist() == [[1, 72, 96]]
+    qwen_vl_utils = pytest.importorskip("qwen_vl_utils")
+    theirs = qwen_vl_utils.fetch_image({"image": page, "min_pixels": 4 * 32 * 32, "max_pixels": 1800 * 32 * 32},
+                                       image_patch_size=16)
+    expected = reranker.processor.image_processor(images=[theirs], do_resize=False, return_tensors="pt")
+    torch.testing.assert_close(inputs["pixel_values"], expected["pixel_values"], atol=0, rtol=0)
+
+
+def _noise(seed: int, width: int, height: int) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8).numpy())
