@@ -76,11 +76,13 @@ def _check(loaded, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["t2i", "i2t", "t2t", "i2i"])
 def test_jina_matches_its_modeling_py(jina, kind):
-    # t2i includes a 1000 x 1400 page (46 x 64 patches under the card's 602,112 pixels) and a 90 x 70 image
+    # t2i includes a 1000 x 1400 page (64 x 46 patches, height x width, under the card's 602,112 pixels) and
+    # a 90 x 70 image
     _check(jina, kind)
 
 
 @pytest.mark.parametrize("kind", ["t2i", "i2t", "t2t"])
 def test_lychee_matches_its_card_path(lychee, kind):
-    # t2i includes 2000 x 1500 (62 x 82 patches after qwen-vl-utils' resize and the processor's) and 90 x 70
+    # t2i includes 2000 x 1500 (62 x 82 patches, height x width, after qwen-vl-utils' resize and the
+    # processor's) and 90 x 70
     _check(lychee, kind)
