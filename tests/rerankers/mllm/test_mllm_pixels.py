@@ -135,3 +135,10 @@ def test_qwen3_vl_page_pixels_are_its_codes(qwen3_folder):
 def _noise(seed: int, width: int, height: int) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     return Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=g, dtype=torch.uint8).numpy())
+
+
+def test_lychee_saved_and_loaded_keeps_both_resizes(lychee_folder, tmp_path):
+    reranker = load_reranker(lychee_folder, preset=LYCHEE, device="cpu")
+    again = type(reranker).from_pretrained(reranker.save_pretrained(tmp_path / "saved"), device="cpu")
+    assert again.settings()["vision_resize"] == {"factor": 28, "min_pixels": None, "max_pixels": None}
+    assert _grid(again, PAGE) == [1, 62, 82]
