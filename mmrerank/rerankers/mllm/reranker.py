@@ -9,6 +9,7 @@ pass per batch, left-padded so every sequence ends at the last position.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.mllm.resize import VisionResize
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,
     MONOQWEN_PROMPT,
@@ -216,7 +218,10 @@ class MLLMReranker(Reranker, nn.Module):
         device: `"auto"` (CUDA if available), or a device.
         dtype: `"auto"` (bf16 on CUDA, fp32 on CPU), a name such as `"float16"`, or a `torch.dtype`.
         processor_name_or_path: where the processor comes from when it differs from the model's folder.
-        processor_kwargs: extra `AutoProcessor.from_pretrained` arguments (e.g. `min_pixels`, `max_pixels`).
+        processor_kwargs: extra `AutoProcessor.from_pretrained` arguments (e.g. `min_pixels`, `max_pixels`, which
+            win over the folder's `preprocessor_config.json` whichever keys it holds; `size` does not).
+        vision_resize: resize every image before the processor as qwen-vl-utils' `process_vision_info` does, with
+            these `VisionResize` fields (`factor`, `min_pixels`, `max_pixels`), for cards that do (lychee-rerank-mm).
         merge_adapter: fold the LoRA weights into the model (faster inference; not for training).
         ocr_prefix: the OCR text template, containing `{ocr}`.
         max_ocr_chars: with `use_ocr` on a `monoqwen` or `jina` template, the text is cut to this many characters
@@ -236,7 +241,8 @@ class MLLMReranker(Reranker, nn.Module):
                  processor_name_or_path: str | Path | None = None, processor_kwargs: dict | None = None,
                  merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int | None = None,
                  template: str = "monoqwen", instruction: str | None = None, score_token_id: int | None = None,
-                 head_offset: float = 0.0, head_prefix: str | None = None) -> None:
+                 head_offset: float = 0.0, head_prefix: str | None = None,
+                 vision_resize: dict[str, int | None] | None = None) -> None:
         super().__init__()
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
@@ -252,9 +258,12 @@ class MLLMReranker(Reranker, nn.Module):
         self.ocr_prefix, self.max_ocr_chars, self.batch_size = ocr_prefix, max_ocr_chars, batch_size
         self.labels, self.name_or_path, self.head_kind = tuple(labels), str(model_name_or_path), head
         self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
+        self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
         device = _resolve_device(device)
+        # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
+        # change a preset's options for every later load in the process
         self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,
-                                                       **(processor_kwargs or {}))
+                                                       **copy.deepcopy(processor_kwargs or {}))
         # Left padding puts every sequence's final token at position -1, so one index reads all the answers.
         self.processor.tokenizer.padding_side = "left"
         self.label_ids = resolve_label_ids(self.processor.tokenizer, self.labels)
@@ -292,7 +301,8 @@ class MLLMReranker(Reranker, nn.Module):
         return {"prompt": self.prompt, "labels": list(self.labels), "score": self.score_mode, "use_ocr": self.use_ocr,
                 "head": self.head_kind, "ocr_prefix": self.ocr_prefix, "max_ocr_chars": self.max_ocr_chars,
                 "template": self.template.name, "instruction": self.instruction,
-                "score_token_id": self.score_token_id, "head_offset": self.head_offset}
+                "score_token_id": self.score_token_id, "head_offset": self.head_offset,
+                "vision_resize": self.vision_resize.settings() if self.vision_resize else None}
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the reranker as one folder: the model and processor (or, for a LoRA model, the adapter and the base
@@ -360,12 +370,16 @@ class MLLMReranker(Reranker, nn.Module):
             raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
         rendered = [self.render(q, c) for q, c in zip(queries, candidates)]
         # the processor gives the i-th placeholder of the batch (in text order) the i-th image: one flat list
-        images = [image.convert("RGB") for _, pair_images in rendered for image in pair_images]
+        images = [self._prepare_image(image) for _, pair_images in rendered for image in pair_images]
         inputs = self.processor(text=[text for text, _ in rendered], images=images or None, padding=True,
                                 return_tensors="pt")
         if self.score_token_id is not None:
             inputs = _append_token(inputs, self.score_token_id)
         return inputs.to(self.device)
+
+    def _prepare_image(self, image: Image.Image) -> Image.Image:
+        """An image as the processor gets it: RGB, and first resized as the card's qwen-vl-utils does if it does."""
+        return self.vision_resize(image) if self.vision_resize is not None else image.convert("RGB")
 
     def _language_model_parts(self):
         """(backbone returning hidden states, lm_head) of the model, looking through a peft wrapper."""
