@@ -205,7 +205,8 @@ def test_converted_folder_reloads(parts, tmp_path):
     minilm, siglip, state = parts
     release = save_release(state, tmp_path / "release", "safetensors")
     convert_official(release, tmp_path / "converted", language_model=str(minilm), vision=f"hf:{siglip}")
-    assert EDJE.from_pretrained(tmp_path / "converted").config.adapter == "official"
+    config = EDJE.from_pretrained(tmp_path / "converted").config
+    assert (config.adapter, config.caption_cleaning) == ("official", "open_clip")
     again = load_reranker(tmp_path / "converted", preset=OFFICIAL, device="cpu")  # read as saved: no conversion
     pictures = images(len(CAPTIONS))
     torch.testing.assert_close(again.score(CAPTIONS, pictures), load(release, minilm, siglip).score(CAPTIONS, pictures),
@@ -256,3 +257,20 @@ def test_other_files_fail_loudly(parts, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no weight file"):
         convert_official(tmp_path / "empty", **kwargs)
+
+
+def test_a_folder_converted_before_caption_cleaning_was_recorded_cleans(parts, tmp_path):
+    """Folders that `convert_official` wrote before `caption_cleaning` existed hold the authors' model too."""
+    import json
+
+    minilm, siglip, state = parts
+    convert_official(save_release(state, tmp_path / "release", "safetensors"), tmp_path / "converted",
+                     language_model=str(minilm), vision=f"hf:{siglip}")
+    config = json.loads((tmp_path / "converted" / "config.json").read_text())
+    del config["caption_cleaning"]
+    (tmp_path / "converted" / "config.json").write_text(json.dumps(config))
+    reranker = load_reranker(tmp_path / "converted", preset=OFFICIAL, device="cpu")
+    assert reranker.model.config.caption_cleaning == "open_clip"
+    pictures = images(2)
+    torch.testing.assert_close(reranker.score(["A RED dog!", "a  cat"], pictures),
+                               reranker.score(["a red dog", "a cat"], pictures), atol=0, rtol=0)
