@@ -25,7 +25,8 @@ What the authors' code does, read in github.com/shahafwa/EDJE at commit 56c0c23 
   model as the word `image`, never as the image slot's token.
 - Images: their evaluation preprocesses with `AutoImageProcessor.from_pretrained(siglip_path)` under transformers
   4.x, whose default there is the PIL processor; `VisionTokenSource` asks for the PIL backend under any version
-  (transformers 5 defaults to torchvision, whose resize gives other pixels).
+  (transformers 5 defaults to torchvision, whose resize gives other pixels). Their training (`data/__init__.py`)
+  asked for the fast (torchvision) processor; scoring here follows their evaluation.
 - The pair: `tokenizer(caption, "<image>" * m, truncation="only_first", max_length=64 + m, padding=True)`, i.e.
   `[CLS] caption [SEP] <image> x m [SEP]` with token types 0 then 1, default positions, and the `<image>` word
   embeddings replaced in order by the adapter's m outputs. `JointEncoder` builds exactly these inputs with

@@ -59,8 +59,9 @@ def pil_backend() -> dict[str, object]:
     """`AutoImageProcessor.from_pretrained` arguments for the PIL image processor under any transformers version.
 
     transformers 4 gave the PIL ("slow") processor unless asked otherwise; transformers 5 defaults to the
-    torchvision one, whose resize gives other pixels (a page-sized image squashed to SigLIP's 384 px moved the
-    released EDJE's scores by up to 2e-3). The EDJE authors' evaluation (`evaluate_retrieval.py`) takes 4.x's default.
+    torchvision one, whose resize gives other pixels (on tiny models of the released EDJE's format, scores of
+    page-sized images moved by 1e-4 to 2e-3). The EDJE authors' evaluation (`evaluate_retrieval.py`) takes 4.x's
+    default.
     """
     import transformers
 
