@@ -1,4 +1,5 @@
-"""The `mmrerank` console script: Lightning's `fit | validate | test | predict` plus `benchmark` and `precompute`.
+"""The `mmrerank` console script: Lightning's `fit | validate | test | predict`, the benchmarks (`benchmark`,
+`precompute`, `scaling`) and the commands on a user's own files (`rerank`, `evaluate`, `index`, `search`).
 
 Training goes through one `LightningCLI` subclass (`mmrerank fit --config configs/clip/synthetic.yaml`); the
 extra subcommands parse their own arguments with jsonargparse, from the same kind of YAML files.
@@ -14,6 +15,7 @@ import warnings
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from mmrerank.benchmark import benchmark
+from mmrerank.commands import rerank, search
 from mmrerank.core import distributed
 from mmrerank.fitting import MMRerankCLI, packaged_config
 from mmrerank.rerankers.edje.benchmark import precompute
@@ -90,7 +92,71 @@ def run_scaling(argv: list[str]) -> None:
     scaling_main(argv)
 
 
-SUBCOMMANDS = {"benchmark": run_benchmark, "precompute": run_precompute, "scaling": run_scaling}
+def run_rerank(argv: list[str]) -> None:
+    """`mmrerank rerank`: the reranker is built only after the run's ids are checked against the files, so its
+    `--reranker` value (a class path with init args) is parsed here but not instantiated."""
+    parser = function_parser(rerank.rerank, "mmrerank rerank")
+    kwargs = parser.parse_args(argv).as_dict()
+    kwargs.pop("config", None)
+    try:
+        resolve_device(kwargs["device"])
+    except RuntimeError as err:
+        parser.error(f"--device {kwargs['device']!r}: {err}")
+    with distributed.process_group():  # under torchrun: every rank reranks a share of the queries
+        _stop_on_input_error(parser, rerank.rerank, kwargs)
+
+
+def run_evaluate(argv: list[str]) -> None:
+    _stop_on_input_error(None, search.evaluate, parse_function_args(search.evaluate, "mmrerank evaluate", argv))
+
+
+def run_index(argv: list[str]) -> None:
+    kwargs = parse_function_args(search.index, "mmrerank index", argv)
+    with distributed.process_group():  # under torchrun: every rank encodes a share of the corpus
+        _stop_on_input_error(None, search.index, kwargs)
+
+
+def run_search(argv: list[str]) -> None:
+    _stop_on_input_error(None, search.search, parse_function_args(search.search, "mmrerank search", argv))
+
+
+def _stop_on_input_error(parser: ArgumentParser | None, function, kwargs: dict) -> None:
+    """`function(**kwargs)`; an input it refuses (a missing file or id, a bad line) ends the command with its message
+    and exit status 2 instead of a traceback."""
+    try:
+        function(**kwargs)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"mmrerank: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# One line each, in `mmrerank --help`: what a command is for.
+SUBCOMMANDS = {
+    "benchmark": (run_benchmark, "run a benchmark config: first stage, rerankers, report (default: every family on "
+                                 "the built-in synthetic benchmarks)"),
+    "precompute": (run_precompute, "write an EDJE token store of a dataset's images, for fast reranking"),
+    "scaling": (run_scaling, "the scaling-law study: sweep, fit, report"),
+    "rerank": (run_rerank, "rerank your own run file (TREC / JSONL) over your queries and corpus, resumably"),
+    "evaluate": (run_evaluate, "score a TREC run file against TREC qrels"),
+    "index": (run_index, "encode a folder of images / pages / texts with a first stage into a saved index"),
+    "search": (run_search, "search a saved index with new queries and write a TREC run"),
+}
+LIGHTNING = {
+    "fit": "train a model from a config (e.g. --config configs/clip/synthetic.yaml)",
+    "validate": "run a model's validation loop",
+    "test": "run a model's test loop",
+    "predict": "run a model's prediction loop",
+}
+
+
+def overview() -> str:
+    """`mmrerank --help`: every subcommand, one line each."""
+    width = max(map(len, [*SUBCOMMANDS, *LIGHTNING]))
+    lines = ["usage: mmrerank <command> [options]   (mmrerank <command> --help for a command's options)", "",
+             "commands:"]
+    lines += [f"  {name:<{width}}  {line}" for name, (_, line) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<{width}}  {line}" for name, line in LIGHTNING.items()]
+    return "\n".join(lines)
 
 
 # Lines third-party code prints that tell a user nothing about their run: Lightning's advert for its cloud logger,
@@ -138,8 +204,10 @@ def with_packaged_configs(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = with_packaged_configs(sys.argv[1:] if argv is None else argv)
     quiet_third_party()
-    if argv and argv[0] in SUBCOMMANDS:
-        SUBCOMMANDS[argv[0]](argv[1:])
+    if not argv or argv[0] in ("-h", "--help"):
+        print(overview())
+    elif argv[0] in SUBCOMMANDS:
+        SUBCOMMANDS[argv[0]][0](argv[1:])
     else:
         MMRerankCLI(args=argv)
 

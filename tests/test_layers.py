@@ -20,7 +20,8 @@ LAYERS = [
     ("retrieval", ["mmrerank.retrieval"]),
     ("rerankers", ["mmrerank.rerankers"]),
     ("evaluation", ["mmrerank.evaluation"]),
-    ("application", ["mmrerank.benchmark", "mmrerank.cli", "mmrerank.fitting", "mmrerank.scaling.cli"]),
+    ("application", ["mmrerank.benchmark", "mmrerank.cli", "mmrerank.commands", "mmrerank.fitting",
+                     "mmrerank.scaling.cli"]),
 ]
 
 

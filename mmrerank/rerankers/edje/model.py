@@ -26,6 +26,20 @@ from mmrerank.rerankers.edje.joint import JointEncoder
 # What `save_pretrained` writes, plus the token stores kept inside a model folder: all that a re-export replaces.
 _FOLDER_ENTRIES = {"config.json", "model.safetensors", "tokenizer", "tokens"}
 ADAPTERS = ("mmrerank", "official")
+CAPTION_CLEANING = ("none", "open_clip")
+
+
+def clean_caption(text: str, cleaning: str) -> str:
+    """A caption as the model's trainers fed it: `none` leaves it as given; `open_clip` is open_clip's
+    `canonicalize_text(basic_clean(text))`, what the EDJE authors' `pre_caption` applies to every caption (ftfy's
+    `fix_text`, HTML entities unescaped twice, `_` to a space, ASCII punctuation removed, lower case, runs of
+    whitespace to one space). It also removes what a tokenizer would read as a special token (`<image>`, `[SEP]`).
+    """
+    if cleaning == "none":
+        return text
+    from open_clip.tokenizer import basic_clean, canonicalize_text
+
+    return canonicalize_text(basic_clean(text))
 
 
 @dataclass
@@ -51,6 +65,8 @@ class EDJEConfig:
         text_checkpoint, text_pretrained: where the `first_stage:` tower's weights came from (a first-stage
             checkpoint or an open_clip pretrained tag; recorded, only read when a model is first built).
         text_trainable: fine-tune the `first_stage:` tower (else it stays frozen).
+        caption_cleaning: what a caption goes through before the tokenizer (`clean_caption`): `none`, or
+            `open_clip` (the released checkpoint's, as its authors' datasets clean every caption).
     """
 
     vision: str
@@ -74,8 +90,11 @@ class EDJEConfig:
     adapter: str = "mmrerank"
     adapter_eps: float = 1e-6
     adapter_act: str = "gelu"
+    caption_cleaning: str = "none"
 
     def __post_init__(self) -> None:
+        if self.caption_cleaning not in CAPTION_CLEANING:
+            raise ValueError(f"caption_cleaning must be one of {CAPTION_CLEANING}, got {self.caption_cleaning!r}")
         if self.adapter not in ADAPTERS:
             raise ValueError(f"adapter must be one of {ADAPTERS}, got {self.adapter!r}")
         if self.adapter == "official" and (self.num_image_tokens is None or self.patch_positions):
@@ -178,9 +197,13 @@ class EDJE(nn.Module):
         """`[B, T]` caption ids and mask with `[B, m, d]` image tokens -> `[B]` logits."""
         return self.joint(input_ids, attention_mask, image_tokens)
 
+    def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Captions, cleaned as `config.caption_cleaning` says, -> `[B, T]` ids and mask (`JointEncoder.tokenize`)."""
+        return self.joint.tokenize([clean_caption(text, self.config.caption_cleaning) for text in texts])
+
     def score(self, texts: Sequence[str], image_tokens: Tensor) -> Tensor:
         """Captions (strings) against `[B, m, d]` image tokens -> `[B]` logits."""
-        ids, mask = self.joint.tokenize(texts)
+        ids, mask = self.tokenize(texts)
         device = self.joint.head.weight.device
         return self(ids.to(device), mask.to(device), image_tokens.to(device))
 

@@ -194,7 +194,7 @@ class EDJEModule(L.LightningModule):
         unique, inverse = images.unique(return_inverse=True)
         patches = self.patches[batch["image_set"]][unique].to(self.device).float()  # [U, P, D], read from disk
         tokens = self.model.compress(patches)[inverse]  # [2Bk, m, d]
-        ids, mask = self.model.joint.tokenize(texts)
+        ids, mask = self.model.tokenize(texts)
         ids, mask = ids.to(self.device), mask.to(self.device)
         logits = self.model(ids, mask, tokens)  # [2Bk]
         scores = logits.view(-1, k)

@@ -17,12 +17,26 @@ What the authors' code does, read in github.com/shahafwa/EDJE at commit 56c0c23 
   (the SigLIP model that mined negatives), `text_embeddings.*` (a second name of the word embeddings) and
   `vision_encoder.*`: their evaluation takes image tokens from `SiglipModel.from_pretrained(siglip_path)
   .vision_model(...).last_hidden_state`, the hub tower, which is what `VisionTokenSource("hf:<siglip>")` gives.
+- The caption: every dataset of theirs (`data/flickr30k_dataset.py`, `data/coco_karpathy_dataset.py`,
+  `data/pretrain_dataset.py`, and `data/utils.py`'s training transform) passes each caption through `pre_caption`
+  (`data/utils.py`): open_clip's `canonicalize_text(basic_clean(caption))`, nothing else (no word limit). The model
+  only ever saw cleaned captions, so the config here sets `caption_cleaning="open_clip"` and `EDJE.tokenize` cleans
+  every caption the same way. The cleaning drops `<` and `>`, so a caption holding the text `<image>` reaches the
+  model as the word `image`, never as the image slot's token.
+- Images: their evaluation preprocesses with `AutoImageProcessor.from_pretrained(siglip_path)` under transformers
+  4.x, whose default there is the PIL processor; `VisionTokenSource` asks for the PIL backend under any version
+  (transformers 5 defaults to torchvision, whose resize gives other pixels). Their training (`data/__init__.py`)
+  asked for the fast (torchvision) processor; scoring here follows their evaluation.
 - The pair: `tokenizer(caption, "<image>" * m, truncation="only_first", max_length=64 + m, padding=True)`, i.e.
   `[CLS] caption [SEP] <image> x m [SEP]` with token types 0 then 1, default positions, and the `<image>` word
   embeddings replaced in order by the adapter's m outputs. `JointEncoder` builds exactly these inputs with
   `max_text_len = 64 - 3` (what "only_first" leaves a caption): the same ids, types, positions and attention on the
   real tokens; its caption padding sits before `[SEP]` instead of at the end, masked either way, so no real token's
-  state changes (`tests/rerankers/edje/test_edje_official.py` compares both against the authors' layout).
+  state changes (`tests/rerankers/edje/test_edje_official.py` compares both against the authors' layout). A caption
+  longer than that is cut to its first 61 word pieces, as "only_first" cuts it.
+
+Parity: `tests/rerankers/edje/test_edje_official_parity.py` scores the inputs and compares with the scores that
+their own code gave on a tiny checkpoint of the release's layout (`tests/fixtures/parity/edje_official/`).
 """
 
 from __future__ import annotations
@@ -204,7 +218,7 @@ def official_config(state: dict[str, Tensor], where: str, language_model: str, v
     return EDJEConfig(vision=vision, patch_dim=patch_dim, num_patches=num_patches, num_image_tokens=m,
                       adapter_heads=heads, adapter_mlp_ratio=fc1.shape[0] // patch_dim, joint=joint,
                       max_text_len=TEXT_CONTEXT - 3, adapter="official", adapter_eps=eps,
-                      adapter_act=str(bert.hidden_act))
+                      adapter_act=str(bert.hidden_act), caption_cleaning="open_clip")
 
 
 def map_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -280,7 +294,10 @@ def load_official(name_or_path: str | Path = OFFICIAL, *, language_model: str = 
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file() and (path / "tokenizer").is_dir():
         config = json.loads((path / "config.json").read_text())
         if config.get("adapter") == "official":  # already converted
-            return EDJEReranker(path, store=store, device=device)
+            reranker = EDJEReranker(path, store=store, device=device)
+            if "caption_cleaning" not in config:  # converted before the cleaning was recorded: the authors' model
+                reranker.model.config.caption_cleaning = "open_clip"
+            return reranker
     return EDJEReranker(convert_official(name_or_path, language_model=language_model, vision=vision), store=store,
                         device=device)
 

@@ -9,7 +9,8 @@ One class, four kinds of tower, named by a prefix:
 - `timm:<model>`: any timm model.
 - `hf:<model>`: a transformers vision model (`google/siglip2-large-patch16-384`, the paper's, or any `AutoModel`
   whose output has `last_hidden_state`; for a SigLIP / CLIP dual checkpoint its vision tower is used), SigLIP2
-  NaFlex checkpoints (`google/siglip2-base-patch16-naflex`) included.
+  NaFlex checkpoints (`google/siglip2-base-patch16-naflex`) included. Its image processor is the PIL one under
+  every transformers version (`pil_backend`), as transformers 4 gave it.
 
 Token contract (what `encode` returns, whatever the kind):
 
@@ -46,11 +47,26 @@ from PIL import Image
 from torch import Tensor, nn
 
 KINDS = ("open_clip", "first_stage", "timm", "hf")
-# Bumped when the token contract above changes (which tokens, which norm): a key for on-disk patch caches.
-TOKEN_CONTRACT = 2
+# Bumped when the token contract above changes (which tokens, which norm, which pixels): a key for on-disk patch
+# caches. 3: `hf:` towers read the PIL processor's pixels under transformers 5 too.
+TOKEN_CONTRACT = 3
 NAFLEX_INPUTS = ("pixel_values", "pixel_attention_mask", "spatial_shapes")
 
 Pixels = Tensor | dict[str, Tensor]
+
+
+def pil_backend() -> dict[str, object]:
+    """`AutoImageProcessor.from_pretrained` arguments for the PIL image processor under any transformers version.
+
+    transformers 4 gave the PIL ("slow") processor unless asked otherwise; transformers 5 defaults to the
+    torchvision one, whose resize gives other pixels (on tiny models of the released EDJE's format, scores of
+    page-sized images moved by 1e-4 to 2e-3). The EDJE authors' evaluation (`evaluate_retrieval.py`) takes 4.x's
+    default.
+    """
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"backend": "pil"} if major >= 5 else {"use_fast": False}
 
 
 class VisionTokenSource(nn.Module):
@@ -136,7 +152,7 @@ class VisionTokenSource(nn.Module):
         net = getattr(net, "vision_model", net)  # SigLIP / CLIP dual models: keep the vision tower
         if hasattr(net, "pre_layrnorm") and hasattr(net, "post_layernorm"):  # CLIP-type: norms the pooled CLS only
             self.extra_norm = net.post_layernorm
-        self.processor = AutoImageProcessor.from_pretrained(model)
+        self.processor = AutoImageProcessor.from_pretrained(model, **pil_backend())
         self.naflex = all(key in getattr(self.processor, "model_input_names", ()) for key in NAFLEX_INPUTS)
         if not self.naflex:
             if max_num_patches is not None or keep_aspect_ratio:

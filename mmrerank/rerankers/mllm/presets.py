@@ -11,13 +11,22 @@ option reproduces (checked against the authors' code, cited where it is set):
   between 3136 and 602112 pixels (modeling.py `compute_score`).
 - `Qwen/Qwen3-VL-Reranker-2B` / `-8B`: Qwen3-VL; the yes / no system turn and `<Instruct>` / `<Query>` /
   `<Document>` sections; score sigmoid(logit_yes - logit_no) at the last position (`Qwen3VLReranker
-  .compute_scores`: a Linear of lm_head[yes] - lm_head[no]); images between 4 and 1800 32-pixel tokens.
+  .compute_scores`: a Linear of lm_head[yes] - lm_head[no]); images resized as its qwen-vl-utils call does (32-pixel
+  grid, between 4 and 1800 tokens), which the processor then keeps as they are.
 - `vec-ai/lychee-rerank-mm`: Qwen2.5-VL with the same prompt structure; score softmax over (no, yes)
-  [1]; images between 4 and 1280 28-pixel tokens.
+  [1]; images first resized as qwen-vl-utils' `process_vision_info` does (28-pixel grid, its default limits of 4
+  to 16384 tokens), then by the processor to between 4 and 1280 28-pixel tokens, as the card's example.
 
-Not reproduced: the cards' truncation of very long texts (10240 tokens), and their image resizing (qwen_vl_utils
-resizes with PIL before the processor; here the processor resizes within the same pixel limits, so pixel values
-may differ slightly). mmrerank batches pairs, left-padded; Qwen3-VL-Reranker's own code scores one pair at a time.
+Pixel limits go to `AutoProcessor.from_pretrained` as `min_pixels=` / `max_pixels=`, as the cards pass them: those
+win over a hub folder's `preprocessor_config.json` whether it holds `min_pixels` / `max_pixels` (the Qwen2-VL /
+Qwen2.5-VL repositories' keys) or `size`; a `size=` argument lost to the first (12,845,056 pixels instead of the
+card's limit).
+
+MonoQwen2-VL's card and `rerankers`' MonoVLMRanker pass no limits: Qwen2-VL-2B-Instruct's own files decide
+(3136 to 12,845,056 pixels), and so they do here.
+
+Not reproduced: the cards' truncation of very long texts (10240 tokens). mmrerank batches pairs, left-padded;
+Qwen3-VL-Reranker's own code scores one pair at a time.
 """
 
 from __future__ import annotations
@@ -51,10 +60,13 @@ def build_lora(name_or_path: str, base: str | None = None, **options: Any) -> ML
 
 
 def pixel_limits(min_pixels: int, max_pixels: int) -> dict[str, Any]:
-    """`AutoProcessor.from_pretrained` arguments bounding an image's pixels, as the cards' `min_pixels` /
-    `max_pixels` do (transformers 5 takes them as the image processor's `size`; as call arguments they are
-    deprecated)."""
-    return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
+    """`AutoProcessor.from_pretrained` arguments bounding an image's pixels, passed as the cards pass them.
+
+    `min_pixels=` / `max_pixels=` win over the folder's `preprocessor_config.json` in every layout (transformers 4
+    and 5; 5 stores them as the image processor's `size`). A `size=` argument does not: a hub file's own
+    `min_pixels` / `max_pixels` keys override it.
+    """
+    return {"min_pixels": min_pixels, "max_pixels": max_pixels}
 
 
 def _preset(name: str, reranks: str, score: str, licence: str, tasks: tuple[str, ...], options: dict[str, Any],
@@ -64,11 +76,14 @@ def _preset(name: str, reranks: str, score: str, licence: str, tasks: tuple[str,
 
 
 # Qwen3-VL-Reranker: MIN_PIXELS = 4 * 32 * 32 and MAX_PIXELS = 1800 * 32 * 32 (src/models/qwen3_vl_reranker.py of
-# QwenLM/Qwen3-VL-Embedding, commit 8ce3aab1fbcc7b7143b094f0b2005dd89e7246b9); labels "yes" / "no" (its
-# `get_vocab()["yes"]`, `["no"]`).
+# QwenLM/Qwen3-VL-Embedding, commit 8ce3aab1fbcc7b7143b094f0b2005dd89e7246b9), given to qwen-vl-utils'
+# `process_vision_info(..., image_patch_size=16)` in each image's entry; the processor then runs with
+# `do_resize=False`. Here the same resize comes first and the processor's, under the same limits, leaves the image as
+# it is (a resize to its own size). Labels "yes" / "no" (its `get_vocab()["yes"]`, `["no"]`).
 def _qwen3_vl() -> dict[str, Any]:
+    limits = dict(min_pixels=4 * 32 * 32, max_pixels=1800 * 32 * 32)
     return dict(template="yes_no", labels=("yes", "no"), score="probability",
-                processor_kwargs=pixel_limits(4 * 32 * 32, 1800 * 32 * 32))
+                processor_kwargs=pixel_limits(**limits), vision_resize=dict(factor=32, **limits))
 
 
 
@@ -89,7 +104,8 @@ PRESETS: dict[str, Preset] = {
                      ("pages", "t2i", "i2t"), _qwen3_vl()) for name in (QWEN3_VL_2B, QWEN3_VL_8B)},
     LYCHEE: _preset(
         LYCHEE, _ANY_SIDE, "softmax over the (no, yes) logits, P(yes)", "apache-2.0", ("pages", "t2i", "i2t"),
-        # min_pixels = 4 * 28 * 28, max_pixels = 1280 * 28 * 28 for AutoProcessor, as the card's example
+        # min_pixels = 4 * 28 * 28, max_pixels = 1280 * 28 * 28 for AutoProcessor, as the card's example; its images
+        # come from qwen_vl_utils.process_vision_info, which first resizes with its own (default) limits
         dict(template="yes_no", labels=("yes", "no"), score="probability", instruction=LYCHEE_INSTRUCTION,
-             processor_kwargs=pixel_limits(4 * 28 * 28, 1280 * 28 * 28))),
+             processor_kwargs=pixel_limits(4 * 28 * 28, 1280 * 28 * 28), vision_resize={"factor": 28})),
 }

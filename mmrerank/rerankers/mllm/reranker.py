@@ -9,6 +9,7 @@ pass per batch, left-padded so every sequence ends at the last position.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.mllm.resize import VisionResize
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,
     MONOQWEN_PROMPT,
@@ -36,6 +38,8 @@ from mmrerank.rerankers.mllm.weights import import_peft, load_checkpoint_head, l
 DEFAULT_PROMPT = MONOQWEN_PROMPT
 # With `use_ocr=True` this goes before the prompt, so the model reads the page text right after the page image.
 DEFAULT_OCR_PREFIX = MONOQWEN_OCR_PREFIX
+# With `use_ocr=True` (templates that use a document's text only on request), the text is cut to this many characters.
+DEFAULT_MAX_OCR_CHARS = 2000
 # "probability": the number the cards print (the label softmax, or sigmoid(head - head_offset) with a head).
 SCORE_MODES = ("logprob", "logit_diff", "logit", "probability")
 
@@ -57,7 +61,11 @@ def load_head(path: str | Path, device: torch.device | str = "cpu") -> dict[str,
 
 @dataclass
 class Page:
-    """A document page: its image and, optionally, its OCR text (used only when the reranker has `use_ocr=True`)."""
+    """A document page: its image and, optionally, its OCR text.
+
+    The `yes_no` template (Qwen3-VL-Reranker, lychee-rerank-mm) always scores the text after the image, as their
+    authors' code does; the other templates use it only when the reranker has `use_ocr=True`.
+    """
 
     image: Image.Image
     text: str = ""
@@ -139,6 +147,21 @@ def _append_token(inputs, token_id: int):
     return inputs
 
 
+def _document_text_rule(template, use_ocr: bool | None, max_ocr_chars: int | None) -> tuple[bool, int | None]:
+    """(use_ocr, max_ocr_chars) for `template`: a template that keeps a document's text (`yes_no`) keeps all of it,
+    as its authors' code does, and refuses a setting that would drop or cut it; the others take the settings, by
+    default without the text (as their cards) and cutting it at `DEFAULT_MAX_OCR_CHARS` when used."""
+    if not template.keeps_document_text:
+        return bool(use_ocr), DEFAULT_MAX_OCR_CHARS if max_ocr_chars is None else max_ocr_chars
+    if use_ocr is False or max_ocr_chars is not None:
+        raise ValueError(
+            f"the {template.name!r} template scores a document's whole text after its image, as Qwen3-VL-Reranker's "
+            f"and lychee-rerank-mm's code does; use_ocr=False / max_ocr_chars={max_ocr_chars} would drop or cut it "
+            "(to score a page's image alone, pass the image alone; a reranker.json saved before this rule may hold "
+            '"use_ocr": false and "max_ocr_chars": 2000 -- set them to null)')
+    return True, None
+
+
 def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -185,17 +208,24 @@ class MLLMReranker(Reranker, nn.Module):
         labels: the (positive, negative) answer words, each a single token.
         score: `"logprob"`, `"probability"`, `"logit_diff"` or `"logit"` (use `"logit"` after contrastive or
             pairwise training).
-        use_ocr: use the text that comes with a candidate image (a page's OCR text).
+        use_ocr: use the text that comes with a candidate image (a page's OCR text). None: the template's rule --
+            `yes_no` always uses it, as Qwen3-VL-Reranker's and lychee-rerank-mm's code does (False is refused there:
+            their code has no such option; pass the image alone to score it alone); `monoqwen` and `jina` do not,
+            as their cards (True is an mmrerank option for them).
         head: None or `"mlp"`.
         head_path: a state dict saved by `save_head`, loaded into the head.
         batch_size: pairs per forward pass in `score`.
         device: `"auto"` (CUDA if available), or a device.
         dtype: `"auto"` (bf16 on CUDA, fp32 on CPU), a name such as `"float16"`, or a `torch.dtype`.
         processor_name_or_path: where the processor comes from when it differs from the model's folder.
-        processor_kwargs: extra `AutoProcessor.from_pretrained` arguments (e.g. `min_pixels`, `max_pixels`).
+        processor_kwargs: extra `AutoProcessor.from_pretrained` arguments (e.g. `min_pixels`, `max_pixels`, which
+            win over the folder's `preprocessor_config.json` whichever keys it holds; `size` does not).
+        vision_resize: resize every image before the processor as qwen-vl-utils' `process_vision_info` does, with
+            these `VisionResize` fields (`factor`, `min_pixels`, `max_pixels`), for cards that do (lychee-rerank-mm).
         merge_adapter: fold the LoRA weights into the model (faster inference; not for training).
         ocr_prefix: the OCR text template, containing `{ocr}`.
-        max_ocr_chars: OCR text is cut to this many characters, to bound the sequence length.
+        max_ocr_chars: with `use_ocr` on a `monoqwen` or `jina` template, the text is cut to this many characters
+            (None: 2000), to bound the sequence length. Refused for `yes_no`, whose authors' code does not cut it.
         template: `"monoqwen"`, `"jina"` or `"yes_no"`.
         instruction: the `yes_no` template's `<Instruct>` text (None: Qwen3-VL-Reranker's default).
         score_token_id: a token appended to every tokenised pair, whose position is read (jina-reranker-m0: 100).
@@ -205,13 +235,14 @@ class MLLMReranker(Reranker, nn.Module):
     """
 
     def __init__(self, model_name_or_path: str | Path, adapter: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
-                 labels: Sequence[str] = ("True", "False"), score: str = "logprob", use_ocr: bool = False,
+                 labels: Sequence[str] = ("True", "False"), score: str = "logprob", use_ocr: bool | None = None,
                  head: str | None = None, head_path: str | Path | None = None, batch_size: int = 8,
                  device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                  processor_name_or_path: str | Path | None = None, processor_kwargs: dict | None = None,
-                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int = 2000,
+                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int | None = None,
                  template: str = "monoqwen", instruction: str | None = None, score_token_id: int | None = None,
-                 head_offset: float = 0.0, head_prefix: str | None = None) -> None:
+                 head_offset: float = 0.0, head_prefix: str | None = None,
+                 vision_resize: dict[str, int | None] | None = None) -> None:
         super().__init__()
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
@@ -222,13 +253,17 @@ class MLLMReranker(Reranker, nn.Module):
         if head_path is not None and head_prefix is not None:
             raise ValueError("give the head's weights once: head_path or head_prefix, not both")
         self.template = make_template(template, prompt, ocr_prefix, instruction)
+        use_ocr, max_ocr_chars = _document_text_rule(self.template, use_ocr, max_ocr_chars)
         self.prompt, self.score_mode, self.use_ocr = prompt, score, use_ocr
         self.ocr_prefix, self.max_ocr_chars, self.batch_size = ocr_prefix, max_ocr_chars, batch_size
         self.labels, self.name_or_path, self.head_kind = tuple(labels), str(model_name_or_path), head
         self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
+        self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
         device = _resolve_device(device)
+        # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
+        # change a preset's options for every later load in the process
         self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,
-                                                       **(processor_kwargs or {}))
+                                                       **copy.deepcopy(processor_kwargs or {}))
         # Left padding puts every sequence's final token at position -1, so one index reads all the answers.
         self.processor.tokenizer.padding_side = "left"
         self.label_ids = resolve_label_ids(self.processor.tokenizer, self.labels)
@@ -266,7 +301,8 @@ class MLLMReranker(Reranker, nn.Module):
         return {"prompt": self.prompt, "labels": list(self.labels), "score": self.score_mode, "use_ocr": self.use_ocr,
                 "head": self.head_kind, "ocr_prefix": self.ocr_prefix, "max_ocr_chars": self.max_ocr_chars,
                 "template": self.template.name, "instruction": self.instruction,
-                "score_token_id": self.score_token_id, "head_offset": self.head_offset}
+                "score_token_id": self.score_token_id, "head_offset": self.head_offset,
+                "vision_resize": self.vision_resize.settings() if self.vision_resize else None}
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write the reranker as one folder: the model and processor (or, for a LoRA model, the adapter and the base
@@ -322,7 +358,8 @@ class MLLMReranker(Reranker, nn.Module):
         return self.template.render(as_content(query), self._document(candidate), self.processor)
 
     def _document(self, candidate: Any) -> Content:
-        """A candidate as the template sees it: an image's OCR text kept only with `use_ocr`, and cut."""
+        """A candidate as the template sees it: the text that comes with an image kept when `use_ocr` (always for
+        `yes_no`), and cut to `max_ocr_chars` (never for `yes_no`)."""
         return as_content(candidate, keep_text=self.use_ocr, max_chars=self.max_ocr_chars)
 
     def encode(self, queries: Sequence[Any], candidates: Sequence[Any]):
@@ -333,12 +370,16 @@ class MLLMReranker(Reranker, nn.Module):
             raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
         rendered = [self.render(q, c) for q, c in zip(queries, candidates)]
         # the processor gives the i-th placeholder of the batch (in text order) the i-th image: one flat list
-        images = [image.convert("RGB") for _, pair_images in rendered for image in pair_images]
+        images = [self._prepare_image(image) for _, pair_images in rendered for image in pair_images]
         inputs = self.processor(text=[text for text, _ in rendered], images=images or None, padding=True,
                                 return_tensors="pt")
         if self.score_token_id is not None:
             inputs = _append_token(inputs, self.score_token_id)
         return inputs.to(self.device)
+
+    def _prepare_image(self, image: Image.Image) -> Image.Image:
+        """An image as the processor gets it: RGB, and first resized as the card's qwen-vl-utils does if it does."""
+        return self.vision_resize(image) if self.vision_resize is not None else image.convert("RGB")
 
     def _language_model_parts(self):
         """(backbone returning hidden states, lm_head) of the model, looking through a peft wrapper."""

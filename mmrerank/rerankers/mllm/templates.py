@@ -13,6 +13,13 @@ into the image's visual tokens), and the images in the order their placeholders 
 
 A side the card does not support (a text document for MonoQwen2-VL, an image query for it, a document with both
 an image and a text for jina) is a `ValueError` that names the template and what it accepts.
+
+What the authors' code does with a document's text (`keeps_document_text`): Qwen3-VL-Reranker's `Qwen3VLReranker
+.format_mm_content` and lychee-rerank-mm's card put a document's image and then its text, whole (no cut below the
+model's 10240-token limit), so the `yes_no` template always scores both. MonoQwen2-VL's card and `rerankers`'
+MonoVLMRanker read a document's image alone, and jina-reranker-m0's `compute_score` takes a document that is a text
+or an image, so for those the text that comes with an image is used only on request (`MLLMReranker(use_ocr=True)`,
+an mmrerank option). None of these cleans or rewrites a query's or a document's text.
 """
 
 from __future__ import annotations
@@ -113,6 +120,9 @@ class PairTemplate:
     name: ClassVar[str]
     query_kinds: ClassVar[tuple[str, ...]]
     document_kinds: ClassVar[tuple[str, ...]]
+    # True: a document's text is always scored with its image, as the authors' code does; False: the card scores the
+    # image alone, and the text that comes with an image is used only when the reranker's `use_ocr` asks for it.
+    keeps_document_text: ClassVar[bool] = False
 
     def check(self, query: Content, document: Content) -> None:
         """Raise `ValueError` for a query or a document of a kind the card does not support."""
@@ -190,7 +200,8 @@ class YesNoTemplate(PairTemplate):
     """Qwen3-VL-Reranker and lychee-rerank-mm: a system turn asking for "yes" or "no", then one user turn
     `<Instruct>: {instruction}<Query>:{query}\\n<Document>:{document}`, then the assistant generation prompt.
 
-    Each side is its image placeholder followed by its text (either may be absent). This is the string of the
+    Each side is its image placeholder followed by its whole text (either may be absent): a document's text is never
+    dropped or cut, as in `Qwen3VLReranker.format_mm_content` (`keeps_document_text`). This is the string of the
     authors' vLLM template (examples/reranker_template.jinja of QwenLM/Qwen3-VL-Embedding, commit
     8ce3aab1fbcc7b7143b094f0b2005dd89e7246b9), which is also what Qwen's chat template makes of the messages
     `Qwen3VLReranker.format_mm_instruction` builds (text parts joined with nothing between them): the text is
@@ -203,6 +214,7 @@ class YesNoTemplate(PairTemplate):
     name: ClassVar[str] = "yes_no"
     query_kinds: ClassVar[tuple[str, ...]] = KINDS
     document_kinds: ClassVar[tuple[str, ...]] = KINDS
+    keeps_document_text: ClassVar[bool] = True
 
     def _render(self, query: Content, document: Content, processor: Any) -> tuple[str, list[Image.Image]]:
         text = (f"<|im_start|>system\n{self.system}<|im_end|>\n<|im_start|>user\n<Instruct>: {self.instruction}"

@@ -18,6 +18,15 @@ processor and tokenizer files, and the weights under the key names the hub file 
   in 2024, such as lightonai/MonoQwen2-VL-v0.1).
 
 The tokenizer is `tiny.build_tokenizer`'s byte-level BPE (Qwen's special tokens; True/False/yes/no single tokens).
+
+jina-reranker-m0 and lychee-rerank-mm get their processor files as the 2024-25 Qwen2-VL / Qwen2.5-VL repositories
+ship them (`hub_processor_files`): `preprocessor_config.json` with top-level `min_pixels` / `max_pixels`
+(3136 / 12845056, Qwen2-VL-2B-Instruct's and Qwen2.5-VL-7B-Instruct's values), `chat_template.json` holding
+Qwen2-VL-Instruct's chat template, `tokenizer_config.json` naming `Qwen2Tokenizer`, and no `processor_config.json`.
+The hub files of jinaai/jina-reranker-m0 and vec-ai/lychee-rerank-mm themselves could not be read here (no hub
+access, no mirror found): these are their base models' files, which the fine-tunes are assumed to have kept (the
+issue that found the 12,845,056-pixel limit saw exactly these keys). Assumed, not read: `padding_side: "left"` in
+`tokenizer_config.json`, and the absence of a `video_preprocessor_config.json`.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from transformers import (
 )
 
 from mmrerank.core.io import atomic_folder
-from mmrerank.rerankers.mllm.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, build_tokenizer, tiny_config
+from mmrerank.rerankers.mllm.tiny import SPECIAL_TOKENS, build_tokenizer, tiny_config
 
 # Qwen3-VL's chat template reduced to what a reranker sends: a system turn whose content is a string or a list of
 # text parts (no default system turn, unlike Qwen2-VL), user turns mixing images and text, the generation prompt.
@@ -60,6 +69,24 @@ QWEN3_VL_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
+
+# Qwen2-VL-2B-Instruct's / Qwen2.5-VL-7B-Instruct's chat template (their chat_template.json and tokenizer_config.json)
+QWEN2_VL_HUB_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% endif %}"
+)
+# The image limits in those repositories' preprocessor_config.json: 4 to 16384 merged 28-pixel tokens.
+HUB_MIN_PIXELS, HUB_MAX_PIXELS = 3136, 12845056
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 # jina-reranker-m0's hub weights: the language model under `model.`, the vision tower under `visual.`.
 _JINA_LAYOUT = (("model.language_model.", "model."), ("model.visual.", "visual."))
@@ -115,9 +142,9 @@ def build_tiny_qwen3_vl(folder: str | Path, seed: int = 0, hidden: int = 64, lay
 
 
 def build_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
-    """A tiny random Qwen2.5-VL (lychee-rerank-mm's architecture) with its processor, saved as `folder`.
-
-    Images are resized to between 56x56 and 112x112 pixels (14-pixel patches merged 2x2).
+    """A tiny random Qwen2.5-VL (lychee-rerank-mm's architecture) with its processor files in the hub's layout
+    (`hub_processor_files`), saved as `folder`. 14-pixel patches merged 2x2; the folder's own image limits are the
+    hub's (3136 to 12845056 pixels), so a reranker gets the card's only by passing them.
     """
     tokenizer = build_tokenizer(seed)
     head_dim = hidden // 4
@@ -126,16 +153,17 @@ def build_tiny_qwen2_5_vl(folder: str | Path, seed: int = 0, hidden: int = 64, l
                   temporal_patch_size=2, out_hidden_size=hidden, window_size=112, fullatt_block_indexes=[1])
     config = Qwen2_5_VLConfig(text_config=_text_config(tokenizer, hidden, layers, head_dim, rope),
                               vision_config=vision, tie_word_embeddings=False, **_vision_token_ids(tokenizer))
-    pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
-                                    video_processor=Qwen2VLVideoProcessor(**pixels), tokenizer=tokenizer,
-                                    chat_template=CHAT_TEMPLATE)
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
+                                    tokenizer=tokenizer)  # its files are rewritten in the hub's layout below
     torch.manual_seed(seed)
-    return _save(folder, Qwen2_5_VLForConditionalGeneration(config), processor)
+    folder = _save(folder, Qwen2_5_VLForConditionalGeneration(config), processor)
+    hub_processor_files(folder, "Qwen2_5_VLProcessor")
+    return folder
 
 
 def build_tiny_jina(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
-    """A tiny random jina-reranker-m0 in its hub layout (see the module docstring), saved as `folder`.
+    """A tiny random jina-reranker-m0 in its hub layout (see the module docstring), saved as `folder`; the processor
+    files are Qwen2-VL-2B-Instruct's (`hub_processor_files`), with the hub's image limits (3136 to 12845056 pixels).
 
     Returns:
         `folder`; its `model.safetensors` holds the backbone under the old key names and the head as
@@ -146,9 +174,8 @@ def build_tiny_jina(folder: str | Path, seed: int = 0, hidden: int = 64, layers:
     config.tie_word_embeddings = True  # as Qwen2-VL-2B's; the hub file has no lm_head (modeling.py drops it)
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(config).eval()
-    pixels = dict(min_pixels=56 * 56, max_pixels=112 * 112)
-    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels),
-                                 video_processor=Qwen2VLVideoProcessor(**pixels), tokenizer=tokenizer)
+    processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(), video_processor=Qwen2VLVideoProcessor(),
+                                 tokenizer=tokenizer)  # its files are rewritten in the hub's layout below
     head = {"score.0.weight": torch.randn(hidden, hidden) * 0.2, "score.0.bias": torch.randn(hidden) * 0.2,
             "score.2.weight": torch.randn(1, hidden) * 0.2, "score.2.bias": torch.randn(1) * 0.2}
     folder = Path(folder)
@@ -161,7 +188,34 @@ def build_tiny_jina(folder: str | Path, seed: int = 0, hidden: int = 64, layers:
         saved = json.loads(config_file.read_text())
         saved.update(architectures=["JinaVLForRanking"], auto_map={"AutoModel": "modeling.JinaVLForRanking"})
         config_file.write_text(json.dumps(saved, indent=2))
+        hub_processor_files(tmp, "Qwen2VLProcessor")
     return folder
+
+
+def hub_processor_files(folder: str | Path, processor_class: str) -> None:
+    """Rewrite a saved Qwen2-VL / Qwen2.5-VL processor in `folder` as the hub repositories lay it out.
+
+    transformers 5 saves one `processor_config.json` (the image processor's limits as `size`) and
+    `chat_template.jinja`; the repositories hold `preprocessor_config.json` with top-level `min_pixels` /
+    `max_pixels` (3136 / 12845056), `chat_template.json`, and a `tokenizer_config.json` naming `Qwen2Tokenizer` with
+    the chat template in it too. Loading such a folder, a `size=` argument loses to those keys; `min_pixels=` /
+    `max_pixels=` win.
+    """
+    folder = Path(folder)
+    for name in ("processor_config.json", "chat_template.jinja", "video_preprocessor_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    preprocessor = {"min_pixels": HUB_MIN_PIXELS, "max_pixels": HUB_MAX_PIXELS, "patch_size": 14,
+                    "temporal_patch_size": 2, "merge_size": 2, "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD,
+                    "image_processor_type": "Qwen2VLImageProcessor", "processor_class": processor_class}
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_HUB_CHAT_TEMPLATE}, indent=2))
+    tokenizer_file = folder / "tokenizer_config.json"
+    tokenizer = json.loads(tokenizer_file.read_text())
+    tokenizer.pop("backend", None)
+    tokenizer.update(tokenizer_class="Qwen2Tokenizer", processor_class=processor_class, model_max_length=32768,
+                     chat_template=QWEN2_VL_HUB_CHAT_TEMPLATE, bos_token=None, errors="replace",
+                     clean_up_tokenization_spaces=False, split_special_tokens=False)
+    tokenizer_file.write_text(json.dumps(tokenizer, indent=2))
 
 
 # MonoQwen2-VL-v0.1's adapter_config.json (hub revision c8db55c): r 32, lora_alpha 32, these target modules (all in the

@@ -1,8 +1,8 @@
 """The released EDJE checkpoint (`shahafw/edje-vl-image-retrieval-reranker`) loads and scores as the authors' code.
 
-A tiny model in the authors' format stands in for the release: a SigLIP dual model and a MiniLM-like BERT saved as
-their hub repositories are (`save_pretrained` folders; the BERT with only `config.json`, weights and `vocab.txt`),
-and a random state dict of the authors' `MultimodalPretrainModel` layout saved as `train.py` saves it. The
+A tiny model in the authors' format stands in for the release (`edje_official_tiny.py`): a SigLIP dual model and a
+MiniLM-like BERT saved as their hub repositories are (the BERT with only `config.json`, weights and `vocab.txt`), and
+a seeded state dict of the authors' `MultimodalPretrainModel` layout saved as `train.py` saves it. The
 reference forward below is written from their code (github.com/shahafwa/EDJE at commit 56c0c23:
 `pretrain_model.py` `compute_logits` / `tokenize_text_image_pair` / `compute_inputs_embeds`,
 `token_compression.py`, `evaluation/evaluate_retrieval.py`), with plain tensor operations for the adapter and
@@ -14,17 +14,15 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from edje_official_tiny import HEADS, MLP, WIDTH, M, authors_state_dict, build_minilm, build_siglip, save_release
 from PIL import Image
-from safetensors.torch import save_file
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
     SiglipConfig,
-    SiglipImageProcessor,
     SiglipModel,
-    SiglipVisionModel,
 )
 
 from mmrerank.rerankers.edje import EDJE
@@ -32,10 +30,6 @@ from mmrerank.rerankers.edje.adapter import OfficialCompressionAdapter
 from mmrerank.rerankers.edje.official import OFFICIAL, PRESETS, convert_official, official_config
 from mmrerank.rerankers.presets import PresetRows, load_reranker, presets
 
-M = 4  # compressed tokens (64 in the release)
-WIDTH, HEADS, MLP = 48, 4, 96  # the tiny vision tower's width and heads, the adapter's MLP (1024, 16, 8192)
-WORDS = ["a", "red", "dog", "cat", "on", "the", "green", "grass", "near", "small", "house", "two", "run", "blue",
-         "sky", "under", "big", "tree", "##s"]
 LONG = " ".join(["the big red dog runs on the green grass near a small house"] * 6)  # > 61 word pieces
 CAPTIONS = ["a red dog", "two dogs run on the green grass near a small house", "a cat under the big blue sky",
             LONG, ""]
@@ -45,73 +39,8 @@ CAPTIONS = ["a red dog", "two dogs run on the green grass near a small house", "
 def parts(tmp_path_factory):
     """The two hub folders the release builds on (tiny) and the authors' state dict over them."""
     root = tmp_path_factory.mktemp("edje_official")
-    minilm, siglip = root / "minilm", root / "siglip"
-    minilm.mkdir()
-    # microsoft/MiniLM-L12-H384-uncased ships config.json, weights and vocab.txt (no tokenizer config).
-    (minilm / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    torch.manual_seed(0)
-    # A position table shorter than 64 + m, so that the authors' extension (last row repeated) is exercised.
-    bert = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      intermediate_size=64, max_position_embeddings=48)
-    BertForMaskedLM(bert).save_pretrained(minilm)
-    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=50,
-                max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-    vision = dict(hidden_size=WIDTH, intermediate_size=96, num_hidden_layers=2, num_attention_heads=HEADS,
-                  image_size=32, patch_size=8)
-    SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).save_pretrained(siglip)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(siglip)
+    minilm, siglip = build_minilm(root / "minilm"), build_siglip(root / "siglip")
     return minilm, siglip, authors_state_dict(minilm, siglip)
-
-
-def authors_state_dict(minilm, siglip) -> dict[str, torch.Tensor]:
-    """`MultimodalPretrainModel(...).state_dict()` as their constructor builds it (random trained parts)."""
-    tokenizer = AutoTokenizer.from_pretrained(minilm, extra_special_tokens={"image_token": "<image>"})
-    lm = BertForMaskedLM.from_pretrained(minilm)
-    lm.resize_token_embeddings(len(tokenizer))
-    table = lm.bert.embeddings.position_embeddings.weight.data  # their _maybe_extend_position_embeddings
-    grown = torch.cat([table, table[-1:].repeat(64 + M - len(table), 1)])
-    lm.bert.embeddings.position_embeddings = torch.nn.Embedding.from_pretrained(grown, freeze=False)
-    d = lm.config.hidden_size
-    generator = torch.Generator().manual_seed(1)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * 0.2
-
-    with torch.no_grad():  # fine-tuning moved every language-model weight (in place: tied weights stay tied)
-        for parameter in lm.parameters():
-            parameter.add_(rand(*parameter.shape))
-
-    attention = torch.nn.MultiheadAttention(WIDTH, HEADS, batch_first=True).state_dict()
-    trained = {f"language_model.{k}": v for k, v in lm.state_dict().items()}
-    trained |= {f"vision_projection.attention.{k}": v for k, v in attention.items()}
-    trained |= {"vision_projection.query": torch.randn(1, M, WIDTH, generator=generator),
-                "vision_projection.key.weight": rand(WIDTH, WIDTH), "vision_projection.key.bias": rand(WIDTH),
-                "vision_projection.value.weight": rand(WIDTH, WIDTH), "vision_projection.value.bias": rand(WIDTH),
-                "vision_projection.layernorm.weight": 1 + rand(WIDTH), "vision_projection.layernorm.bias": rand(WIDTH),
-                "vision_projection.mlp.fc1.weight": rand(MLP, WIDTH), "vision_projection.mlp.fc1.bias": rand(MLP),
-                "vision_projection.mlp.fc2.weight": rand(WIDTH, MLP), "vision_projection.mlp.fc2.bias": rand(WIDTH),
-                "vision_projection.projection.weight": rand(d, WIDTH), "vision_projection.projection.bias": rand(d),
-                "classification_head.0.dense.weight": rand(d, d), "classification_head.0.dense.bias": rand(d),
-                "classification_head.1.weight": rand(1, d), "classification_head.1.bias": rand(1),
-                "text_projection.weight": rand(16, d), "text_projection.bias": rand(16)}
-    trained["text_embeddings.weight"] = trained["language_model.bert.embeddings.word_embeddings.weight"]
-    # Frozen parts, as loaded: the vision encoder and the SigLIP model of the first stage.
-    frozen = {f"vision_encoder.{k}": v for k, v in SiglipVisionModel.from_pretrained(siglip).state_dict().items()}
-    frozen |= {f"clip.{k}": v for k, v in SiglipModel.from_pretrained(siglip).state_dict().items()}
-    return {**frozen, **trained}
-
-
-def save_release(state: dict[str, torch.Tensor], folder, kind: str):
-    """The state dict as `train.py` saves it (`checkpoint_XX.pth`), or as a flat safetensors file."""
-    folder.mkdir(exist_ok=True)
-    if kind in ("pth", "legacy-pth"):
-        torch.save({"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 2e-5, "params": [0, 1]}]},
-                    "config": {"num_compressed_tokens": M, "siglip_path": "google/siglip2-large-patch16-384"},
-                    "epoch": 3, "global_step": 1200}, folder / "checkpoint_03.pth",
-                   _use_new_zipfile_serialization=kind == "pth")
-    else:
-        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
-    return folder
 
 
 # --- the authors' forward, written from their code --------------------------------------------------------------
@@ -147,7 +76,7 @@ def authors_pair(tokenizer, captions):
 
 def authors_scores(state, minilm, siglip, captions, images) -> torch.Tensor:
     """compute_logits on images, as their evaluation feeds them (SigLIP's vision_model.last_hidden_state)."""
-    processor = AutoImageProcessor.from_pretrained(siglip)
+    processor = AutoImageProcessor.from_pretrained(siglip, backend="pil")  # transformers 4.x's default, theirs
     tower = SiglipModel.from_pretrained(siglip).vision_model.eval()
     tokenizer = AutoTokenizer.from_pretrained(minilm, extra_special_tokens={"image_token": "<image>"})
     config = BertConfig.from_pretrained(minilm, vocab_size=len(tokenizer), max_position_embeddings=64 + M)
@@ -226,7 +155,7 @@ def test_scores_equal_the_authors_forward(parts, tmp_path, kind):
     torch.testing.assert_close(reranker.score(CAPTIONS, pictures), expected, atol=1e-4, rtol=0)
     torch.testing.assert_close(reranker.score(pictures, CAPTIONS), expected, atol=1e-4, rtol=0)  # i2t: same pairs
     # The compressed tokens (what a token store keeps) are the authors' adapter outputs.
-    processor = AutoImageProcessor.from_pretrained(siglip)
+    processor = AutoImageProcessor.from_pretrained(siglip, backend="pil")
     tower = SiglipModel.from_pretrained(siglip).vision_model.eval()
     with torch.no_grad():
         patches = tower(pixel_values=processor(images=pictures, return_tensors="pt")["pixel_values"]).last_hidden_state
@@ -276,7 +205,8 @@ def test_converted_folder_reloads(parts, tmp_path):
     minilm, siglip, state = parts
     release = save_release(state, tmp_path / "release", "safetensors")
     convert_official(release, tmp_path / "converted", language_model=str(minilm), vision=f"hf:{siglip}")
-    assert EDJE.from_pretrained(tmp_path / "converted").config.adapter == "official"
+    config = EDJE.from_pretrained(tmp_path / "converted").config
+    assert (config.adapter, config.caption_cleaning) == ("official", "open_clip")
     again = load_reranker(tmp_path / "converted", preset=OFFICIAL, device="cpu")  # read as saved: no conversion
     pictures = images(len(CAPTIONS))
     torch.testing.assert_close(again.score(CAPTIONS, pictures), load(release, minilm, siglip).score(CAPTIONS, pictures),
@@ -327,3 +257,20 @@ def test_other_files_fail_loudly(parts, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no weight file"):
         convert_official(tmp_path / "empty", **kwargs)
+
+
+def test_a_folder_converted_before_caption_cleaning_was_recorded_cleans(parts, tmp_path):
+    """Folders that `convert_official` wrote before `caption_cleaning` existed hold the authors' model too."""
+    import json
+
+    minilm, siglip, state = parts
+    convert_official(save_release(state, tmp_path / "release", "safetensors"), tmp_path / "converted",
+                     language_model=str(minilm), vision=f"hf:{siglip}")
+    config = json.loads((tmp_path / "converted" / "config.json").read_text())
+    del config["caption_cleaning"]
+    (tmp_path / "converted" / "config.json").write_text(json.dumps(config))
+    reranker = load_reranker(tmp_path / "converted", preset=OFFICIAL, device="cpu")
+    assert reranker.model.config.caption_cleaning == "open_clip"
+    pictures = images(2)
+    torch.testing.assert_close(reranker.score(["A RED dog!", "a  cat"], pictures),
+                               reranker.score(["a red dog", "a cat"], pictures), atol=0, rtol=0)

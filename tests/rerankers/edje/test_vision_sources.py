@@ -1,7 +1,8 @@
 """The token contract of `VisionTokenSource`, each kind checked against its tower's own forward.
 
 Every tower is a tiny random one built from the real config class; the `hf:` ones are saved with their processor
-and loaded through `VisionTokenSource("hf:<folder>")`, the path a user takes with a hub checkpoint.
+and loaded through `VisionTokenSource("hf:<folder>")`, the path a user takes with a hub checkpoint. The references
+preprocess with the PIL image processor (transformers 4.x's default, which `hf:` sources ask for under 5.x too).
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ def naflex_folder(tmp_path_factory):
 
 def reference_naflex(folder, image: Image.Image, max_num_patches: int = 16):
     """The model's own forward on the processor's output for one image: `[N, D]` hidden states and its grid."""
-    from transformers import Siglip2ImageProcessor, Siglip2VisionModel
+    from transformers import AutoImageProcessor, Siglip2VisionModel
 
     model = Siglip2VisionModel.from_pretrained(folder).eval()
-    inputs = Siglip2ImageProcessor.from_pretrained(folder)(images=image, max_num_patches=max_num_patches,
-                                                           return_tensors="pt")
+    processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
+    inputs = processor(images=image, max_num_patches=max_num_patches, return_tensors="pt")
     with torch.no_grad():
         hidden = model(**inputs).last_hidden_state[0]
     return hidden, tuple(inputs["spatial_shapes"][0].tolist())
@@ -99,15 +100,15 @@ def test_siglip2_naflex_keep_aspect_ratio_pads_and_masks(naflex_folder):
 
 
 def test_siglip_fixed_resolution_gives_the_last_hidden_state(tmp_path):
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+    from transformers import AutoImageProcessor, SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(0)
     config = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                 image_size=32, patch_size=8)
     model = SiglipVisionModel(config).eval()
     model.save_pretrained(tmp_path)
-    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
-    processor.save_pretrained(tmp_path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
     source = VisionTokenSource(f"hf:{tmp_path}")
     image = images()[2]
     with torch.no_grad():
@@ -119,7 +120,7 @@ def test_siglip_fixed_resolution_gives_the_last_hidden_state(tmp_path):
 
 
 def test_hf_clip_gives_patches_only_after_post_layernorm(tmp_path):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
     torch.manual_seed(0)
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -129,8 +130,8 @@ def test_hf_clip_gives_patches_only_after_post_layernorm(tmp_path):
         model.post_layernorm.weight.uniform_(0.5, 2.0)
         model.post_layernorm.bias.normal_()
     model.save_pretrained(tmp_path)
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor.save_pretrained(tmp_path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
     source = VisionTokenSource(f"hf:{tmp_path}")
     assert (source.num_patches, source.dim) == (16, 32)  # 4 x 4 patches, the CLS token dropped
     image = images()[2]

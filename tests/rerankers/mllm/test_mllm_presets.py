@@ -277,11 +277,14 @@ def test_qwen3_vl_prompt_and_score_are_the_cards(qwen3_folder, images):
              (images[1], CAPTIONS[1], _yes_no_card_text(QWEN3_INSTRUCTION, IMAGE, CAPTIONS[1])),
              (QUERIES[2], Page(images[2], "page text"), _yes_no_card_text(QWEN3_INSTRUCTION, QUERIES[2],
                                                                            IMAGE + "page text"))]
-    for query, document, card in cases:
+    # the code's qwen-vl-utils resize to the 32-pixel grid: 64 x 72 and 80 x 80 -> 64 x 64, 96 x 88 -> 96 x 96
+    resized = [images[0].resize((64, 64), Image.BICUBIC), images[1].resize((64, 64), Image.BICUBIC),
+               images[2].resize((96, 96), Image.BICUBIC)]
+    for (query, document, card), image in zip(cases, resized):
         assert reranker.chat_text(query, document) == card
-        text, pair_images = reranker.render(query, document)
+        text, _ = reranker.render(query, document)
         assert reranker.score([query], [document]).item() == pytest.approx(
-            _yes_no_by_hand(reranker, text, pair_images), abs=1e-5)
+            _yes_no_by_hand(reranker, text, [image]), abs=1e-5)
     # the checkpoint's images limits are the code's: MIN_PIXELS 4 * 32 * 32, MAX_PIXELS 1800 * 32 * 32
     assert reranker.processor.image_processor.size["longest_edge"] == 1800 * 32 * 32
 
@@ -314,8 +317,11 @@ def test_lychee_prompt_score_and_batches(lychee_folder, images):
     card = _yes_no_card_text(LYCHEE_INSTRUCTION, QUERIES[3], IMAGE)
     assert reranker.chat_text(QUERIES[3], images[3]) == card
     # the card's score: log_softmax over (no, yes) at the last position, exp of the yes column
+    # the card's images come from qwen-vl-utils' fetch_image: 112 x 96 pixels become 112 x 84 (sides rounded to
+    # multiples of 28) with PIL's bicubic filter, before the processor
+    resized = images[3].resize((112, 84), Image.BICUBIC)
     assert reranker.score([QUERIES[3]], [images[3]]).item() == pytest.approx(
-        _yes_no_by_hand(reranker, card, [images[3]]), abs=1e-5)
+        _yes_no_by_hand(reranker, card, [resized]), abs=1e-5)
     assert reranker.processor.image_processor.size["longest_edge"] == 1280 * 28 * 28
     _assert_batch_equals_single(reranker, QUERIES, images)
     _assert_batch_equals_single(reranker, images, CAPTIONS)
