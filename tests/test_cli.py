@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmrerank.benchmark import check_paper
 from mmrerank.cli import MMRerankCLI, benchmark_parser, main
 from mmrerank.datasets import ImageTextSource
 from mmrerank.rerankers import RerankerSpec
@@ -53,6 +54,8 @@ def test_benchmark_config_parses(path):
     assert image_text.depth >= image_text.rerank_depth
     assert all(isinstance(spec, RerankerSpec) for suite in (image_text, config.pages, config.instances)
                if suite is not None for spec in suite.rerankers or [])
+    if config.paper is not None:  # its rows and columns are ones the config produces
+        check_paper(config.paper, image_text, config.pages, config.instances)
     if path.parent.name == "superglobal":
         assert image_text.directions == [] and config.instances.dataset in {"synthetic", "roxford5k", "rparis6k"}
 
