@@ -15,7 +15,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from mmrerank.core import distributed
-from mmrerank.evaluation.report import Report
+from mmrerank.evaluation.report import Paper, Report
 from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage
 from mmrerank.fitting import train_missing
 from mmrerank.rerankers import specs  # noqa: F401  (configs name the families' specs by short class_path)
@@ -25,7 +25,7 @@ from mmrerank.retrieval.first_stage import FirstStage
 
 def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | None = None, pages: Pages | None = None,
               instances: Instances | None = None, output_dir: str | None = None, device: str = "auto",
-              progress: bool = True, retrain: bool = False) -> Report:
+              progress: bool = True, retrain: bool = False, paper: Paper | None = None) -> Report:
     """Run the benchmark and write `report.json`, `report.md` and `success_at_k.png` to `output_dir`.
 
     Args:
@@ -36,6 +36,12 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
         output_dir: where the report goes (default `outputs/benchmark/<dataset name>`).
         device: `auto` (GPU when present), `cpu` or `cuda`.
         retrain: train the cached first stage and every reranker's `fit` recipe again, replacing their folders.
+        paper: a paper's numbers for some rows, printed beside the measured ones ("Against the paper"). Its rows
+            and columns are checked against the config before any work where the rerankers can name their rows,
+            else after the run (the report is written first).
+
+    Raises:
+        ValueError: `paper` names a row or column the benchmark does not produce (the message lists the known ones).
     """
     image_text = image_text or ImageText()
     dataset = image_text.dataset
@@ -43,11 +49,14 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
     resolve_device(device)  # an unknown device fails here, before anything is built
     suites = [s for s in (image_text if image_text.directions else None, instances, pages) if s is not None]
+    if paper is not None:
+        check_paper(paper, image_text, pages, instances)
     title = ", ".join(s.title() for s in suites)
     if image_text.directions or instances is not None:
         title += f": first stage {first_stage.model_name}"
     report = Report(title, config=describe({"first_stage": first_stage, "image_text": image_text, "pages": pages,
-                                            "instances": instances}))
+                                            "instances": instances}),
+                    paper=None if paper is None else {"source": paper.source, "rows": paper.rows})
     reranker_specs = [spec for suite in suites for spec in suite.rerankers]
     encoder = None
     if image_text.directions or instances is not None or (pages is not None and pages.dual_encoder) \
@@ -65,7 +74,48 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     report.config["output_dir"] = output_dir
     if distributed.is_rank_zero():  # every rank holds the same rows; one writes them
         report.save(output_dir)
+    missing = [] if paper is None else paper.missing(report.rows)
+    if missing:  # only rows no spec could name before the run get here; the report is saved, numbers kept
+        raise ValueError(f"paper: {'; '.join(missing)} (the report is written to {output_dir}, its paper table says "
+                         "'not measured')")
     return report
+
+
+FIXED_ROWS = {"t2i": ["first stage"], "i2t": ["first stage"], "pages": ["BM25"],
+              "i2i": ["GeM", "SuperGlobal pooling"]}  # the suites' own rows (the first stages; pages: and CLIP)
+
+
+def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instances: Instances | None) -> None:
+    """Refuse a paper's column whose direction the config does not run or whose measure image-text rows lack, and,
+    when every reranker names its rows in advance (`RerankerSpec.row_names`), a row the config does not produce.
+
+    Raises:
+        ValueError: listing the known directions, columns or rows.
+    """
+    suites = {d: image_text for d in image_text.directions}
+    suites.update({"pages": pages} if pages is not None else {})
+    suites.update({"i2i": instances} if instances is not None else {})
+    known_columns = {f"{d}/{m}" for d in image_text.directions for m in image_text.measures}
+    rows: set[str] = set()
+    named = True
+    for direction, suite in suites.items():
+        rows.update(FIXED_ROWS[direction] + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
+        for spec in suite.rerankers:
+            names = spec.row_names()
+            named = named and names is not None
+            rows.update(names or [])
+    problems = []
+    for row, measures in paper.rows.items():
+        for column in measures:
+            direction = column.split("/")[0]
+            if direction not in suites:
+                problems.append(f"row {row!r}: column {column!r}: this config runs the directions {sorted(suites)}")
+            elif direction in ("t2i", "i2t") and column not in known_columns:
+                problems.append(f"row {row!r}: column {column!r} is not among {sorted(known_columns)}")
+        if named and row not in rows:
+            problems.append(f"row {row!r} is not among the rows {sorted(rows)}")
+    if problems:
+        raise ValueError("paper: " + "; ".join(problems))
 
 
 def describe(value: Any) -> Any:

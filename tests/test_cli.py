@@ -12,13 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmrerank.benchmark import check_paper
 from mmrerank.cli import MMRerankCLI, benchmark_parser, main
 from mmrerank.datasets import ImageTextSource
 from mmrerank.rerankers import RerankerSpec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("benchmark", "superglobal", "scaling"))
-BENCHMARKS = sorted([*(CONFIGS / "benchmark").glob("*.yaml"), *(CONFIGS / "superglobal").glob("*.yaml")])
+TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml")
+                  if p.parent.name not in ("benchmark", "superglobal", "scaling", "repro"))
+BENCHMARKS = sorted([*(CONFIGS / "benchmark").glob("*.yaml"), *(CONFIGS / "superglobal").glob("*.yaml"),
+                     *(CONFIGS / "repro").glob("*.yaml")])
 
 
 def test_configs_exist():
@@ -51,6 +54,8 @@ def test_benchmark_config_parses(path):
     assert image_text.depth >= image_text.rerank_depth
     assert all(isinstance(spec, RerankerSpec) for suite in (image_text, config.pages, config.instances)
                if suite is not None for spec in suite.rerankers or [])
+    if config.paper is not None:  # its rows and columns are ones the config produces
+        check_paper(config.paper, image_text, config.pages, config.instances)
     if path.parent.name == "superglobal":
         assert image_text.directions == [] and config.instances.dataset in {"synthetic", "roxford5k", "rparis6k"}
 

@@ -11,6 +11,60 @@ from typing import Any
 
 from mmrerank.core.io import atomic_write, atomic_write_json, atomic_write_text
 
+DIRECTIONS = ("t2i", "i2t", "pages", "i2i")  # the first part of every report column
+
+
+@dataclass
+class Paper:
+    """A paper's numbers for the report's rows, printed beside the measured ones (`benchmark(paper=...)`).
+
+    ```yaml
+    paper:
+      source: "LAVIS docs/benchmark.rst, BLIP retrieval (ViT-B, CapFilt-L), COCO 5k test"
+      rows:
+        "Salesforce/blip-itm-base-coco (LAVIS ITM + ITC)": {i2t/Success@1: 0.820, t2i/Success@1: 0.645}
+    ```
+
+    Attributes:
+        source: where the numbers are from (document, table, model).
+        rows: the report's row name -> the report's column name (`<direction>/<measure>`) -> the paper's value, as a
+            fraction like the report's (82.0 % is 0.820).
+
+    Raises:
+        ValueError: an empty source or rows, a column without a known direction, a value outside [0, 1] (a
+            percentage, most likely).
+    """
+
+    source: str
+    rows: dict[str, dict[str, float]]
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ValueError("paper.source is empty: say where the numbers are from")
+        if not self.rows or not all(self.rows.values()):
+            raise ValueError("paper.rows needs at least one row with at least one measure")
+        for row, measures in self.rows.items():
+            for column, value in measures.items():
+                if column.split("/")[0] not in DIRECTIONS or "/" not in column:
+                    raise ValueError(f"paper.rows[{row!r}]: column {column!r} is not <direction>/<measure> with a "
+                                     f"direction in {DIRECTIONS} (e.g. 't2i/Success@1')")
+                if not 0.0 <= value <= 1.0:
+                    raise ValueError(f"paper.rows[{row!r}][{column!r}] = {value}: give values as fractions like the "
+                                     f"report's ({value / 100:g} for {value:g} %)")
+
+    def missing(self, rows: Mapping[str, Mapping[str, float]]) -> list[str]:
+        """The paper's rows and columns that `rows` (a report's, or the names a config will give) lacks, in words,
+        each naming the known ones."""
+        out = []
+        for row, measures in self.rows.items():
+            if row not in rows:
+                out.append(f"row {row!r} is not among the rows {sorted(rows)}")
+                continue
+            unknown = [c for c in measures if c not in rows[row]]
+            if unknown:
+                out.append(f"row {row!r}: columns {unknown} are not among {sorted(rows[row])}")
+        return out
+
 
 @dataclass
 class Report:
@@ -23,6 +77,7 @@ class Report:
         config: the settings that produced the numbers.
         timings: seconds per step of the pipeline.
         baselines: reranker row -> the first-stage row it reranks (a row below its first stage is called out).
+        paper: a paper's numbers for some rows (`Paper`'s fields), printed beside the measured ones.
     """
 
     title: str
@@ -31,6 +86,7 @@ class Report:
     config: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, str] = field(default_factory=dict)
+    paper: dict[str, Any] | None = None
 
     def add(self, system: str, direction: str, metrics: Mapping[str, float], curve: Sequence[float] = ()) -> None:
         self.rows.setdefault(system, {}).update({f"{direction}/{k}": v for k, v in metrics.items()})
@@ -61,13 +117,32 @@ class Report:
                     out.append(f"{system}: {column} {mine:.4f}, not above {base}'s {theirs:.4f}")
         return out
 
+    def against_paper(self) -> list[tuple[str, str, float, float | None]]:
+        """`(row, column, paper's value, measured value or None)` for each of the paper's numbers."""
+        if self.paper is None:
+            return []
+        return [(row, column, value, self.rows.get(row, {}).get(column))
+                for row, measures in self.paper["rows"].items() for column, value in measures.items()]
+
+    def paper_table(self) -> str:
+        """The table "Against the paper (<source>)": row, measure, paper, measured, difference (measured - paper)."""
+        lines = [f"**Against the paper ({self.paper['source']})**", "",
+                 "| row | measure | paper | measured | difference |", "| --- | --- | ---: | ---: | ---: |"]
+        for row, column, paper, measured in self.against_paper():
+            got, diff = ("not measured", "") if measured is None else (f"{measured:.4f}", f"{measured - paper:+.4f}")
+            lines.append(f"| {row} | {column} | {paper:.4f} | {got} | {diff} |")
+        return "\n".join(lines)
+
     def to_markdown(self) -> str:
-        """One table per benchmark, the rows that do not beat their first stage, then the timings."""
+        """One table per benchmark, the paper's numbers beside the measured ones, the rows that do not beat their
+        first stage, then the timings."""
         parts = [f"### {self.title}"]
         for columns, systems in self.tables().items():
             lines = [f"| system | {' | '.join(columns)} |", "| --- |" + " ---: |" * len(columns)]
             lines += [f"| {s} | " + " | ".join(f"{self.rows[s][c]:.4f}" for c in columns) + " |" for s in systems]
             parts.append("\n".join(lines))
+        if self.paper is not None:
+            parts.append(self.paper_table())
         if self.baselines:
             shortfalls = self.shortfalls()
             parts.append("**Rerankers that do not beat their first stage:** " + "; ".join(shortfalls) if shortfalls
@@ -84,7 +159,7 @@ class Report:
         folder = Path(folder)
         atomic_write_json(folder / "report.json", {"title": self.title, "rows": self.rows, "curves": self.curves,
                                                    "config": self.config, "timings": self.timings,
-                                                   "baselines": self.baselines})
+                                                   "baselines": self.baselines, "paper": self.paper})
         atomic_write_text(folder / "report.md", self.to_markdown())
         atomic_write(folder / "success_at_k.png", lambda tmp: self.plot(tmp))
         atomic_write(folder / "summary.png", lambda tmp: self.plot_summary(tmp))

@@ -88,3 +88,6 @@ class PresetRows(RerankerSpec):
             self._reranker = load_reranker(self.path or self.name, preset=self.name,
                                            **{"device": context.device, **self.options})
         return {self.row or self.name: self._reranker}
+
+    def row_names(self) -> list[str]:
+        return [self.row or self.name]

@@ -78,3 +78,8 @@ class RerankerSpec(ABC):
     @abstractmethod
     def rows(self, context: RerankContext) -> dict[str, Reranker]:
         """The rerankers to report on this task, by row name."""
+
+    def row_names(self) -> list[str] | None:
+        """The row names `rows` can give, known before anything is built (None: only `rows` knows). A benchmark
+        checks a config's `paper:` rows against them before any work."""
+        return None

@@ -22,6 +22,13 @@ salesforce/LAVIS at 506965b9c4a18c1e565bd32acaccabe0198433f7: `lavis/models/albe
   head over them; transformers returns the averaged two logits (the card then applies a softmax), LAVIS takes logit
   1 of each query and averages (the same number: the mean is linear). ITC: the highest of the 32 query-text cosine
   similarities, as both compute it.
+Inputs, as each protocol's code prepares them (checked by running it: tests/fixtures/parity/blip*_itm_*/SOURCE.md):
+
+- Images: both resize with PIL's bicubic filter (transformers 4's `BlipImageProcessor`; LAVIS's `blip_image_eval`,
+  torchvision's `Resize` on a PIL image), so the image processor is loaded on its PIL backend under transformers 5.
+- Captions: the card passes them unchanged (the tokenizer lower-cases); LAVIS's datasets apply `blip_caption`
+  (`pre_caption`) and `compute_sim_matrix` cuts at 35 word pieces.
+- LAVIS's ViT uses LayerNorm eps 1e-6, the hub's BLIP configs 1e-5: the `"lavis"` protocol uses LAVIS's.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ PROTOCOLS = ("hf", "lavis")
 LAVIS_MAX_TEXT_LEN = 35
 # LAVIS BlipCaptionProcessor (lavis/processors/blip_processors.py) keeps at most max_words=50 words.
 LAVIS_MAX_WORDS = 50
+# LAVIS's ViT (lavis/models/vit.py) normalises with LayerNorm(eps=1e-6); the hub's BLIP configs keep
+# BlipVisionConfig's default 1e-5 (the conversion script built them from defaults).
+LAVIS_VIT_LAYER_NORM_EPS = 1e-6
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -115,7 +125,8 @@ def fetch_rows(items: Sequence[Any], rows: Tensor) -> list[Any]:
 
 
 def load_processor(name_or_path: str | Path, processor_path: str | Path | None) -> Any:
-    """The checkpoint's processor, or the one at `processor_path` when the checkpoint has no processor files.
+    """The checkpoint's processor, or the one at `processor_path` when the checkpoint has no processor files, with
+    its image processor on PIL (`pil_image_processor`).
 
     Raises:
         OSError: neither place has a processor (the message names both).
@@ -123,15 +134,32 @@ def load_processor(name_or_path: str | Path, processor_path: str | Path | None) 
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(name_or_path)
+        processor, source = AutoProcessor.from_pretrained(name_or_path), name_or_path
     except OSError as err:
         if processor_path is None:
             raise OSError(f"{name_or_path} has no processor files ({err}); pass processor_path=<a folder or hub id "
                           "with the same tokenizer and image processor>") from err
         try:
-            return AutoProcessor.from_pretrained(processor_path)
+            processor, source = AutoProcessor.from_pretrained(processor_path), processor_path
         except OSError as err2:
             raise OSError(f"no processor in {name_or_path} nor in processor_path={processor_path}: {err2}") from err2
+    processor.image_processor = pil_image_processor(source)
+    return processor
+
+
+def pil_image_processor(source: str | Path) -> Any:
+    """The image processor saved at `source`, resizing with PIL whatever the transformers version.
+
+    Both protocols resize with PIL's bicubic filter: transformers 4's `BlipImageProcessor` (the cards' code) and
+    LAVIS's `blip_image_eval` (torchvision's `Resize` on a PIL image). transformers 5 defaults to its torchvision
+    backend, whose bicubic antialiasing differs (scores moved by up to 1.5e-3 on the parity fixtures);
+    `backend="pil"` (5.x) / `use_fast=False` (4.x) gives the PIL pixels exactly.
+    """
+    import transformers
+    from transformers import AutoImageProcessor
+
+    major = int(transformers.__version__.split(".")[0])
+    return AutoImageProcessor.from_pretrained(source, **({"backend": "pil"} if major >= 5 else {"use_fast": False}))
 
 
 class ITMReranker(Reranker):
@@ -278,6 +306,9 @@ class ITMReranker(Reranker):
 class BlipITMReranker(ITMReranker):
     """transformers `BlipForImageTextRetrieval` (`Salesforce/blip-itm-{base,large}-{coco,flickr}`).
 
+    With protocol `"lavis"` the vision tower's LayerNorms are set to LAVIS's eps (1e-6, `LAVIS_VIT_LAYER_NORM_EPS`)
+    in place: with the config's 1e-5 the tiny parity model's scores moved by 9e-5.
+
     Args:
         enc_token_id: the `[ENC]` id LAVIS writes at position 0 (protocol `"lavis"` only). Default: the tokenizer's
             `[ENC]` if it has one, else `[DEC] + 1` -- the hub tokenizers have neither, but LAVIS's `init_tokenizer`
@@ -291,6 +322,10 @@ class BlipITMReranker(ITMReranker):
                  batch_size: int = 32, enc_token_id: int | None = None) -> None:
         super().__init__(model, processor, protocol=protocol, max_text_len=max_text_len, batch_size=batch_size)
         self.enc_token_id = enc_token_id if enc_token_id is not None else self._default_enc_token_id()
+        if protocol == "lavis":
+            for module in self.model.vision_model.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.eps = LAVIS_VIT_LAYER_NORM_EPS
 
     def _default_enc_token_id(self) -> int:
         known = self.tokenizer.convert_tokens_to_ids("[ENC]")

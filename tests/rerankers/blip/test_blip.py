@@ -16,6 +16,8 @@ package); transformers `models/blip/convert_blip_original_pytorch_to_hf.py` at 0
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,7 @@ from transformers import (
     BlipConfig,
     BlipForImageTextRetrieval,
     BlipImageProcessor,
+    BlipImageProcessorPil,
     BlipProcessor,
 )
 
@@ -55,6 +58,12 @@ def bert_tokenizer() -> BertTokenizer:
 
 def image_processor() -> BlipImageProcessor:
     return BlipImageProcessor(size={"height": IMAGE_PX, "width": IMAGE_PX})
+
+
+def pil_pixels(imgs) -> torch.Tensor:
+    """`image_processor()`'s pixels as transformers 4 and LAVIS make them (PIL's bicubic resize), `[N, 3, H, W]`."""
+    pil = BlipImageProcessorPil(size={"height": IMAGE_PX, "width": IMAGE_PX})
+    return pil(imgs, return_tensors="pt")["pixel_values"]
 
 
 def vision_config() -> dict:
@@ -128,8 +137,11 @@ def blip2(request, tmp_path_factory):
 
 
 def card_inputs(processor, texts, imgs):
-    """The card's usage: `processor(images=..., text=..., return_tensors="pt")`, padded to the longest caption."""
-    return processor(images=imgs, text=texts, return_tensors="pt", padding=True)
+    """The card's usage: `processor(images=..., text=..., return_tensors="pt")`, padded to the longest caption, with
+    the pixels of transformers 4's processor (PIL's resize; transformers 5 defaults to torchvision's)."""
+    inputs = processor(images=imgs, text=texts, return_tensors="pt", padding=True)
+    inputs["pixel_values"] = pil_pixels(imgs)
+    return inputs
 
 
 # --- BLIP --------------------------------------------------------------------------------------------------------
@@ -166,7 +178,12 @@ def test_blip_rendered_text_and_tokens(blip):
 
 
 def lavis_by_hand(model, tokenizer, enc: int, texts, imgs, pixels) -> torch.Tensor:
-    """LAVIS compute_sim_matrix's score of each pair: itm_head(text_encoder([ENC] text, image))[:, 1] + ITC cosine."""
+    """LAVIS compute_sim_matrix's score of each pair: itm_head(text_encoder([ENC] text, image))[:, 1] + ITC cosine,
+    with LAVIS's ViT LayerNorm eps (1e-6; the config's is 1e-5)."""
+    model = copy.deepcopy(model)
+    for module in model.vision_model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = 1e-6
     tok = tokenizer([pre_caption(t) for t in texts], padding="max_length", truncation=True, max_length=35,
                     return_tensors="pt")
     ids, mask = tok["input_ids"], tok["attention_mask"]
@@ -186,7 +203,7 @@ def test_blip_lavis_protocol_equals_itm_plus_itc(blip):
     folder, model, processor, enc = blip
     reranker = load_reranker(folder, preset=BLIP_COCO, device="cpu", protocol="lavis")
     imgs = images(len(CAPTIONS), seed=3)
-    pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"]
+    pixels = pil_pixels(imgs)
     expected = lavis_by_hand(model, processor.tokenizer, enc, CAPTIONS, imgs, pixels)
     torch.testing.assert_close(reranker.score(CAPTIONS, imgs), expected, atol=1e-4, rtol=0)
     # the [ENC] token matters: with [CLS] kept at position 0 the scores differ
