@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mmrerank.core.io import atomic_write_json, cache_root, key_digest
+from mmrerank.core.validation import batches_per_epoch, fit_val_check_interval
 from mmrerank.datasets.imagetext import ImageTextDataset
 from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
@@ -56,6 +57,8 @@ class GroupsDataModule(L.LightningDataModule):
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
         from mmrerank.rerankers.mllm.module import collate_groups
 
+        if shuffle and self.trainer is not None:  # a config's interval may not fit a small dataset's epoch
+            fit_val_check_interval(self.trainer, batches_per_epoch(self.trainer, len(data), self.batch_size, True))
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_groups, drop_last=shuffle)
 
