@@ -134,7 +134,9 @@ class CaptionTable(ImageTextSource):
     - `image_column` (default `image`): the image, as an HF Image feature, encoded bytes, or a file path (relative
       to the parquet file's folder). An imagefolder directory gives it from its files.
     - `caption_column` (default: the first of `captions`, `caption`, `text` there): one caption (a string) or
-      several (a list of strings) per image. Caption ids are `"{image id}#{j}"`.
+      several (a list of strings) per image.
+    - `caption_id_column` (optional): the captions' ids, one per caption (a string, or a list beside a list of
+      captions), as a run file of caption queries names them. Default: `"{image id}#{j}"`.
     - `id_column` (optional): the image id. Default: the image's file name without extension (`cat.jpg` -> `cat`),
       which is how a run file over an image folder names it; ids must be unique.
     - `split_column` (default `split`; used when there): the row's split (`train`, `val` / `validation`, `test`).
@@ -147,22 +149,24 @@ class CaptionTable(ImageTextSource):
         path: the parquet file or imagefolder directory.
         split: the split to load.
         skip_corrupt: warn and drop unreadable images (with their captions) instead of raising.
-        id_column, caption_column, image_column, split_column: the columns above.
+        id_column, caption_column, caption_id_column, image_column, split_column: the columns above.
     """
 
     name = "table"
 
     def __init__(self, path: str, split: str = "test", skip_corrupt: bool = False, id_column: str | None = None,
-                 caption_column: str | None = None, image_column: str = "image", split_column: str = "split") -> None:
+                 caption_column: str | None = None, image_column: str = "image", split_column: str = "split",
+                 caption_id_column: str | None = None) -> None:
         super().__init__(split)
         self.path, self.skip_corrupt = path, skip_corrupt
         self.id_column, self.caption_column, self.image_column = id_column, caption_column, image_column
-        self.split_column, self.holds = split_column, split
+        self.split_column, self.holds, self.caption_id_column = split_column, split, caption_id_column
 
     def load(self) -> ImageTextDataset:
         from mmrerank.datasets import loaders
 
         return loaders.load_captions_table(self.path, image_column=self.image_column,
                                            captions_column=self.caption_column, id_column=self.id_column,
+                                           caption_ids_column=self.caption_id_column,
                                            skip_corrupt=self.skip_corrupt, split=self.split,
                                            split_column=self.split_column, holds=self.holds)

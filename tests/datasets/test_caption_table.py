@@ -32,7 +32,8 @@ def test_imagefolder_ids_are_file_names_and_a_caption_a_string(tmp_path):
     rows = [("IMG_0001.jpg", "a cat on a mat"), ("IMG_0002.png", "a dog"), ("x.y.png", "two dots")]
     for i, (name, _) in enumerate(rows):
         image(folder / name, 40 * i)
-    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "caption": c}) + "\n" for n, c in rows))
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": n, "caption": c, "qid": f"query-{i}"})
+                                                   + "\n" for i, (n, c) in enumerate(rows)))
     data = CaptionTable(str(folder), split="test").load()
     assert sorted(data.images.ids) == ["IMG_0001", "IMG_0002", "x.y"]
     by_id = {data.images.ids[int(data.caption_image[c])]: [] for c in range(len(data.captions))}
@@ -40,6 +41,9 @@ def test_imagefolder_ids_are_file_names_and_a_caption_a_string(tmp_path):
         by_id[data.images.ids[int(data.caption_image[c])]].append((data.captions.ids[c], data.captions.texts[c]))
     assert by_id["IMG_0002"] == [("IMG_0002#0", "a dog")]
     assert by_id["IMG_0001"] == [("IMG_0001#0", "a cat on a mat")]
+    named = CaptionTable(str(folder), split="test", caption_id_column="qid").load()  # the user's own query ids
+    assert sorted(zip(named.captions.ids, named.captions.texts)) == [
+        ("query-0", "a cat on a mat"), ("query-1", "a dog"), ("query-2", "two dots")]
     # one split, the one asked for at construction: another is refused, naming it and the fix
     with pytest.raises(ValueError, match=r"has one split, 'test'.*no split 'train'.*its own table"):
         CaptionTable(str(folder), split="test").with_split("train").load()

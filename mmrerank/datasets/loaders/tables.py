@@ -199,8 +199,10 @@ def _table_to_dataset(table: datasets.Dataset, name: str, *, origin: str, column
         if caption_ids_column is None:
             ids = [f"{img_id}#{j}" for j in range(len(texts))]
         else:
+            given = row[caption_ids_column]
+            given = [given] if isinstance(given, str | int) else given or []  # one id beside one caption string
             ids = [_id_text(c, f"caption id {j} in {caption_ids_column!r}", f"{origin} row {i}")
-                   for j, c in enumerate(row[caption_ids_column] or [])]
+                   for j, c in enumerate(given)]
             if len(ids) != len(texts):
                 raise ValueError(f"{origin} row {i}: {len(texts)} captions in {captions_column!r} but {len(ids)} "
                                  f"ids in {caption_ids_column!r}")
