@@ -131,7 +131,8 @@ class RerankGroups(Dataset):
 
 def no_twins_message(name: str) -> str:
     """The error for `twins=True` on a dataset without near-duplicate twins (every real one), naming the fix."""
-    return (f"twins=True, but dataset {name!r} has no near-duplicate twins (only the synthetic benchmark has them); "
+    return (f"twins=True, but dataset {name!r} has no near-duplicate twins (`near_duplicates`: only "
+            "the built-in synthetic benchmark's splits have them); "
             "turn them off with --data.twins=false (EDJEDataModule(twins=False))")
 
 
