@@ -42,6 +42,7 @@ Values are float64 (float32 on MPS, which has no float64), as trec_eval computes
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -117,6 +118,7 @@ def evaluate(run: RunLike, qrels: QrelsLike, measures: Sequence[str] | str, *,
         `{name: mean}`; NaN for a measure no query counts for.
     """
     values, n_missing = _evaluate_rows(run, qrels, measures)
+    _warn_on_overlap(run, qrels, count_missing)
     out = {}
     for name, value in values.items():
         counted = ~torch.isnan(value)
@@ -125,6 +127,43 @@ def evaluate(run: RunLike, qrels: QrelsLike, measures: Sequence[str] | str, *,
         n = int(counted.sum()) + extra
         out[name] = float(value[counted].sum()) / n if n else math.nan
     return out
+
+
+def _id_sets(run: RunLike, qrels: QrelsLike) -> tuple[list[str], set[str], set[str], set[str]]:
+    """(the run's query ids, its candidate ids, the judged query ids, the judged doc ids)."""
+    if isinstance(run, Run):
+        used = torch.unique(run.indices[run.indices != PAD]).tolist()
+        run_queries, run_docs = run.query_ids, {run.doc_ids[d] for d in used}
+    else:
+        run_queries, run_docs = list(run), {d for cands in run.values() for d in cands}
+    if isinstance(qrels, Qrels):
+        judged = {qrels.query_ids[q] for q in torch.unique(qrels.query_index).tolist()}
+        judged_docs = {qrels.doc_ids[d] for d in torch.unique(qrels.doc_index).tolist()}
+    else:
+        judged = {q for q, docs in qrels.items() if docs}
+        judged_docs = {d for docs in qrels.values() for d in docs}
+    return run_queries, run_docs, judged, judged_docs
+
+
+def _warn_on_overlap(run: RunLike, qrels: QrelsLike, count_missing: bool) -> None:
+    """Warn when a run and its judgements barely share ids: the measures are then near 0 (or meaningless) because
+    the two name queries or documents differently, not because the ranking is bad."""
+    run_queries, run_docs, judged, judged_docs = _id_sets(run, qrels)
+    if not run_queries or not judged:
+        return
+    shared = sum(q in judged for q in run_queries)
+    example = f"run {sorted(run_queries)[:3]} vs qrels {sorted(judged)[:3]}"
+    fix = "check that the run and the qrels use the same ids (e.g. image file names without extension)"
+    if shared == 0:
+        warnings.warn(f"the run and the qrels share no query id ({example}): every judged query counts as 0; {fix}",
+                      stacklevel=3)
+    elif shared < len(run_queries) / 2 or (count_missing and shared < len(judged) / 2):
+        warnings.warn(f"the run and the qrels share only {shared} query ids (the run has {len(run_queries)}, the "
+                      f"qrels judge {len(judged)}; judged queries without a row count as 0, run rows without "
+                      f"judgements are left out); {fix}", stacklevel=3)
+    elif run_docs and not run_docs & judged_docs:
+        warnings.warn(f"none of the run's {len(run_docs)} candidate ids is judged in the qrels (run e.g. "
+                      f"{sorted(run_docs)[:3]}, qrels e.g. {sorted(judged_docs)[:3]}); {fix}", stacklevel=3)
 
 
 # --- joining a run with its judgements --------------------------------------------------------------------------

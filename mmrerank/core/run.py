@@ -81,6 +81,34 @@ class Run:
         return Run(self.indices[rows.to(self.indices.device)], self.scores[rows.to(self.scores.device)],
                    [self.query_ids[i] for i in rows.tolist()], self.doc_ids)
 
+    def align(self, query_ids: Sequence[str] | None = None, doc_ids: Sequence[str] | None = None,
+              name: str = "the run") -> Run:
+        """This run in other id spaces (a task's), matched by id: rows in `query_ids` order, `indices` into `doc_ids`.
+
+        Args:
+            query_ids: the query id space; rows are reordered to follow it (queries it has but the run lacks get no
+                row). None: rows as they are.
+            doc_ids: the doc id space `indices` will point into. None: the run's own.
+            name: what the run is, for messages (a file name).
+
+        Raises:
+            ValueError: a query or candidate id of the run that the id space does not have, naming the first ones.
+        """
+        run = self
+        if query_ids is not None and list(query_ids) != self.query_ids:
+            query_ids = list(query_ids)
+            id_rows(self.query_ids, query_ids, f"{name}'s query ids", "the queries")  # refuse unknown ids first
+            present = _index_of(self.query_ids)
+            run = self.select([present[q] for q in query_ids if q in present])
+        if doc_ids is not None and list(doc_ids) != self.doc_ids:
+            used = torch.unique(run.indices[run.indices != PAD]).cpu()
+            new_rows = torch.full((len(run.doc_ids),), PAD, dtype=torch.long)
+            new_rows[used] = id_rows([run.doc_ids[d] for d in used.tolist()], doc_ids,
+                                      f"{name}'s candidate ids", "the corpus")
+            indices = torch.where(run.indices == PAD, PAD, new_rows.to(run.indices.device)[run.indices.clamp(min=0)])
+            run = Run(indices, run.scores, run.query_ids, list(doc_ids))
+        return run
+
     # --- edges: nested dicts and TREC files -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, dict[str, float]]:
@@ -127,12 +155,26 @@ class Run:
         atomic_write_text(path, "".join(lines))
 
     @classmethod
-    def read_trec(cls, path: str | Path, doc_ids: Sequence[str] | None = None) -> Run:
+    def read_trec(cls, path: str | Path, doc_ids: Sequence[str] | None = None, *,
+                  query_ids: Sequence[str] | None = None, task=None) -> Run:
         """Read a 6-column TREC run file; rows are queries in order of first appearance.
 
+        Args:
+            path: the run file.
+            doc_ids: the doc id space `indices` point into (default: the file's doc ids in order of appearance).
+            query_ids: order the rows as these query ids (`Run.align`; every query of the file must be among them).
+            task: align to a `RetrievalTask`'s id spaces: `query_ids=task.queries.ids`, `doc_ids=task.corpus.ids`,
+                so that row `i`, candidate `j` means what the task means by those ids (what `Reranker.rerank` and
+                `task.measure` need). Excludes `query_ids` and `doc_ids`.
+
         Raises:
-            ValueError: a line without 6 columns or whose score is not a number or is NaN (naming `file:line`).
+            ValueError: a line without 6 columns or whose score is not a number or is NaN (naming `file:line`); with
+                `task`, `query_ids` or `doc_ids`, an id of the file that they do not have (naming the first ones).
         """
+        if task is not None:
+            if query_ids is not None or doc_ids is not None:
+                raise ValueError("give either task= or query_ids= / doc_ids=, not both")
+            query_ids, doc_ids = task.queries.ids, task.corpus.ids
         run: dict[str, dict[str, float]] = {}
         for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
             if not line.strip():
@@ -142,7 +184,7 @@ class Run:
                 raise ValueError(f"{path}:{lineno}: a TREC run line has 6 columns, got {len(parts)}: {line!r}")
             qid, _, docid, _, score, _ = parts
             run.setdefault(qid, {})[docid] = _parse_score(score, f"{path}:{lineno}", line)
-        return cls.from_dict(run, doc_ids)
+        return cls.from_dict(run).align(query_ids, doc_ids, name=str(path))
 
 
 @dataclass
@@ -288,6 +330,25 @@ def _parse_grade(text: str, where: str, line: str) -> int:
         return int(text)
     except ValueError:
         raise ValueError(f"{where}: the grade (4th column) must be an integer, got {text!r}: {line!r}") from None
+
+
+def id_rows(ids: Sequence[str], space: Sequence[str], what: str, where: str) -> Tensor:
+    """`[len(ids)]` long: each id's row in `space`.
+
+    Raises:
+        ValueError: ids that `space` lacks, naming the first five and how many there are (`what` are the ids, e.g.
+            "the run's query ids"; `where` the id space, e.g. "the queries").
+    """
+    index = _index_of(space)
+    rows = [index.get(i, -1) for i in ids]
+    missing = [i for i, r in zip(ids, rows) if r < 0]
+    if missing:
+        shown = ", ".join(repr(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        example = ", ".join(repr(i) for i in list(space)[:3])
+        raise ValueError(f"{len(missing)} of {len(ids)} of {what} are not in {where} ({len(space)} ids, e.g. "
+                         f"{example}): {shown}. Ids are matched as strings; give the run and the task the same ids "
+                         "(e.g. image file names without extension)")
+    return torch.tensor(rows, dtype=torch.long)
 
 
 def _remap(old_ids: Sequence[str], new_ids: Sequence[str]) -> Tensor:

@@ -127,15 +127,46 @@ class Karpathy(ImageTextSource):
 
 
 class CaptionTable(ImageTextSource):
-    """A local parquet file or imagefolder of (image, caption) rows at `path` (one split)."""
+    """Your own captioned images: a parquet file or an imagefolder directory at `path`, one row per image.
+
+    Columns (see `loaders.load_captions_table`):
+
+    - `image_column` (default `image`): the image, as an HF Image feature, encoded bytes, or a file path (relative
+      to the parquet file's folder). An imagefolder directory gives it from its files.
+    - `caption_column` (default: the first of `captions`, `caption`, `text` there): one caption (a string) or
+      several (a list of strings) per image.
+    - `caption_id_column` (optional): the captions' ids, one per caption (a string, or a list beside a list of
+      captions), as a run file of caption queries names them. Default: `"{image id}#{j}"`.
+    - `id_column` (optional): the image id. Default: the image's file name without extension (`cat.jpg` -> `cat`),
+      which is how a run file over an image folder names it; ids must be unique.
+    - `split_column` (default `split`; used when there): the row's split (`train`, `val` / `validation`, `test`).
+
+    Splits: rows of `split_column`, or the split subfolders of an imagefolder directory. Data without either is one
+    split, the `split` this source was made with: asking it for another (`with_split`) is an error, so a fit on
+    `train` and a benchmark on `test` never read the same images unknowingly.
+
+    Args:
+        path: the parquet file or imagefolder directory.
+        split: the split to load.
+        skip_corrupt: warn and drop unreadable images (with their captions) instead of raising.
+        id_column, caption_column, caption_id_column, image_column, split_column: the columns above.
+    """
 
     name = "table"
 
-    def __init__(self, path: str, split: str = "test", skip_corrupt: bool = False) -> None:
+    def __init__(self, path: str, split: str = "test", skip_corrupt: bool = False, id_column: str | None = None,
+                 caption_column: str | None = None, image_column: str = "image", split_column: str = "split",
+                 caption_id_column: str | None = None) -> None:
         super().__init__(split)
         self.path, self.skip_corrupt = path, skip_corrupt
+        self.id_column, self.caption_column, self.image_column = id_column, caption_column, image_column
+        self.split_column, self.holds, self.caption_id_column = split_column, split, caption_id_column
 
     def load(self) -> ImageTextDataset:
         from mmrerank.datasets import loaders
 
-        return loaders.load_captions_table(self.path, skip_corrupt=self.skip_corrupt)
+        return loaders.load_captions_table(self.path, image_column=self.image_column,
+                                           captions_column=self.caption_column, id_column=self.id_column,
+                                           caption_ids_column=self.caption_id_column,
+                                           skip_corrupt=self.skip_corrupt, split=self.split,
+                                           split_column=self.split_column, holds=self.holds)

@@ -4,29 +4,78 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mmrerank.core.items import RetrievalTask
-from mmrerank.core.run import PAD, Run
+from mmrerank.core.items import ImageFiles, RetrievalTask
+from mmrerank.core.run import PAD, Run, id_rows
 
 # What `Reranker.rerank` does with a NaN or infinite score: raise, or rank it below the finite reranked scores.
 NONFINITE_MODES = ("error", "demote")
+# What `rank` reads as an image when given the path of an existing file (Pillow decodes all of these).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 @dataclass
 class RankedResults:
-    """One query's candidates, best first: `order[i]` is a position in the input list, `scores[i]` its score."""
+    """One query's candidates, best first.
+
+    Attributes:
+        order: `order[i]` is the position in the input list of the i-th best candidate.
+        scores: its score.
+        ids: its id (the `ids` given to `rank`; by default its position, as a string).
+    """
 
     order: list[int]
     scores: list[float]
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.ids:
+            self.ids = [str(i) for i in self.order]
 
     def top_k(self, k: int) -> RankedResults:
-        return RankedResults(self.order[:k], self.scores[:k])
+        return RankedResults(self.order[:k], self.scores[:k], self.ids[:k])
+
+
+def open_image_paths(items: Sequence[Any]) -> list[Any]:
+    """`items` with each image path opened as an RGB PIL image (what `rank` does in every family).
+
+    An image path is a `Path`, or a string without line breaks ending in an image suffix (`IMAGE_SUFFIXES`) that
+    names an existing file. Other strings are texts; other items pass unchanged.
+
+    Raises:
+        FileNotFoundError: a `Path`, or a string with an image suffix and no whitespace, that names no file.
+        ImageLoadError: a file that does not decode as an image (naming it).
+    """
+    return [_open_if_image_path(x) for x in items]
+
+
+def _open_if_image_path(item: Any) -> Any:
+    if isinstance(item, str) and not ("\n" in item or len(item) > 4096) \
+            and Path(item).suffix.lower() in IMAGE_SUFFIXES:
+        if not _is_file(item):
+            if any(c.isspace() for c in item):
+                return item  # a text that happens to end like a file name
+            raise FileNotFoundError(f"no image file at {item!r} (a string ending in an image suffix is read as a path)")
+        return ImageFiles([item], [item])[0]
+    if isinstance(item, Path):
+        if not item.is_file():
+            raise FileNotFoundError(f"no image file at {item}")
+        return ImageFiles([str(item)], [item])[0]
+    return item
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):  # a name too long, or with a NUL byte: a text, not a path
+        return False
 
 
 class Reranker(ABC):
@@ -36,11 +85,22 @@ class Reranker(ABC):
     def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
         """Relevance of each pair: `queries[i]` with `candidates[i]` (texts, PIL images, ...) -> `[B]` float."""
 
-    def rank(self, query: Any, candidates: Sequence[Any]) -> RankedResults:
-        """Rank `candidates` for a single `query`; ties keep input order."""
+    def rank(self, query: Any, candidates: Sequence[Any], ids: Sequence[str] | None = None) -> RankedResults:
+        """Rank `candidates` for a single `query`; ties keep input order.
+
+        Args:
+            query, candidates: what `score` takes (texts, PIL images, ...); a path (`str` or `Path`) of an existing
+                image file (`.jpg`, `.png`, ...) is read as that image, in every family.
+            ids: one id per candidate, returned in `RankedResults.ids` (default: positions `"0"`, `"1"`, ...).
+        """
+        if ids is not None and len(ids) != len(candidates):
+            raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
+        query, = open_image_paths([query])
+        candidates = open_image_paths(candidates)
         scores = self.score([query] * len(candidates), candidates).float().cpu()
-        order = torch.sort(scores, descending=True, stable=True).indices
-        return RankedResults(order.tolist(), scores[order].tolist())
+        order = torch.sort(scores, descending=True, stable=True).indices.tolist()
+        names = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(candidates))]
+        return RankedResults(order, scores[order].tolist(), [names[i] for i in order])
 
     def score_rows(self, task: RetrievalTask, query_rows: Tensor, candidate_rows: Tensor,
                    first_stage: Tensor) -> Tensor:
@@ -60,8 +120,12 @@ class Reranker(ABC):
         below `depth` keep their first-stage order after the reranked ones; their scores are placeholders
         strictly below the reranked scores (like LAVIS's sentinel), so the run stays sorted by score.
 
+        The run is matched to the task by id: each row's query id is looked up among `task.queries.ids` and each
+        candidate id among `task.corpus.ids` (a run read from a file in any order, or indexing another corpus list,
+        is paired right); an id the task does not have is an error naming it, raised before any scoring.
+
         Args:
-            run: first-stage run `[Q, K]`, indexing `task.corpus`.
+            run: first-stage run `[Q, K]` whose query and doc ids the task has.
             task: gives the query and candidate items.
             depth: how many top candidates to rescore.
             batch_size: pairs per `score` call (rounded to whole queries).
@@ -72,17 +136,20 @@ class Reranker(ABC):
                 first-stage order; their scores become placeholders between the two.
 
         Returns:
-            A run `[Q, K]` over the same candidates.
+            A run `[Q, K]` over the same candidates, rows in the input run's order, `doc_ids` the task's corpus ids.
 
         Raises:
-            ValueError: a non-finite score with `nonfinite="error"` (the message names the query and candidate
-                ids), or an unknown `nonfinite`.
+            ValueError: a query or candidate id of the run that the task lacks (naming the first ones and the side);
+                a non-finite score with `nonfinite="error"` (the message names the query and candidate ids), or an
+                unknown `nonfinite`.
         """
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
-        run = run.sorted()
+        query_rows = None if run.query_ids == task.queries.ids else id_rows(
+            run.query_ids, task.queries.ids, "the run's query ids", f"the queries of task {task.name!r}")
+        run = run.align(doc_ids=task.corpus.ids, name="the run").sorted()
         head, tail = run.indices[:, :depth].cpu(), run.indices[:, depth:].cpu()
-        new_scores = self.head_scores(run, task, head, batch_size, progress)
+        new_scores = self.head_scores(run, task, head, batch_size, progress, query_rows)
         bad = ~torch.isfinite(new_scores) & (head != PAD)
         if nonfinite == "error" and bad.any():
             raise ValueError(_nonfinite_message(run, head, new_scores, bad))
@@ -90,8 +157,10 @@ class Reranker(ABC):
         # rows are already in order; sorting (stable) only moves empty slots that sat among the tail to the end
         return Run(indices.to(run.indices.device), scores.to(run.scores.device), run.query_ids, run.doc_ids).sorted()
 
-    def head_scores(self, run: Run, task: RetrievalTask, head: Tensor, batch_size: int, progress: bool) -> Tensor:
-        """The reranker's scores of the `[Q, depth]` candidates `head` (CPU), `[Q, depth]` float; empty slots 0."""
+    def head_scores(self, run: Run, task: RetrievalTask, head: Tensor, batch_size: int, progress: bool,
+                    query_rows: Tensor | None = None) -> Tensor:
+        """The reranker's scores of the `[Q, depth]` candidates `head` (CPU, rows of `task.corpus`), `[Q, depth]`
+        float; empty slots 0. Run row `i` is task query `query_rows[i]` (`[Q]` long; None: row `i`)."""
         new_scores = torch.zeros(head.shape)
         depth = head.shape[1]
         per_batch = max(1, batch_size // max(depth, 1))
@@ -102,7 +171,8 @@ class Reranker(ABC):
             if len(q) == 0:
                 continue
             first = run.scores[start:start + per_batch].cpu()[q, c]
-            scores = self.score_rows(task, start + q, rows[q, c], first)
+            task_rows = start + q if query_rows is None else query_rows[start + q]
+            scores = self.score_rows(task, task_rows, rows[q, c], first)
             new_scores[start + q, c] = scores.float().cpu()
         return new_scores
 

@@ -1,7 +1,8 @@
 """Published rerankers by name: `load_reranker(name_or_path, **options)`.
 
 A name is a preset's hub id (see `PRESETS`); a local folder holding a copy of a preset's files is accepted with
-`preset=` naming which one it is. An unknown name is an error that lists the presets.
+`preset=` naming which one it is; a folder mmrerank saved (EDJE, MLLM, CLIP) is recognised by its config. An
+unknown name is an error that lists the presets.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.preset import Preset
 from mmrerank.rerankers.spec import RerankContext, RerankerSpec
@@ -36,28 +38,67 @@ def presets() -> dict[str, Preset]:
 
 
 def load_reranker(name_or_path: str | Path, preset: str | None = None, **options: Any) -> Reranker:
-    """The reranker a preset names, built from its hub id or from a local copy.
+    """The reranker a preset names, built from its hub id or from a local copy; or a folder mmrerank saved.
 
     Args:
-        name_or_path: a preset's hub id, or a local folder with a copy of its files (then say which with `preset`).
+        name_or_path: a preset's hub id; a folder mmrerank saved (an EDJE or MLLM reranker, or a CLIP first stage,
+            which then scores by cosine similarity), recognised by its config (`folders.identify`); or a local
+            folder with a copy of a preset's files (then say which preset with `preset`).
         preset: the preset a local folder is a copy of (default: `name_or_path` itself).
-        options: override the preset's defaults (device, batch size, prompt, ...).
+        options: override the preset's defaults (device, batch size, prompt, ...), or go to the saved folder's
+            loader (`EDJEReranker`: `store`, `device`, `bf16`; `MLLMReranker.from_pretrained`: `device`,
+            `batch_size`, ...; `DualEncoderReranker`: `device`, `batch_size`).
 
     Raises:
-        ValueError: an unknown preset, listing the known ones.
+        ValueError: an unknown preset, listing the known ones; a folder that is neither a save of mmrerank nor a
+            copy of a preset named by `preset`, or that `preset`'s loader cannot read, saying what the folder is
+            (what its config says, or its files) and which loader it needs.
         ImportError: a missing optional dependency, naming the extra to install.
     """
     known = presets()
+    path = Path(name_or_path)
+    kind = folders.identify(path) if path.is_dir() else None
+    if kind is not None and kind.saved_by_mmrerank:
+        if preset is None:
+            return _load_saved(path, kind.model_type, options)
+        # a save of the preset's own family (the official EDJE, converted) is for the preset's loader; others are not
+        if getattr(known.get(preset), "family", None) != folders.FAMILIES[kind.model_type]:
+            raise ValueError(f"{path} is {kind.description}, not a copy of preset {preset!r}'s files: "
+                             f"{kind.loader_hint()} (without preset=)")
     key = preset or str(name_or_path)
     if key not in known:
         listed = "\n  ".join(sorted(known))
+        if kind is not None:
+            raise ValueError(f"{path} is {kind.description}, not a folder mmrerank saved; {kind.loader_hint()}. The "
+                             f"presets are:\n  {listed}")
         raise ValueError(f"unknown reranker {key!r}; the presets are:\n  {listed}\n(for a local copy of a preset's "
                          "files pass preset=<its hub id>)")
     chosen = known[key]
     for extra in chosen.extras:
         if importlib.util.find_spec(EXTRA_MODULES.get(extra, extra)) is None:
             raise ImportError(f"{key} needs the {extra!r} extra: pip install 'mmrerank[{extra}]'")
-    return chosen.build(str(name_or_path), **{**chosen.options, **options})
+    try:
+        return chosen.build(str(name_or_path), **{**chosen.options, **options})
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        if kind is None:  # a hub id: the loader's own message names it
+            raise
+        raise ValueError(f"{path} could not be loaded as preset {key!r} ({chosen.family} family): it is "
+                         f"{kind.description}; {kind.loader_hint()}. The loader said: {err}") from err
+
+
+def _load_saved(folder: Path, model_type: str, options: dict[str, Any]) -> Reranker:
+    """A folder mmrerank saved, by its `model_type` (the family modules are imported only when needed)."""
+    if model_type == folders.EDJE:
+        from mmrerank.rerankers.edje.reranker import EDJEReranker
+
+        return EDJEReranker(folder, **options)
+    if model_type == folders.MLLM:
+        from mmrerank.rerankers.mllm.reranker import MLLMReranker
+
+        return MLLMReranker.from_pretrained(folder, **options)
+    from mmrerank.rerankers.dual import DualEncoderReranker
+
+    return DualEncoderReranker(folder, **options)
 
 
 @dataclass

@@ -129,7 +129,8 @@ class CLIPEncoder(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         with atomic_path(folder / "model.safetensors") as tmp:
             save_file(state, str(tmp), metadata={"model_name": self.model_name})
-        config = {"model_name": self.model_name}
+        # what the folder is (mmrerank.rerankers.folders reads it back; the retrieval layer cannot import it)
+        config = {"model_type": "mmrerank-clip", "mmrerank_version": _package_version(), "model_name": self.model_name}
         if isinstance(self.tokenizer, WordTokenizer):  # the ids the weights were trained with, checked on load
             config["words"] = self.tokenizer.words
         atomic_write_json(folder / "config.json", config)
@@ -161,6 +162,15 @@ class CLIPEncoder(nn.Module):
         encoder = cls(model_name)
         encoder.load_weights(path)
         return encoder
+
+
+def _package_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("mmrerank")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def load_state_dict(path: str | Path, prefix: str = "") -> dict[str, Tensor]:

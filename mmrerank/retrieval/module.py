@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmrerank.core.validation import batches_per_epoch, fit_val_check_interval
 from mmrerank.datasets.imagetext import ImageTextDataset
 from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
 from mmrerank.losses import symmetric_info_nce
@@ -99,6 +100,8 @@ class SyntheticDataModule(L.LightningDataModule):
             self.test_set = pairs("test")
 
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
+        if shuffle and self.trainer is not None:  # a config's interval may not fit a small dataset's epoch
+            fit_val_check_interval(self.trainer, batches_per_epoch(self.trainer, len(data), self.batch_size, True))
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_pairs, drop_last=shuffle, persistent_workers=self.num_workers > 0)
 

@@ -318,8 +318,8 @@ def test_parquet_image_feature(tmp_path):
     path = image_feature_parquet(tmp_path)
     ds = load_captions_table(path)
     assert ds.name == "custom"
-    assert ds.images.ids == ["0", "1", "2"]
-    assert ds.captions.ids == ["0#0", "0#1", "1#0", "2#0", "2#1", "2#2"]
+    assert ds.images.ids == ["img0", "img1", "img2"]  # the file names without extension, as a run file names them
+    assert ds.captions.ids == ["img0#0", "img0#1", "img1#0", "img2#0", "img2#1", "img2#2"]
     assert ds.captions.texts == ["red square", "a red thing", "green", "blue one", "blue two", "3"]
     assert ds.caption_image.tolist() == [0, 0, 1, 2, 2, 2]
     assert all(isinstance(s, tuple) for s in ds.images.sources)
@@ -337,7 +337,7 @@ def test_parquet_corrupt_image(tmp_path):
         load_captions_table(path)
     with pytest.warns(UserWarning, match="img1.png"):
         ds = load_captions_table(path, skip_corrupt=True)
-    assert ds.images.ids == ["0", "2"]
+    assert ds.images.ids == ["img0", "img2"]
     assert ds.captions.texts == ["red square", "a red thing", "blue one", "blue two", "3"]
     assert ds.caption_image.tolist() == [0, 0, 1, 1, 1]
 

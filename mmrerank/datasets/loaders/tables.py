@@ -23,31 +23,45 @@ Source = str | Path | tuple[str, bytes]
 _BATCH = 256  # rows per arrow batch read
 
 
+CAPTION_COLUMNS = ("captions", "caption", "text")  # tried in this order when no caption column is named
+
+
 def load_captions_table(path_or_dataset: str | Path | datasets.Dataset | datasets.DatasetDict,
-                        image_column: str = "image", captions_column: str = "captions",
+                        image_column: str = "image", captions_column: str | None = None,
                         id_column: str | None = None, name: str = "custom", skip_corrupt: bool = False, *,
                         caption_ids_column: str | None = None, image_root: str | Path | None = None,
-                        split: str = "train", verify: bool = True, **load_kwargs: Any) -> ImageTextDataset:
+                        split: str = "train", split_column: str | None = None, holds: str | None = None,
+                        verify: bool = True, **load_kwargs: Any) -> ImageTextDataset:
     """Load captioned images from a parquet file, a `datasets.Dataset`, or an imagefolder directory.
 
-    One row per image. The image column may hold an HF Image feature (`{"bytes", "path"}`; read from its
-    encoded bytes, never decoded at load), raw encoded bytes, or a file path; relative paths are taken
-    from `image_root`, by default the parquet file's directory (the working directory for a `Dataset`).
-    The captions column holds a list of strings (a single string is one caption). A directory is read with
-    `datasets.load_dataset("imagefolder", data_dir=...)`: its `metadata.jsonl` / `metadata.csv` gives the
-    captions column next to `file_name`, and the images come in an `image` column.
+    One row per image, with these columns:
+
+    - `image_column` (default `image`): an HF Image feature (`{"bytes", "path"}`; read from its encoded bytes,
+      never decoded at load), raw encoded bytes, or a file path; relative paths are taken from `image_root`, by
+      default the parquet file's directory (the working directory for a `Dataset`).
+    - `captions_column` (default: the first of `captions`, `caption`, `text` the table has): the image's
+      captions, a list of strings or one string.
+    - `id_column` (optional): the image's id. Default: the image's file name without extension (`cat.jpg` ->
+      `cat`, what a run file written over an image folder names it); an image stored as bytes without a file name
+      gets its row number.
+    - `caption_ids_column` (optional): one id per caption. Default: `"{image id}#{j}"`.
+    - `split_column` (optional): the split each row belongs to (`train`, `val` / `validation`, `test`).
+
+    A directory is read with `datasets.load_dataset("imagefolder", data_dir=...)`: its `metadata.jsonl` /
+    `metadata.csv` gives the captions column next to `file_name`, and the images come in an `image` column; split
+    subfolders (`train/`, `test/`, ...) are its splits.
 
     Args:
         path_or_dataset: a `.parquet` file, an imagefolder directory, a `datasets.Dataset`, or a
             `datasets.DatasetDict` (then `split` picks one).
-        image_column: the column with the images.
-        captions_column: the column with each image's captions.
-        id_column: the column with image ids; default: the row number.
+        image_column, captions_column, id_column, caption_ids_column, split_column: the columns above.
         name: the dataset's name (used in task names such as `custom/t2i`).
         skip_corrupt: warn and drop unreadable images (with their captions) instead of raising.
-        caption_ids_column: a column with one id per caption; default `"{image_id}#{j}"`.
         image_root: the directory relative image paths are taken from.
-        split: the split of an imagefolder directory or a `DatasetDict`.
+        split: the split to load: rows of `split_column` equal to it, the `DatasetDict`'s or the directory's split
+            of that name, or (data without splits) see `holds`.
+        holds: the split that data without splits (no `split_column` in it, one file or folder) is. Asking such data
+            for another split is an error. None: it serves any split.
         verify: decode every image once at load.
         **load_kwargs: passed to `datasets.load_dataset` for an imagefolder directory (e.g. `cache_dir`).
 
@@ -56,41 +70,94 @@ def load_captions_table(path_or_dataset: str | Path | datasets.Dataset | dataset
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: a missing column, an unknown split, a file that is not parquet, duplicate ids, or no rows.
+        ValueError: a missing column, a split the data does not have, a file that is not parquet, duplicate ids, or
+            no rows.
         ImageLoadError: a missing or corrupt image (unless `skip_corrupt`).
     """
     _check_skip(skip_corrupt, verify)
-    required = [image_column, captions_column] + [c for c in (id_column, caption_ids_column) if c is not None]
     base = None if image_root is None else Path(image_root)
-    if isinstance(path_or_dataset, datasets.DatasetDict):
-        if split not in path_or_dataset:
-            raise ValueError(f"unknown split {split!r}; the DatasetDict has {sorted(path_or_dataset)}")
-        path_or_dataset = path_or_dataset[split]
-    if isinstance(path_or_dataset, datasets.Dataset):
-        table, origin = path_or_dataset, name
-    else:
+    origin = name
+    if not isinstance(path_or_dataset, datasets.Dataset | datasets.DatasetDict):
         path = Path(path_or_dataset)
         if not path.exists():
             raise FileNotFoundError(f"captions table not found: {path}")
         origin = str(path)
         if path.is_dir():
-            table = datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
+            path_or_dataset = datasets.load_dataset("imagefolder", data_dir=str(path), **load_kwargs)
             base = base or path
         else:
-            table = _read_parquet(path, required)
+            names = _parquet_columns(path)
+            required = _required_columns(names, image_column, captions_column, id_column, caption_ids_column, origin)
+            path_or_dataset = _read_parquet(path, required + [c for c in (split_column,) if c in names])
             base = base or path.parent
-    _require_columns(table.column_names, required, origin)
+    table = _pick_split(path_or_dataset, split, split_column, holds, origin)
+    required = _required_columns(table.column_names, image_column, captions_column, id_column, caption_ids_column,
+                                 origin)
+    captions_column = required[1]
+    image_id = _file_stem_id(image_column) if id_column is None else (lambda row, i: row[id_column])
     return _table_to_dataset(
         table, name, origin=origin, columns=required, image_source=_column_image(image_column, base, origin),
-        image_id=(lambda row, i: str(i)) if id_column is None else (lambda row, i: row[id_column]),
-        captions_column=captions_column, caption_ids_column=caption_ids_column, skip_corrupt=skip_corrupt,
-        verify=verify)
+        image_id=image_id, captions_column=captions_column, caption_ids_column=caption_ids_column,
+        skip_corrupt=skip_corrupt, verify=verify,
+        id_hint="" if id_column else " (ids are the images' file names without extension: pass id_column=)")
+
+
+def _required_columns(available: Sequence[str], image_column: str, captions_column: str | None,
+                      id_column: str | None, caption_ids_column: str | None, origin: str) -> list[str]:
+    """[image, captions, id and caption-id columns if named], the captions column found among `CAPTION_COLUMNS`
+    when not named; all checked to be there."""
+    if captions_column is None:
+        captions_column = next((c for c in CAPTION_COLUMNS if c in available), None)
+        if captions_column is None:
+            raise ValueError(f"{origin} has none of the caption columns {list(CAPTION_COLUMNS)}; its columns are "
+                             f"{list(available)}: name the one with the captions (caption_column=)")
+    required = [image_column, captions_column] + [c for c in (id_column, caption_ids_column) if c is not None]
+    _require_columns(available, required, origin)
+    return required
+
+
+def _pick_split(data: datasets.Dataset | datasets.DatasetDict, split: str, split_column: str | None,
+                holds: str | None, origin: str) -> datasets.Dataset:
+    """The rows of `split`: a `DatasetDict`'s split, a `split_column`'s rows, or data without splits (see
+    `load_captions_table`'s `holds`)."""
+    aliases = {split, "validation" if split == "val" else "val" if split == "validation" else split}
+    if isinstance(data, datasets.DatasetDict):
+        if len(data) > 1:
+            found = [s for s in data if s in aliases]
+            if not found:
+                raise ValueError(f"unknown split {split!r}; {origin} has the splits {sorted(data)}")
+            return data[found[0]]
+        data = next(iter(data.values()))  # a folder without split subfolders: datasets calls it "train"
+    if split_column is not None and split_column in data.column_names:
+        values = data[split_column]
+        rows = [i for i, v in enumerate(values) if v in aliases]
+        if not rows:
+            raise ValueError(f"{origin} has no rows of split {split!r} in its column {split_column!r} (its splits: "
+                             f"{sorted({str(v) for v in values})})")
+        return data.select(rows)
+    if holds is not None and split not in {holds, *(("val", "validation") if holds in ("val", "validation") else ())}:
+        column = f" and no {split_column!r} column" if split_column else ""
+        raise ValueError(f"{origin} has one split, {holds!r} (no split subfolders{column}); it has no split "
+                         f"{split!r}. Give that split its own table (path=...), or add a split column")
+    return data
+
+
+def _file_stem_id(column: str) -> Callable[[Mapping[str, Any], int], str]:
+    """The default image id: the image's file name without extension, or the row number when it has none."""
+
+    def image_id(row: Mapping[str, Any], i: int) -> str:
+        value = row[column]
+        path = value.get("path") if isinstance(value, Mapping) else value
+        return Path(path).stem if isinstance(path, str | os.PathLike) and str(path) and Path(path).stem else str(i)
+
+    return image_id
 
 
 def _table_to_dataset(table: datasets.Dataset, name: str, *, origin: str, columns: Sequence[str],
                       image_source: Callable[[Mapping[str, Any], int], Source | None],
                       image_id: Callable[[Mapping[str, Any], int], Any], captions_column: str,
-                      caption_ids_column: str | None, skip_corrupt: bool, verify: bool) -> ImageTextDataset:
+                      caption_ids_column: str | None, skip_corrupt: bool, verify: bool,
+                      id_hint: str = "") -> ImageTextDataset:
     """Rows (one per image) -> `ImageTextDataset`: the one conversion every loader goes through.
 
     Args:
@@ -104,6 +171,7 @@ def _table_to_dataset(table: datasets.Dataset, name: str, *, origin: str, column
         caption_ids_column: the column with one id per caption, or `None` for `"{image_id}#{j}"`.
         skip_corrupt: drop missing / unreadable images with a warning instead of raising `ImageLoadError`.
         verify: decode every image once (otherwise only rows without an image are caught here).
+        id_hint: added to the message of a duplicate image id (where the ids come from).
     """
     _check_skip(skip_corrupt, verify)
     _require_columns(table.column_names, columns, origin)
@@ -131,8 +199,10 @@ def _table_to_dataset(table: datasets.Dataset, name: str, *, origin: str, column
         if caption_ids_column is None:
             ids = [f"{img_id}#{j}" for j in range(len(texts))]
         else:
+            given = row[caption_ids_column]
+            given = [given] if isinstance(given, str | int) else given or []  # one id beside one caption string
             ids = [_id_text(c, f"caption id {j} in {caption_ids_column!r}", f"{origin} row {i}")
-                   for j, c in enumerate(row[caption_ids_column] or [])]
+                   for j, c in enumerate(given)]
             if len(ids) != len(texts):
                 raise ValueError(f"{origin} row {i}: {len(texts)} captions in {captions_column!r} but {len(ids)} "
                                  f"ids in {caption_ids_column!r}")
@@ -163,7 +233,7 @@ def _table_to_dataset(table: datasets.Dataset, name: str, *, origin: str, column
                       + (" ..." if len(no_captions) > 10 else ""), stacklevel=3)
     if not image_ids:
         raise ValueError(f"{origin} has no images")
-    _require_unique(image_ids, "image", origin)
+    _require_unique(image_ids, "image", origin + id_hint)
     _require_unique(caption_ids, "caption", origin)
     dataset = ImageTextDataset(name, ImageFiles(image_ids, sources), Texts(caption_ids, captions),
                                torch.tensor(caption_image, dtype=torch.long))
@@ -237,13 +307,15 @@ def _file_name(value: Any, label: str) -> str:
     return value
 
 
-def _read_parquet(path: Path, columns: Sequence[str]) -> datasets.Dataset:
-    """Only `columns` of a parquet file, as a `Dataset` (its HF features, e.g. Image, come back from the schema)."""
+def _parquet_columns(path: Path) -> list[str]:
     try:
-        available = pq.read_schema(path).names
+        return pq.read_schema(path).names
     except (pa.ArrowException, OSError) as err:
         raise ValueError(f"cannot read {path} as parquet: {err}") from err
-    _require_columns(available, columns, str(path))
+
+
+def _read_parquet(path: Path, columns: Sequence[str]) -> datasets.Dataset:
+    """Only `columns` of a parquet file, as a `Dataset` (its HF features, e.g. Image, come back from the schema)."""
     # Read directly rather than via `datasets.Dataset.from_parquet`, which would copy the whole file
     # (image bytes included) into the datasets cache.
     return datasets.Dataset(InMemoryTable(pq.read_table(path, columns=list(dict.fromkeys(columns)))))

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from mmrerank.core.items import Items
+from mmrerank.core.validation import batches_per_epoch, fit_val_check_interval
 from mmrerank.datasets.imagetext import ImageTextDataset
 from mmrerank.datasets.sources import ImageTextSource, Synthetic
 from mmrerank.retrieval.first_stage import FirstStage
@@ -56,7 +57,7 @@ class RerankGroups(Dataset):
         if not 0 <= hard <= n:
             raise ValueError(f"hard={hard} must lie in [0, n={n}]")
         if twins and dataset.near_duplicates is None:
-            raise ValueError(f"twins=True, but dataset {dataset.name!r} has no near_duplicates")
+            raise ValueError(no_twins_message(dataset.name))
         self.dataset, self.negatives, self.n, self.hard, self.pool, self.seed = dataset, negatives, n, hard, pool, seed
         self.twins, self.clock, self.curriculum_steps = twins, clock, curriculum_steps
         self._epoch, self._hard = 0, None
@@ -105,8 +106,10 @@ class RerankGroups(Dataset):
 
     def _twin_negatives(self, gen: torch.Generator, c: int, image: int) -> tuple[list[int], list[int]]:
         """The near-duplicate image (if caption c does not fit it) and one of its captions that does not fit `image`."""
+        if not (self.twins and self.hard_active):  # checked first: a dataset without twins has no near_duplicates
+            return [], []
         data, twin = self.dataset, int(self.dataset.near_duplicates[image])
-        if not (self.twins and self.hard_active) or twin < 0:
+        if twin < 0:
             return [], []
         twin_image = [] if data.is_relevant(torch.tensor([c]), torch.tensor([twin])).item() else [twin]
         rows = self._captions_by_image[self._caption_start[twin]:self._caption_start[twin + 1]]
@@ -124,6 +127,13 @@ class RerankGroups(Dataset):
                               lambda rows: data.is_relevant(rows, torch.full_like(rows, image)), twin_caption)
         return {"caption": torch.tensor(c), "image": torch.tensor(image),
                 "t2i_images": torch.tensor([image, *images]), "i2t_captions": torch.tensor([c, *captions])}
+
+
+def no_twins_message(name: str) -> str:
+    """The error for `twins=True` on a dataset without near-duplicate twins (every real one), naming the fix."""
+    return (f"twins=True, but dataset {name!r} has no near-duplicate twins (`near_duplicates`: only "
+            "the built-in synthetic benchmark's splits have them); "
+            "turn them off with --data.twins=false (EDJEDataModule(twins=False))")
 
 
 @dataclass
@@ -161,7 +171,11 @@ class EDJEDataModule(L.LightningDataModule):
             constant score (loss ln(1 + n)); on random negatives it learns, and then profits from hard ones.
             Needs `num_workers=0` (the groups read the trainer's step in the main process).
         twins: the near-duplicate image / caption as the first negative of each group once hard negatives are on
-            (datasets with `near_duplicates`: the synthetic benchmark); see `RerankGroups`.
+            (datasets with `near_duplicates`: the synthetic benchmark); see `RerankGroups`. Off for any other
+            dataset (COCO, Flickr30k, a `CaptionTable`): on, it is refused there before mining.
+
+    An integer `trainer.val_check_interval` larger than an epoch's training batches is lowered to one epoch (with a
+    warning), so a config written for a large dataset runs on a small one.
     """
 
     def __init__(self, train: ImageTextSource | None = None, val: ImageTextSource | None = None,
@@ -185,6 +199,8 @@ class EDJEDataModule(L.LightningDataModule):
         from mmrerank.retrieval.negatives import cached_hard_negatives
 
         data = config.load()
+        if self.twins and data.near_duplicates is None:  # before mining, which needs the first stage
+            raise ValueError(no_twins_message(data.name))
         self.splits[config.split] = data
         stage = self.first_stage
         key = {"dataset": config.describe(), "first_stage": stage.identity()}
@@ -231,6 +247,8 @@ class EDJEDataModule(L.LightningDataModule):
         # its own seeded generator: the global one has been drawn from by whatever ran before (mining hard negatives
         # on a cold cache does, a warm cache does not), and the order must not depend on that
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        if shuffle and self.trainer is not None:
+            fit_val_check_interval(self.trainer, batches_per_epoch(self.trainer, len(data), self.batch_size, True))
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate, drop_last=shuffle, generator=generator)
 

@@ -9,9 +9,8 @@ A saved folder holds `config.json`, `model.safetensors` and `tokenizer/`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
 from mmrerank.core.io import atomic_folder, atomic_write_json
+from mmrerank.rerankers import folders
 from mmrerank.rerankers.edje.adapter import OfficialCompressionAdapter, TokenCompressionAdapter
 from mmrerank.rerankers.edje.joint import JointEncoder
 
@@ -227,7 +227,7 @@ class EDJE(nn.Module):
             raise FileExistsError(f"{folder} holds {foreign}, which an EDJE folder does not; refusing to replace it "
                                   "(save to a new or empty folder)")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        config = asdict(self.config)
+        config = {**folders.saved_marker(folders.EDJE), **asdict(self.config)}
         if "name" in config["joint"]:  # a pretrained encoder's weights are in the file: record its shape instead
             config["joint"] = self.joint.bert.config.to_diff_dict()
         with atomic_folder(folder) as tmp:
@@ -238,14 +238,31 @@ class EDJE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> EDJE:
-        """Load a folder written by `save_pretrained` (safetensors: no code is unpickled)."""
+        """Load a folder written by `save_pretrained` (safetensors: no code is unpickled).
+
+        Raises:
+            FileNotFoundError: no `config.json` in `folder`.
+            ValueError: a folder of another kind (naming what its config says and the loader it needs), or weights
+                whose shapes do not fit its config (naming the folder and the tensors).
+        """
         from safetensors.torch import load_file
 
         folder = Path(folder)
+        kind = folders.identify(folder)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"no EDJE model at {folder} (config.json missing)")
-        config = EDJEConfig(**json.loads((folder / "config.json").read_text()))
+            raise FileNotFoundError(f"no EDJE model at {folder} (config.json missing: {kind.description})")
+        if kind.model_type != folders.EDJE:
+            raise ValueError(f"{folder} is not an EDJE folder: it is {kind.description}; {kind.loader_hint()}")
+        values = {k: v for k, v in kind.config.items() if k not in ("model_type", "mmrerank_version")}
+        unknown = sorted(set(values) - {f.name for f in fields(EDJEConfig)})
+        if unknown:
+            raise ValueError(f"{folder}/config.json has keys {unknown} that this mmrerank's EDJEConfig does not know "
+                             f"(saved by mmrerank {kind.config.get('mmrerank_version', 'unknown')}; this is "
+                             f"{folders.package_version()}): load it with the mmrerank version that saved it")
         tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
-        model = cls(config, tokenizer, load_text_weights=False)
-        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)))
+        model = cls(EDJEConfig(**values), tokenizer, load_text_weights=False)
+        try:
+            model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)))
+        except RuntimeError as err:  # size mismatches: torch names the tensors, not the file
+            raise ValueError(f"{folder}/model.safetensors does not fit {folder}/config.json: {err}") from err
         return model.eval()

@@ -14,7 +14,9 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mmrerank.core.io import atomic_write_json, cache_root, key_digest
+from mmrerank.core.validation import batches_per_epoch, fit_val_check_interval
 from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.sources import ImageTextSource
 from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.retrieval.first_stage import FirstStage
@@ -56,6 +58,8 @@ class GroupsDataModule(L.LightningDataModule):
     def _loader(self, data: Dataset, shuffle: bool) -> DataLoader:
         from mmrerank.rerankers.mllm.module import collate_groups
 
+        if shuffle and self.trainer is not None:  # a config's interval may not fit a small dataset's epoch
+            fit_val_check_interval(self.trainer, batches_per_epoch(self.trainer, len(data), self.batch_size, True))
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           collate_fn=collate_groups, drop_last=shuffle)
 
@@ -137,7 +141,8 @@ class ImageGroups(Dataset):
 
 
 class ImageGroupsDataModule(GroupsDataModule):
-    """Groups of (caption, its image + first-stage hard negatives) from the built-in synthetic image-text benchmark.
+    """Groups of (caption, its image + first-stage hard negatives) from an image-text dataset: the built-in synthetic
+    benchmark, or any `ImageTextSource` given as `train` / `val` (COCO, Flickr30k, Karpathy, a `CaptionTable`).
 
     Hard negatives are the first stage's top images for the caption that do not satisfy it (`caption_hard_negatives`:
     a synthetic caption can describe other images too; those are never used as negatives). They are mined once
@@ -154,12 +159,15 @@ class ImageGroupsDataModule(GroupsDataModule):
         batch_size: groups per batch.
         seed: seeds the choice of captions.
         cache_dir: where the mined groups go (default `$MMRERANK_CACHE/image-groups`).
+        train, val: the splits to train and validate on instead of the synthetic benchmark's (both or neither);
+            give `first_stage` a `checkpoint` then, or the default first stage is trained on the synthetic data.
     """
 
     def __init__(self, synthetic: SyntheticConfig | None = None, first_stage: FirstStage | None = None,
                  negatives: int = 3, depth: int = 16, train_captions: int = 4000, val_captions: int = 400,
                  image_size: int | None = 112, batch_size: int = 4, num_workers: int = 0, seed: int = 0,
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, train: ImageTextSource | None = None,
+                 val: ImageTextSource | None = None) -> None:
         super().__init__()
         if negatives < 1 or depth <= negatives:
             raise ValueError(f"need 1 <= negatives < depth, got negatives={negatives}, depth={depth}")
@@ -169,9 +177,15 @@ class ImageGroupsDataModule(GroupsDataModule):
         self.counts = {"train": train_captions, "val": val_captions}
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "image-groups"
+        if (train is None) != (val is None):
+            raise ValueError("give both train and val (the sources of each split), or neither (the synthetic data)")
+        self.sources = {"train": train, "val": val} if train is not None else {}
 
     def _cache_file(self, split: str, weights: dict) -> Path:
-        key = {"synthetic": {k: v for k, v in asdict(self.synthetic).items() if k != "root"}, "split": split,
+        source = self.sources.get(split)
+        data = source.describe() if source is not None else {
+            "synthetic": {k: v for k, v in asdict(self.synthetic).items() if k != "root"}}
+        key = {**data, "split": split,
                "weights": weights, "negatives": self.negatives, "depth": self.depth,
                "captions": self.counts[split], "seed": self.seed, "version": 2}
         return self.cache_dir / f"{split}-{key_digest(key)}.json"
@@ -193,7 +207,9 @@ class ImageGroupsDataModule(GroupsDataModule):
 
     def groups(self, split: str) -> ImageGroups:
         """The split's groups, mined with the first stage on first use and read from the cache afterwards."""
-        data = load_synthetic(split, self.synthetic, relevance=False, progress=False)
+        source = self.sources.get(split)
+        data = source.load() if source is not None else load_synthetic(split, self.synthetic, relevance=False,
+                                                                        progress=False)
         path = self._cache_file(split, self._weights_key())
         if path.is_file():
             groups = json.loads(path.read_text())

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
+from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.mllm.resize import VisionResize
 from mmrerank.rerankers.mllm.templates import (
@@ -319,7 +320,8 @@ class MLLMReranker(Reranker, nn.Module):
                 self.processor.save_pretrained(tmp)
             if self.head is not None:
                 self.save_head(tmp / HEAD_FILE)
-            atomic_write_json(tmp / SETTINGS_FILE, {**self.settings(), "base": self.name_or_path if lora else None})
+            atomic_write_json(tmp / SETTINGS_FILE, {**folders.saved_marker(folders.MLLM), **self.settings(),
+                                                    "base": self.name_or_path if lora else None})
         return folder
 
     @classmethod
@@ -331,6 +333,8 @@ class MLLMReranker(Reranker, nn.Module):
         if not (folder / SETTINGS_FILE).is_file():
             raise FileNotFoundError(f"no saved reranker at {folder} ({SETTINGS_FILE} missing)")
         settings = json.loads((folder / SETTINGS_FILE).read_text())
+        for key in ("model_type", "mmrerank_version"):  # what the folder is (`folders.identify`), not a setting
+            settings.pop(key, None)
         base = settings.pop("base")
         head_path = folder / HEAD_FILE if settings["head"] else None
         model, adapter = (base, folder) if base else (folder, None)

@@ -172,5 +172,5 @@ def test_near_duplicates_follow_a_subset(tiny_config):
     data = load_synthetic("val", tiny_config, progress=False)
     sub = data.subset_images([3, 2, 5])  # 2 and 3 are twins; 5's twin 4 is left out
     assert sub.near_duplicates.tolist() == [1, 0, -1]
-    with pytest.raises(ValueError, match="no near_duplicates"):
+    with pytest.raises(ValueError, match="no near-duplicate twins.*--data.twins=false"):
         RerankGroups(sub.__class__(sub.name, sub.images, sub.captions, sub.caption_image), None, twins=True)
