@@ -16,7 +16,7 @@ from typing import Any
 
 from mmrerank.core import distributed
 from mmrerank.evaluation.report import Paper, Report
-from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage
+from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage, page_columns
 from mmrerank.fitting import train_missing
 from mmrerank.rerankers import specs  # noqa: F401  (configs name the families' specs by short class_path)
 from mmrerank.retrieval.clip import resolve_device
@@ -86,8 +86,9 @@ FIXED_ROWS = {"t2i": ["first stage"], "i2t": ["first stage"], "pages": ["BM25"],
 
 
 def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instances: Instances | None) -> None:
-    """Refuse a paper's column whose direction the config does not run or whose measure image-text rows lack, and,
-    when every reranker names its rows in advance (`RerankerSpec.row_names`), a row the config does not produce.
+    """Refuse a paper's column whose direction the config does not run or whose measure its rows lack (image-text:
+    the config's measures; pages: MMDocIR's `macro/R@k`, `micro/R@k`), and, when every reranker names its rows in
+    advance (`RerankerSpec.row_names`), a row the config does not produce.
 
     Raises:
         ValueError: listing the known directions, columns or rows.
@@ -96,6 +97,7 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
     suites.update({"pages": pages} if pages is not None else {})
     suites.update({"i2i": instances} if instances is not None else {})
     known_columns = {f"{d}/{m}" for d in image_text.directions for m in image_text.measures}
+    known_columns.update(f"pages/{c}" for c in page_columns())
     rows: set[str] = set()
     named = True
     for direction, suite in suites.items():
@@ -110,8 +112,10 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
             direction = column.split("/")[0]
             if direction not in suites:
                 problems.append(f"row {row!r}: column {column!r}: this config runs the directions {sorted(suites)}")
-            elif direction in ("t2i", "i2t") and column not in known_columns:
-                problems.append(f"row {row!r}: column {column!r} is not among {sorted(known_columns)}")
+            elif direction in ("t2i", "i2t", "pages") and column not in known_columns:
+                suite = ("t2i", "i2t") if direction in ("t2i", "i2t") else (direction,)  # the columns of its table
+                known = sorted(c for c in known_columns if c.split("/")[0] in suite)
+                problems.append(f"row {row!r}: column {column!r} is not among {known}")
         if named and row not in rows:
             problems.append(f"row {row!r} is not among the rows {sorted(rows)}")
     if problems:

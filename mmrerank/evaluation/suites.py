@@ -133,12 +133,13 @@ class ImageText:
 
 
 class PageItems:
-    """A document-page corpus as reranker items: item i is page i's `Page` (image and OCR text)."""
+    """A document-page corpus as reranker items: item i is page i's `Page` (its image and, with `text`, its OCR
+    text)."""
 
     modality = "page"
 
-    def __init__(self, dataset: MMDocIRDataset) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: MMDocIRDataset, text: bool = True) -> None:
+        self.dataset, self.text = dataset, text
 
     @property
     def ids(self) -> list[str]:
@@ -150,15 +151,24 @@ class PageItems:
     def __getitem__(self, i: int):
         from mmrerank.rerankers.mllm import Page
 
-        return Page(self.dataset.images[i], self.dataset.ocr_text[i] if self.dataset.ocr_text is not None else "")
+        has_text = self.text and self.dataset.ocr_text is not None
+        return Page(self.dataset.images[i], self.dataset.ocr_text[i] if has_text else "")
+
+
+PAGE_KS = (1, 3, 5)  # MMDocIR's page-level recall@k
+
+
+def page_columns(ks: tuple[int, ...] = PAGE_KS) -> list[str]:
+    """The columns of a pages row (without the `pages/` direction): `macro/R@k`, `micro/R@k` for each k."""
+    return [f"{average}/R@{k}" for k in ks for average in ("macro", "micro")]
 
 
 class PageTask(RetrievalTask):
     """Questions against their documents' pages, scored by MMDocIR's page recall@k (macro over domains, micro over
-    questions)."""
+    questions): the columns `page_columns(ks)`."""
 
-    def __init__(self, dataset: MMDocIRDataset, ks: tuple[int, ...] = (1, 3, 5)) -> None:
-        super().__init__("pages", dataset.questions, PageItems(dataset), dataset.qrels)
+    def __init__(self, dataset: MMDocIRDataset, ks: tuple[int, ...] = PAGE_KS, page_text: bool = True) -> None:
+        super().__init__("pages", dataset.questions, PageItems(dataset, page_text), dataset.qrels)
         self.dataset, self.ks = dataset, ks
 
     def page_scores(self, run: Run) -> list[torch.Tensor]:
@@ -198,6 +208,8 @@ class Pages:
         rerankers: the families' rows (`MLLMRows`, ...).
         dual_encoder: also report the benchmark's first-stage dual encoder over page images (row `CLIP`), a first
             stage of its own (not reranked).
+        page_text: rerankers get each page's OCR text with its image; False: the image alone, as the visual-document
+            benchmarks (ViDoRe, JinaVDR) give pages to the VLM rerankers (BM25 reads the OCR text either way).
     """
 
     pages: PagesConfig | None = None
@@ -207,6 +219,7 @@ class Pages:
     batch_size: int = 16
     rerankers: list[RerankerSpec] = field(default_factory=list)
     dual_encoder: bool = False
+    page_text: bool = True
 
     def __post_init__(self) -> None:
         self.pages = self.pages or PagesConfig(seed=1, documents=100)
@@ -230,7 +243,7 @@ class Pages:
             encoder: CLIPEncoder | None = None) -> None:
         """BM25 and its rerankers; with `dual_encoder`, also `encoder` (the benchmark's first stage) over pages."""
         data = distributed.on_rank_zero_first(self.load)
-        task = PageTask(data)
+        task = PageTask(data, page_text=self.page_text)
         if self.dual_encoder and encoder is not None:
             start = time.perf_counter()
             scores = clip_page_scores(data, encoder.to(resolve_device(device)), progress=progress)
