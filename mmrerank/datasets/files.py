@@ -226,11 +226,3 @@ def _require_unique(ids: Sequence[str], origin: Path) -> None:
                              "extensions, or a repeated line); ids must be unique")
         seen.add(item_id)
 
-
-def subset(items: Items, rows: Sequence[int]) -> Items:
-    """`items` restricted to `rows`, in that order (any kind of items, `LazyImages` included)."""
-    rows = list(rows)
-    if isinstance(items, LazyImages):
-        load = items.load
-        return LazyImages([items.ids[i] for i in rows], lambda i: load(rows[i]))
-    return items.subset(rows)
