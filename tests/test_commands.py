@@ -392,3 +392,18 @@ def test_jsonl_of_image_paths(tmp_path):
     (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q7", "image": "img/x.png"}) + "\n")
     items = read_items(tmp_path / "q.jsonl", "queries")
     assert items.ids == ["q7"] and items.modality == "image" and items[0].getpixel((0, 0)) == (30, 30, 30)
+
+
+def test_a_caption_table_has_the_ids_that_caption_table_gives(tmp_path):
+    """The command reads a caption table as `CaptionTable` does (one reader): a `caption` column of strings and an
+    `id` column that is not the ids (CaptionTable takes ids from file names unless told), ids equal to the API's."""
+    from mmrerank.datasets import CaptionTable
+    from mmrerank.datasets.files import read_items
+
+    table = caption_folder(tmp_path / "table")
+    (table / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"shot_{i}.png", "id": i, "caption": f"shot {i}"}) + "\n" for i in range(3)))
+    task = CaptionTable(str(table)).load().task("t2i")
+    queries, corpus = read_items(table, "queries"), read_items(table, "corpus")
+    assert queries.ids == task.queries.ids and corpus.ids == task.corpus.ids == ["shot_0", "shot_1", "shot_2"]
+    assert list(queries) == ["shot 0", "shot 1", "shot 2"]
