@@ -344,12 +344,21 @@ def id_rows(ids: Sequence[str], space: Sequence[str], what: str, where: str) -> 
     rows = [index.get(i, -1) for i in ids]
     missing = [i for i, r in zip(ids, rows) if r < 0]
     if missing:
-        shown = ", ".join(repr(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        shown = ", ".join(repr(i) for i in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         example = ", ".join(repr(i) for i in list(space)[:3])
         raise ValueError(f"{len(missing)} of {len(ids)} of {what} are not in {where} ({len(space)} ids, e.g. "
-                         f"{example}): {shown}. Ids are matched as strings; give the run and the task the same ids "
-                         "(e.g. image file names without extension)")
+                         f"{example}): {shown}. {_id_hint(missing, index)}")
     return torch.tensor(rows, dtype=torch.long)
+
+
+def _id_hint(missing: Sequence[str], index: Mapping[str, int]) -> str:
+    """How to make the ids match: the commonest slip (file names with their extension) named when it is the one."""
+    stems = [Path(i).stem for i in missing[:100]]
+    if all(Path(i).suffix and s in index for i, s in zip(missing, stems)):
+        return (f"They are file names with their extension ({missing[0]!r} is {stems[0]!r} here): an image's id is its "
+                "file name without extension; drop the extensions from the run's ids")
+    return ("Ids are matched as strings; give the run and the task the same ids (e.g. image file names without "
+            "extension)")
 
 
 def _remap(old_ids: Sequence[str], new_ids: Sequence[str]) -> Tensor:
