@@ -392,3 +392,56 @@ def test_jsonl_of_image_paths(tmp_path):
     (tmp_path / "q.jsonl").write_text(json.dumps({"id": "q7", "image": "img/x.png"}) + "\n")
     items = read_items(tmp_path / "q.jsonl", "queries")
     assert items.ids == ["q7"] and items.modality == "image" and items[0].getpixel((0, 0)) == (30, 30, 30)
+
+
+def test_a_caption_table_has_the_ids_that_caption_table_gives(tmp_path):
+    """The command reads a caption table as `CaptionTable` does (one reader): a `caption` column of strings and an
+    `id` column that is not the ids (CaptionTable takes ids from file names unless told), ids equal to the API's."""
+    from mmrerank.datasets import CaptionTable
+    from mmrerank.datasets.files import read_items
+
+    table = caption_folder(tmp_path / "table")
+    (table / "metadata.jsonl").write_text("".join(
+        json.dumps({"file_name": f"shot_{i}.png", "id": i, "caption": f"shot {i}"}) + "\n" for i in range(3)))
+    task = CaptionTable(str(table)).load().task("t2i")
+    queries, corpus = read_items(table, "queries"), read_items(table, "corpus")
+    assert queries.ids == task.queries.ids and corpus.ids == task.corpus.ids == ["shot_0", "shot_1", "shot_2"]
+    assert list(queries) == ["shot 0", "shot 1", "shot 2"]
+
+
+def readme_python(after: str) -> str:
+    """The first ```python block of README.md after the line `after`."""
+    text = (ROOT / "README.md").read_text()
+    return text[text.index(after):].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_path_gives_the_command_s_ranking(tmp_path, monkeypatch, capsys):
+    """README "Rerank your own run": its Python lines (the hub preset swapped for the oracle) on a caption table
+    rank as `mmrerank rerank --queries my_images/ --corpus my_images/` does, at the run's recall."""
+    import mmrerank
+    from tests.helpers.oracle import QrelsOracle
+
+    rng = random.Random(1)
+    table = tmp_path / "my_images"
+    table.mkdir()
+    names = [f"photo_{n:04d}" for n in rng.sample(range(10000), 12)]
+    for value, name in enumerate(names):
+        grey(20 * value).save(table / f"{name}.png")
+    rows = [{"file_name": f"{n}.png", "captions": [f"{n} a", f"{n} b"]} for n in names]
+    (table / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    captions = [(f"{n}#{j}", n) for n in names for j in range(2)]
+    (tmp_path / "qrels.txt").write_text("".join(f"{c} 0 {n} 1\n" for c, n in captions))
+    lines = []
+    for c, gold in rng.sample(captions, len(captions)):
+        candidates = rng.sample([n for n in names if n != gold], 5) + [gold] * (c.endswith("#0"))
+        lines += [f"{c} Q0 {d} {r + 1} {9 - r} mine\n" for r, d in enumerate(rng.sample(candidates, len(candidates)))]
+    (tmp_path / "my_first_stage.trec").write_text("".join(lines))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(mmrerank, "load_reranker", lambda name: QrelsOracle("qrels.txt"))
+    exec(readme_python("The same in Python"), {})
+    main(["rerank", "--run=my_first_stage.trec", "--queries=my_images/", "--corpus=my_images/",
+          f"--reranker={ORACLE}", "--reranker.qrels=qrels.txt", "--output=cli.trec", "--progress=false"])
+    python, cli = Run.read_trec("reranked.trec").to_dict(), Run.read_trec("cli.trec").to_dict()
+    assert python == cli and {q: list(c) for q, c in python.items()} == {q: list(cli[q]) for q in python}
+    # the gold image first exactly where the run has it (the "#0" captions)
+    assert evaluate(python, str_qrels(tmp_path / "qrels.txt"), ["Success@1"])["Success@1"] == 0.5

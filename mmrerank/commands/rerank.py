@@ -23,8 +23,8 @@ from mmrerank.core import distributed
 from mmrerank.core.io import atomic_write_json
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.core.progress import format_seconds, on_terminal
-from mmrerank.core.run import Qrels, Run
-from mmrerank.datasets.files import read_items, subset
+from mmrerank.core.run import Qrels, Run, id_rows
+from mmrerank.datasets.files import read_items
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, FIRST_STAGE
 from mmrerank.evaluation.report import Report
 from mmrerank.metrics import evaluate, parse_measure
@@ -33,7 +33,6 @@ from mmrerank.rerankers.fusion import NORMALIZATIONS, Fused
 
 WORK_SUFFIX = ".work"  # OUT.trec -> OUT.trec.work/, the finished shards of an interrupted rerank
 MANIFEST = "manifest.json"
-SHOWN = 5  # missing ids named in a message
 
 
 def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output: str, depth: int = 20,
@@ -109,14 +108,13 @@ def _check_arguments(depth: int, batch_size: int, shard_size: int, measures: Seq
 # --- reading and aligning the inputs ------------------------------------------------------------------------------
 
 
-def read_run(path: str | Path) -> dict[str, dict[str, float]]:
-    """`{query_id: {doc_id: score}}` from a TREC run file or a JSONL file of `{query_id, doc_id, score}` lines,
-    queries and candidates in file order."""
+def read_run(path: str | Path) -> Run:
+    """A TREC run file or a JSONL file of `{query_id, doc_id, score}` lines, queries and candidates in file order."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--run {path}: no such file")
     if path.suffix.lower() != ".jsonl":
-        return Run.read_trec(path).to_dict()
+        return Run.read_trec(path)
     out: dict[str, dict[str, float]] = {}
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -132,45 +130,30 @@ def read_run(path: str | Path) -> dict[str, dict[str, float]]:
         if qid is None or docid is None or score != score:
             raise ValueError(f"{path}:{lineno}: a query_id, a doc_id and a score that is a number are needed")
         out.setdefault(str(qid), {})[str(docid)] = score
-    return out
+    return Run.from_dict(out)
 
 
 def load_task(run: str, queries: str, corpus: str, qrels: str | None = None) -> tuple[RetrievalTask, Run]:
-    """The task and the run paired by id: task query row `i` is the run's row `i`, the run indexes the corpus.
+    """The task of the queries and corpus files, and the run matched to it by id (`Run.align`): rows in the run
+    file's order, candidates indexing the task's corpus. `Reranker.rerank` pairs the rows with the task's queries by
+    id; the ids are checked here so that a mismatch stops before the reranker is built.
 
     Raises:
-        ValueError: a run id that the queries or the corpus file does not have (the first few are named), an empty
-            run, or a bad line in any file.
+        ValueError: a run id that the queries or the corpus file does not have (the first few are named, with both
+            files), an empty run, or a bad line in any file.
     """
-    found = read_run(run)
-    if not found:
+    first = read_run(run)
+    if not len(first):
         raise ValueError(f"--run {run}: no lines")
     query_items, corpus_items = read_items(queries, "queries"), read_items(corpus, "corpus")
-    _require_ids(list(found), query_items, run, "query", f"--queries {queries}")
-    _require_ids(list(dict.fromkeys(d for cands in found.values() for d in cands)), corpus_items, run, "document",
-                 f"--corpus {corpus}")
-    first = Run.from_dict(found, doc_ids=corpus_items.ids)
-    rows = {item_id: i for i, item_id in enumerate(query_items.ids)}
-    query_items = subset(query_items, [rows[q] for q in first.query_ids])
+    id_rows(first.query_ids, query_items.ids, f"--run {run}'s query ids", f"--queries {queries}")
+    first = first.align(doc_ids=corpus_items.ids, name=f"--run {run}", corpus=f"--corpus {corpus}")
     judged = Qrels.read_trec(qrels) if qrels else Qrels.from_dict({})
     if qrels and not set(judged.query_ids) & set(first.query_ids):
         warnings.warn(f"--qrels {qrels} judges none of the run's queries (e.g. the run has {first.query_ids[0]!r}, "
                       f"the qrels {judged.query_ids[:1]}): every measure will be 0", stacklevel=2)
     name = f"{Path(corpus).name}/{direction(query_items, corpus_items)}"
     return RetrievalTask(name, query_items, corpus_items, judged), first
-
-
-def _require_ids(wanted: Sequence[str], items: Items, run: str, what: str, source: str) -> None:
-    have = set(items.ids)
-    missing = [i for i in wanted if i not in have]
-    if not missing:
-        return
-    named = ", ".join(map(repr, missing[:SHOWN])) + (f" (and {len(missing) - SHOWN} more)" if len(missing) > SHOWN
-                                                     else "")
-    example = ", ".join(map(repr, items.ids[:3]))
-    raise ValueError(f"{len(missing)} of the {len(wanted)} {what} ids in --run {run} are not in {source}: {named}. "
-                     f"Its ids are e.g. {example} (image files are named by their file name without extension, "
-                     "text files by their first column); rename the files or the run's ids so they match")
 
 
 def direction(queries: Items, corpus: Items) -> str:
@@ -270,8 +253,7 @@ def _rerank_shards(model: Reranker, first: Run, task: RetrievalTask, depth: int,
     done, start = 0, time.perf_counter()
     for n, i in enumerate(mine, 1):
         rows = shards[i]
-        part = RetrievalTask(task.name, subset(task.queries, rows), task.corpus, Qrels.from_dict({}))
-        reranked = model.rerank(first.select(rows), part, depth, batch_size, progress=progress and on_terminal())
+        reranked = model.rerank(first.select(rows), task, depth, batch_size, progress=progress and on_terminal())
         reranked.write_trec(_shard_path(work, i))
         done += len(rows)
         if progress:

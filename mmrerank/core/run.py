@@ -82,7 +82,7 @@ class Run:
                    [self.query_ids[i] for i in rows.tolist()], self.doc_ids)
 
     def align(self, query_ids: Sequence[str] | None = None, doc_ids: Sequence[str] | None = None,
-              name: str = "the run") -> Run:
+              name: str = "the run", queries: str = "the queries", corpus: str = "the corpus") -> Run:
         """This run in other id spaces (a task's), matched by id: rows in `query_ids` order, `indices` into `doc_ids`.
 
         Args:
@@ -90,6 +90,7 @@ class Run:
                 row). None: rows as they are.
             doc_ids: the doc id space `indices` will point into. None: the run's own.
             name: what the run is, for messages (a file name).
+            queries, corpus: what the two id spaces are, for messages (e.g. `--queries captions.tsv`).
 
         Raises:
             ValueError: a query or candidate id of the run that the id space does not have, naming the first ones.
@@ -97,14 +98,14 @@ class Run:
         run = self
         if query_ids is not None and list(query_ids) != self.query_ids:
             query_ids = list(query_ids)
-            id_rows(self.query_ids, query_ids, f"{name}'s query ids", "the queries")  # refuse unknown ids first
+            id_rows(self.query_ids, query_ids, f"{name}'s query ids", queries)  # refuse unknown ids first
             present = _index_of(self.query_ids)
             run = self.select([present[q] for q in query_ids if q in present])
         if doc_ids is not None and list(doc_ids) != self.doc_ids:
             used = torch.unique(run.indices[run.indices != PAD]).cpu()
             new_rows = torch.full((len(run.doc_ids),), PAD, dtype=torch.long)
             new_rows[used] = id_rows([run.doc_ids[d] for d in used.tolist()], doc_ids,
-                                      f"{name}'s candidate ids", "the corpus")
+                                      f"{name}'s candidate ids", corpus)
             indices = torch.where(run.indices == PAD, PAD, new_rows.to(run.indices.device)[run.indices.clamp(min=0)])
             run = Run(indices, run.scores, run.query_ids, list(doc_ids))
         return run
@@ -343,12 +344,21 @@ def id_rows(ids: Sequence[str], space: Sequence[str], what: str, where: str) -> 
     rows = [index.get(i, -1) for i in ids]
     missing = [i for i, r in zip(ids, rows) if r < 0]
     if missing:
-        shown = ", ".join(repr(i) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        shown = ", ".join(repr(i) for i in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         example = ", ".join(repr(i) for i in list(space)[:3])
         raise ValueError(f"{len(missing)} of {len(ids)} of {what} are not in {where} ({len(space)} ids, e.g. "
-                         f"{example}): {shown}. Ids are matched as strings; give the run and the task the same ids "
-                         "(e.g. image file names without extension)")
+                         f"{example}): {shown}. {_id_hint(missing, index)}")
     return torch.tensor(rows, dtype=torch.long)
+
+
+def _id_hint(missing: Sequence[str], index: Mapping[str, int]) -> str:
+    """How to make the ids match: the commonest slip (file names with their extension) named when it is the one."""
+    stems = [Path(i).stem for i in missing[:100]]
+    if all(Path(i).suffix and s in index for i, s in zip(missing, stems)):
+        return (f"They are file names with their extension ({missing[0]!r} is {stems[0]!r} here): an image's id is its "
+                "file name without extension; drop the extensions from the run's ids")
+    return ("Ids are matched as strings; give the run and the task the same ids (e.g. image file names without "
+            "extension)")
 
 
 def _remap(old_ids: Sequence[str], new_ids: Sequence[str]) -> Tensor:

@@ -9,13 +9,13 @@ What `read_items` accepts (the ids are what a TREC run or qrels file names):
 - a folder of PDFs (and page images): every page of `report.pdf` rendered with pypdfium2, ids `report#0`,
   `report#1`, ... (0-based page numbers, as the MMDocIR pages);
 - a caption table: a parquet file, or a folder with `metadata.jsonl` / `metadata.csv` beside its images (the
-  imagefolder layout, `file_name` and `captions` or `text` columns). As a corpus it gives its images (ids: an `id`
-  column, else the file names without extension); as queries its captions (ids `<image id>#<j>`).
+  imagefolder layout, `file_name` and a `captions`, `caption` or `text` column), read as `CaptionTable` reads it
+  (`load_captions_table`, every split). As a corpus it gives its images (ids: the file names without extension);
+  as queries its captions (ids `<image id>#<j>`).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,7 +57,7 @@ def read_items(path: str | Path, role: str = "corpus", dpi: int = PDF_DPI) -> It
     elif path.suffix.lower() in (".jsonl", ".json"):
         items = _read_jsonl(path)
     elif path.suffix.lower() == ".parquet":
-        items = _caption_side(*_read_parquet_table(path), role)
+        items = _caption_side(path, role)
     else:
         raise ValueError(f"--{role} {path}: expected a .tsv (id<TAB>text), a .jsonl, a .parquet caption table or a "
                          "folder of images / PDFs")
@@ -69,7 +69,7 @@ def read_items(path: str | Path, role: str = "corpus", dpi: int = PDF_DPI) -> It
 
 def _read_folder(folder: Path, role: str, dpi: int) -> Items:
     if any((folder / name).is_file() for name in METADATA_FILES):
-        return _caption_side(*_read_imagefolder(folder), role)
+        return _caption_side(folder, role)
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     pdfs = [p for p in files if p.suffix.lower() == ".pdf"]
     images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -164,58 +164,14 @@ def _image_loader(path: Path) -> Callable[[], Image.Image]:
 # --- caption tables -----------------------------------------------------------------------------------------------
 
 
-def _caption_side(images: ImageFiles, captions: Texts, role: str) -> Items:
-    return captions if role == "queries" else images
+def _caption_side(path: Path, role: str) -> Items:
+    """A caption table's captions (as queries) or images (as the corpus), read as `CaptionTable` reads it with its
+    default columns, every row whatever its split (the run's ids pick the rows), so that the ids are the ones a run
+    written from `CaptionTable(path).load()` names."""
+    from mmrerank.datasets.loaders import load_captions_table
 
-
-def _read_imagefolder(folder: Path) -> tuple[ImageFiles, Texts]:
-    """An imagefolder's `metadata.jsonl` (or `.csv`): rows with `file_name` and `captions` (a list) or `text`."""
-    meta = next(folder / name for name in METADATA_FILES if (folder / name).is_file())
-    if meta.suffix == ".jsonl":
-        rows = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
-    else:
-        with meta.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    return _table_items(rows, lambda name: folder / name, str(meta))
-
-
-def _read_parquet_table(path: Path) -> tuple[ImageFiles, Texts]:
-    """A parquet caption table: an `image` column (an Image feature, bytes or a path) and `captions` or `text`."""
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(path).to_pylist()
-    for i, row in enumerate(rows):
-        image = row.get("image")
-        if isinstance(image, dict):  # an HF Image feature: {"bytes", "path"}
-            row["file_name"] = image.get("path")
-            if image.get("bytes") is not None:
-                row["_bytes"] = (f"{path} row {i}", image["bytes"])
-        elif isinstance(image, bytes):
-            row["_bytes"] = (f"{path} row {i}", image)
-        elif isinstance(image, str):
-            row["file_name"] = image
-    return _table_items(rows, lambda name: path.parent / name, str(path))
-
-
-def _table_items(rows: list[dict], resolve: Callable[[str], Path], origin: str) -> tuple[ImageFiles, Texts]:
-    image_ids: list[str] = []
-    sources: list[Any] = []
-    caption_ids, captions = [], []
-    for i, row in enumerate(rows):
-        name = row.get("file_name")
-        if row.get("id") not in (None, ""):
-            image_id = str(row["id"])
-        elif name:
-            image_id = Path(str(name)).stem
-        else:
-            raise ValueError(f"{origin} row {i}: no 'id' column and no image file name to take the id from")
-        sources.append(row["_bytes"] if "_bytes" in row else resolve(str(name)))
-        image_ids.append(image_id)
-        texts = row.get("captions", row.get("text"))
-        texts = [texts] if isinstance(texts, str) else list(texts or [])
-        caption_ids.extend(f"{image_id}#{j}" for j in range(len(texts)))
-        captions.extend(str(t) for t in texts)
-    return ImageFiles(image_ids, sources), Texts(caption_ids, captions)
+    table = load_captions_table(path, split_column=None, verify=False)
+    return table.captions if role == "queries" else table.images
 
 
 def _require_unique(ids: Sequence[str], origin: Path) -> None:
@@ -226,11 +182,3 @@ def _require_unique(ids: Sequence[str], origin: Path) -> None:
                              "extensions, or a repeated line); ids must be unique")
         seen.add(item_id)
 
-
-def subset(items: Items, rows: Sequence[int]) -> Items:
-    """`items` restricted to `rows`, in that order (any kind of items, `LazyImages` included)."""
-    rows = list(rows)
-    if isinstance(items, LazyImages):
-        load = items.load
-        return LazyImages([items.ids[i] for i in rows], lambda i: load(rows[i]))
-    return items.subset(rows)

@@ -141,3 +141,14 @@ def test_rank_reads_image_paths_and_returns_ids(tmp_path):
         reranker.rank("q", [str(tmp_path / "missing.png")])
     with pytest.raises(ValueError, match="1 ids for 2 candidates"):
         reranker.rank("q", ["a", "b"], ids=["x"])
+
+
+def test_ids_with_file_extensions_are_named_as_such():
+    """The commonest slip, a run naming images `photo_1.jpg` where the ids are file names without extension, is
+    said as such (other mismatches get the general advice)."""
+    from mmrerank.core.run import id_rows
+
+    with pytest.raises(ValueError, match=r"'photo_2.jpg' is 'photo_2' here\): an image's id is its file name"):
+        id_rows(["photo_1", "photo_2.jpg"], ["photo_1", "photo_2"], "the run's candidate ids", "the corpus")
+    with pytest.raises(ValueError, match="Ids are matched as strings"):
+        id_rows(["photo_3.jpg"], ["photo_1", "photo_2"], "the run's candidate ids", "the corpus")

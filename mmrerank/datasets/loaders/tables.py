@@ -83,7 +83,7 @@ def load_captions_table(path_or_dataset: str | Path | datasets.Dataset | dataset
             raise FileNotFoundError(f"captions table not found: {path}")
         origin = str(path)
         if path.is_dir():
-            path_or_dataset = datasets.load_dataset("imagefolder", data_dir=str(path), **load_kwargs)
+            path_or_dataset = _load_imagefolder(path, load_kwargs)
             base = base or path
         else:
             names = _parquet_columns(path)
@@ -100,6 +100,18 @@ def load_captions_table(path_or_dataset: str | Path | datasets.Dataset | dataset
         image_id=image_id, captions_column=captions_column, caption_ids_column=caption_ids_column,
         skip_corrupt=skip_corrupt, verify=verify,
         id_hint="" if id_column else " (ids are the images' file names without extension: pass id_column=)")
+
+
+def _load_imagefolder(path: Path, load_kwargs: Mapping[str, Any]) -> datasets.DatasetDict:
+    """`datasets.load_dataset("imagefolder")` without its progress bars: "Downloading data" over a local folder
+    reads as a download to a user (nothing is fetched), and the bars repeat on every load."""
+    shown = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset("imagefolder", data_dir=str(path), **load_kwargs)
+    finally:
+        if shown:
+            datasets.enable_progress_bars()
 
 
 def _required_columns(available: Sequence[str], image_column: str, captions_column: str | None,

@@ -1,7 +1,7 @@
 """EDJE trains on a user's own data (issue 26 items 3-4): a CaptionTable and a Karpathy-format dataset, neither with
 near-duplicate twins, through `mmrerank fit` with the shipped synthetic config (whose `val_check_interval: 500` is
 more than these datasets' epochs); the exported folder loads with `load_reranker(folder)` and reranks a TREC run
-named by the images' file names.
+named by the images' file names, in Python and through `mmrerank rerank --reranker <folder>` alike.
 
 Before: `twins=false` crashed with `TypeError: 'NoneType' object is not subscriptable` (rerankers/edje/data.py:108),
 `twins=true` failed without naming the option, Lightning refused the interval, and `load_reranker(folder)` answered
@@ -121,12 +121,28 @@ def test_fit_on_own_data_then_load_and_rerank_a_run(layout, tmp_path, monkeypatc
     for q in rng.sample(task.queries.ids, len(task.queries.ids)):
         lines += [f"{q} Q0 {d} {r + 1} {4 - r} mine\n" for r, d in enumerate(rng.sample(task.corpus.ids, 4))]
     (tmp_path / "run.trec").write_text("".join(lines))
-    run = Run.read_trec(tmp_path / "run.trec")
+    run = Run.read_trec(tmp_path / "run.trec", task=task)
     out = reranker.rerank(run, task, depth=4, progress=False).to_dict()
-    assert list(out) == run.query_ids
+    assert set(out) == set(task.queries.ids)
     for q, ranked in out.items():
         text = task.queries[task.queries.ids.index(q)]
         pictures = [task.corpus[task.corpus.ids.index(d)] for d in ranked]
         expected = reranker.score([text] * len(pictures), pictures)
         torch.testing.assert_close(torch.tensor(list(ranked.values())), expected, atol=1e-4, rtol=1e-4)
         assert list(ranked.values()) == sorted(ranked.values(), reverse=True)
+
+    # the same folder through the command, over the user's files (every split of them: the run's ids pick)
+    if source == "CaptionTable":
+        queries = corpus = tmp_path / "mine.parquet"
+    else:  # a Karpathy file is no command input: its captions as a TSV, its images as the folder they are in
+        queries, corpus = tmp_path / "captions.tsv", tmp_path
+        queries.write_text("".join(f"{i}\t{t}\n" for i, t in zip(task.queries.ids, task.queries)))
+    main(["rerank", f"--run={tmp_path / 'run.trec'}", f"--queries={queries}", f"--corpus={corpus}",
+          f"--reranker={tmp_path / 'model'}", "--device=cpu", "--depth=4", f"--output={tmp_path / 'cli.trec'}",
+          "--progress=false"])
+    cli = Run.read_trec(tmp_path / "cli.trec").to_dict()
+    assert list(cli) == list(Run.read_trec(tmp_path / "run.trec").query_ids)  # the run file's order
+    for q, ranked in out.items():
+        assert list(cli[q]) == list(ranked)
+        torch.testing.assert_close(torch.tensor(list(cli[q].values())), torch.tensor(list(ranked.values())),
+                                   atol=1e-4, rtol=1e-4)
