@@ -7,7 +7,9 @@ extra subcommands parse their own arguments with jsonargparse, from the same kin
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -135,13 +137,42 @@ def with_packaged_configs(argv: list[str]) -> list[str]:
     return out
 
 
+SIGTERM_STATUS = 128 + signal.SIGTERM  # 143: what a shell reports for a process SIGTERM ended
+
+
+class Terminated(SystemExit):
+    """SIGTERM received: unwinds like an error (partial folders and temporary files are removed on the way out),
+    then exits with status 143, so a scheduler (SLURM sends SIGTERM before SIGKILL) records a failure."""
+
+    def __init__(self) -> None:
+        super().__init__(SIGTERM_STATUS)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = with_packaged_configs(sys.argv[1:] if argv is None else argv)
     quiet_third_party()
-    if argv and argv[0] in SUBCOMMANDS:
-        SUBCOMMANDS[argv[0]](argv[1:])
-    else:
-        MMRerankCLI(args=argv)
+    # Lightning composes the handler found at `fit` with its own (which only sets a flag and later raises its
+    # `SIGTERMException`, a SystemExit without a code: status 0); ours raises at once, outside training too
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            SUBCOMMANDS[argv[0]](argv[1:])
+        else:
+            MMRerankCLI(args=argv)
+    except SystemExit as stop:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(stop, SIGTERMException) and not isinstance(stop, Terminated):
+            raise Terminated() from stop
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
