@@ -43,6 +43,8 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
     resolve_device(device)  # an unknown device fails here, before anything is built
     suites = [s for s in (image_text if image_text.directions else None, instances, pages) if s is not None]
+    for suite in {id(s): s for s in (image_text, instances, pages) if s is not None}.values():
+        suite.check()  # every input file and named model, before anything is rendered or trained
     title = ", ".join(s.title() for s in suites)
     if image_text.directions or instances is not None:
         title += f": first stage {first_stage.model_name}"

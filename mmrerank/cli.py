@@ -22,9 +22,28 @@ from mmrerank.rerankers.edje.benchmark import precompute
 from mmrerank.retrieval.clip import resolve_device
 
 
+def known_class_paths() -> str:
+    """The short `class_path` names a config may use, by kind (for an unknown one's error)."""
+    import mmrerank.datasets as sources
+    from mmrerank.rerankers import specs
+
+    return (f"reranker specs: {', '.join(specs.__all__)}; image-text datasets: "
+            f"{', '.join(n for n in sources.__all__ if n not in ('ImageTextDataset', 'ImageTextSource'))} "
+            "(or a full import path, e.g. mymodule.MyRows)")
+
+
+class FunctionParser(ArgumentParser):
+    """jsonargparse's parser, whose error for an unknown `class_path` also lists the known short names."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if "Expected a dot import path string" in message or "Import path" in message:
+            message += f"\nunknown class_path; the known names are {known_class_paths()}"
+        super().error(message, ex)
+
+
 def function_parser(function, prog: str) -> ArgumentParser:
     """A jsonargparse parser of `function`'s arguments, plus `--config` for a YAML file of them."""
-    parser = ArgumentParser(prog=prog, description=function.__doc__.split("\n\n")[0])
+    parser = FunctionParser(prog=prog, description=function.__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these arguments")
     parser.add_function_arguments(function, as_group=False)
     return parser

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -145,6 +146,34 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(path.parent)
+
+
+# What a hub repository id can be (huggingface_hub's rule): one `name` or `owner/name` of letters, digits, `-_.`
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+_FILE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".safetensors", ".json", ".yaml", ".yml", ".parquet", ".jsonl",
+                  ".pkl", ".tar", ".zip", ".gz", ".txt", ".tsv", ".csv", ".trec"}
+
+
+def looks_local(name: str | Path) -> bool:
+    """Is `name` a local path rather than a hub id? Decided as transformers' `from_pretrained` does, made explicit:
+    an existing file or folder is local; so is anything a hub id cannot be: a name starting with `/`, `./`, `../`
+    or `~`, holding more than one `/` or a backslash, or ending in a file extension (`.ckpt`, `.safetensors`,
+    `.json`, ...). Everything else (`org/name`, `name`) is a hub id."""
+    text = str(name)
+    if Path(text).expanduser().exists() or text.startswith(("/", "./", "../", "~", ".\\")):
+        return True
+    return not _HUB_ID.match(text) or Path(text).suffix.lower() in _FILE_SUFFIXES
+
+
+def require_path(value: str | Path, key: str, what: str = "file or folder", fix: str = "") -> Path:
+    """`value` as a `Path`, or `FileNotFoundError` naming the argument `key`, the path and `fix`, before any work
+    (a mistyped path must never be created, trained into or recorded as the user's model)."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        near = f" ({parent} exists, {path.absolute().relative_to(parent)} does not)" if parent else ""
+        raise FileNotFoundError(f"{key}: no {what} at {value}{near}" + (f"; {fix}" if fix else ""))
+    return path
 
 
 def cache_root() -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 
-from mmrerank.core.io import cache_root, key_digest
+from mmrerank.core.io import cache_root, key_digest, require_path
 from mmrerank.core.progress import ProgressLines, on_terminal
 from mmrerank.datasets.synthetic import SyntheticConfig
 from mmrerank.retrieval.clip import CLIPEncoder, mixed_precision, resolve_device
@@ -26,8 +26,10 @@ class FirstStage:
         model_name: open_clip model name or a packaged tiny config (`mmrerank-tiny-resnet`, `mmrerank-tiny-vit`).
         pretrained: open_clip pretrained tag (real use; needs the network once).
         checkpoint: a saved encoder (a `save_pretrained` folder, a safetensors file or a `CLIPModule` Lightning
-            checkpoint). None (and no `pretrained`): the default trained on the synthetic train split, trained
-            and saved under the cache on first use.
+            checkpoint); it must exist (a mistyped path is refused here, never trained into). None (and no
+            `pretrained`): the default trained on the synthetic train split, trained and saved under the cache on
+            first use.
+        save_to: where that default is saved instead of the cache (a folder; loaded when it holds one already).
         train_steps, batch_size, lr, seed: that training.
         synthetic: the synthetic benchmark it trains on (None: the default one).
     """
@@ -35,6 +37,7 @@ class FirstStage:
     model_name: str = "mmrerank-tiny-resnet"
     pretrained: str | None = None
     checkpoint: str | None = None
+    save_to: str | None = None
     train_steps: int = 600
     batch_size: int = 128
     lr: float = 2e-3
@@ -45,6 +48,14 @@ class FirstStage:
         for name in ("train_steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"first_stage.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint:
+            require_path(self.checkpoint, "first_stage.checkpoint", "saved encoder",
+                         "name an existing save_pretrained folder, safetensors file or CLIPModule checkpoint; leave "
+                         "it unset to use the default first stage (trained into the cache, or into "
+                         "first_stage.save_to, the first time)")
+        if self.checkpoint and self.save_to:
+            raise ValueError("first_stage takes a checkpoint to load or save_to (where to train the default), not "
+                             "both")
 
     def trained_on(self, synthetic: SyntheticConfig | None) -> FirstStage:
         """This first stage, trained on `synthetic` unless it names its own training data."""
@@ -71,14 +82,12 @@ class FirstStage:
             return {"trained": self.training_key()}
         from mmrerank.retrieval.negatives import file_stamp
 
-        if not CLIPEncoder.is_saved(self.checkpoint):
-            self.build(progress=False)
         return {"model_name": self.model_name, "checkpoint": file_stamp(self.checkpoint)}
 
     def folder(self) -> Path:
-        """Where the trained encoder is saved: `checkpoint`, or the cache folder of this training."""
-        if self.checkpoint:
-            return Path(self.checkpoint)
+        """Where the encoder is: `checkpoint`, `save_to`, or the cache folder of this training."""
+        if self.checkpoint or self.save_to:
+            return Path(self.checkpoint or self.save_to)
         return cache_root() / "first_stage" / f"{self.model_name}-{key_digest(self.training_key())}"
 
     def build(self, progress: bool = True, retrain: bool = False) -> CLIPEncoder:
@@ -91,7 +100,7 @@ class FirstStage:
             return self.train(progress)
         if CLIPEncoder.is_saved(path):
             return CLIPEncoder.from_pretrained(path, self.model_name)
-        if self.checkpoint and path.exists():
+        if self.checkpoint:
             raise ValueError(f"first_stage.checkpoint {path} is neither a save_pretrained folder, a safetensors file "
                              "nor a Lightning checkpoint")
         return self.train(progress)
