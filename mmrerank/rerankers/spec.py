@@ -78,6 +78,7 @@ class RerankerSpec(ABC):
     def check(self) -> None:
         """Refuse (naming the argument, the path and the fix) any local file or folder the spec names that does not
         exist; the benchmark calls this before it renders or trains anything. Nothing to check by default."""
+        return None
 
     @abstractmethod
     def rows(self, context: RerankContext) -> dict[str, Reranker]:
