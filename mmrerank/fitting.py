@@ -18,7 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.core import distributed
 from mmrerank.core.io import atomic_write_json, cache_root, generate_folder_once, key_digest
-from mmrerank.core.progress import ProgressLines, on_terminal
+from mmrerank.core.progress import ProgressLines, SeedAfterCaches, on_terminal
 from mmrerank.rerankers.spec import RerankerSpec
 from mmrerank.retrieval.first_stage import FirstStage
 
@@ -37,8 +37,12 @@ class MMRerankCLI(LightningCLI):
                              subclass_mode_data=True, **kwargs)
 
     def before_fit(self) -> None:
-        """In a log file (stdout not a terminal) Lightning's bar would show only once, at the end: whole progress
-        lines with an ETA take its place."""
+        """Re-seed after the caches (`SeedAfterCaches`: same seed, same weights, whichever caches were filled). In a
+        log file (stdout not a terminal) Lightning's bar would show only once, at the end: whole progress lines with
+        an ETA take its place."""
+        seed = self._get(self.config, "seed_everything")  # an int once Lightning has seeded (True: drawn)
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            self.trainer.callbacks.append(SeedAfterCaches(seed))
         bar = self.trainer.progress_bar_callback
         if bar is not None and not on_terminal():
             self.trainer.callbacks.remove(bar)
