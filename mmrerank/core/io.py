@@ -4,12 +4,16 @@ Pickles from outside are read by `mmrerank.core.pickles`."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +55,102 @@ def _fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def _no_space(err: OSError, path: Path) -> OSError:
+    """`err`, or for a full disk one naming `path` and the free space left there (the bare `No space left on
+    device` names nothing)."""
+    if err.errno != errno.ENOSPC:
+        return err
+    return OSError(errno.ENOSPC, f"No space left on device while writing {path} ({free_bytes(path) / 1e6:.1f} MB "
+                   "free there); free some space or point $MMRERANK_CACHE / the output at another disk")
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def require_free_space(path: str | Path, needed: int, what: str) -> None:
+    """Refuse, before the work that would fill it, to write `needed` bytes of `what` at `path` when the disk holds
+    fewer (with a 10 % margin): a full disk found after a training loses the training."""
+    free = free_bytes(path)
+    if free < 1.1 * needed:
+        raise OSError(errno.ENOSPC, f"not enough space for {what} at {path}: about {needed / 1e6:.1f} MB needed, "
+                      f"{free / 1e6:.1f} MB free; free some space or point $MMRERANK_CACHE / the output elsewhere")
+
+
+def _owner_tag() -> str:
+    """`<host>-<pid>`: put in temporary names so a later run can tell a dead writer's leftovers from a live one's."""
+    return f"{socket.gethostname().replace('.', '_').replace('-', '_')}-{os.getpid()}"
+
+
+STALE_AGE_S = 24 * 3600  # a leftover of another host (whose pid cannot be checked) older than this is swept
+
+
+def _owner_dead(name: str) -> bool:
+    """Is the writer named in a temporary name (`.<final>.<host>-<pid>.<random>`) gone? Only decidable on this
+    host; a name without a tag (older versions) counts as not known dead."""
+    match = re.search(r"\.([^.]+)-(\d+)\.[^.]*$", name.removesuffix(".tmp"))
+    if match is None or match.group(1) != _owner_tag().rsplit("-", 1)[0]:
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_leftovers(final: str | Path, max_age_s: float = STALE_AGE_S) -> list[Path]:
+    """Remove the temporary files and folders a killed writer left beside `final` (`.<name>.*`): those whose
+    writer (on this host) is dead, and any older than `max_age_s` (`_swap_folder`'s backups excepted). Returns
+    what was removed."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    removed, now = [], time.time()
+    for path in final.parent.glob(f".{final.name}.*"):
+        if path.name.endswith(".old"):  # `_swap_folder`'s backup: after a crash mid-swap, the only old copy
+            continue
+        try:
+            old = now - path.lstat().st_mtime > max_age_s
+        except FileNotFoundError:
+            continue
+        if old or _owner_dead(path.name):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def folder_lock(final: str | Path, what: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on `final` (a file under `<parent>/.locks/`) for the block: one process builds a
+    cache entry, a second waits (saying whom for) and then finds it built. Freed when the holder exits or is
+    killed (`flock`)."""
+    final = Path(final)
+    locks = final.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{final.name}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            print(f"waiting for {holder}, which is building {what or final}", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on error it vanishes.
@@ -61,13 +161,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         _fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _no_space(err, path) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -136,12 +239,16 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    sweep_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp"))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
         yield tmp
         _fsync_tree(tmp)
         _swap_folder(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _no_space(err, path) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -197,20 +304,65 @@ def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], No
     if (final / marker).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
-        generate(tmp)
-        _fsync_tree(tmp)
+    with folder_lock(final):  # one process generates; a second waits here, then finds the marker
+        if (final / marker).exists():
+            return final
+        sweep_leftovers(final)  # a killed generator's temporary folder
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{_owner_tag()}."))
         try:
-            tmp.rename(final)
-        except OSError:
-            if (final / marker).exists():  # another process finished it meanwhile
-                shutil.rmtree(tmp)
-            else:  # a half-written folder is in the way
-                _swap_folder(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
+            generate(tmp)
+            _fsync_tree(tmp)
+            try:
+                tmp.rename(final)
+            except OSError:
+                if (final / marker).exists():  # another process finished it meanwhile
+                    shutil.rmtree(tmp)
+                else:  # a half-written folder is in the way
+                    _swap_folder(tmp, final)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _no_space(err, final) from err
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     _fsync_dir(final.parent)
     return final
+
+
+CHECKSUMS = "checksums.json"
+
+
+def folder_checksums(folder: str | Path) -> dict[str, str]:
+    """sha256 of every file under `folder` (by path relative to it), the record `CHECKSUMS` itself excluded."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: str | Path, record: str | Path | None = None) -> None:
+    """Record `folder_checksums(folder)` in `record` (default `folder/checksums.json`), for `damaged_files`."""
+    atomic_write_json(record or Path(folder) / CHECKSUMS, {"sha256": folder_checksums(folder)})
+
+
+def damaged_files(folder: str | Path, record: str | Path | None = None) -> list[str] | None:
+    """The files of `folder` that are missing or differ from their recorded checksums (truncated, a flipped bit,
+    edited), `[]` when all match, None when there is no record to check against."""
+    record = Path(record or Path(folder) / CHECKSUMS)
+    if not record.is_file():
+        return None
+    try:
+        expected = json.loads(record.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return [record.name]
+    folder = Path(folder)
+    return [name for name, digest in expected.items()
+            if not (folder / name).is_file() or _sha256(folder / name) != digest]

@@ -43,7 +43,7 @@ def build_first_stage(first_stage: FirstStage, progress: bool = True, retrain: b
         return first_stage.build(progress, retrain)
 
     def build() -> CLIPEncoder:
-        missing = not first_stage.pretrained and not CLIPEncoder.is_saved(first_stage.folder())
+        missing = not first_stage.pretrained and not first_stage.checkpoint and not first_stage.is_ready()
         if distributed.is_rank_zero() and (retrain or missing):
             distributed.in_fresh_process(first_stage.build, progress, retrain)  # trains it and saves it to its folder
         return first_stage.build(progress)

@@ -7,12 +7,23 @@ answers for a training it did not come from and nothing depends on the working d
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
 
-from mmrerank.core.io import cache_root, key_digest, require_path
+from mmrerank.core.io import (
+    CHECKSUMS,
+    atomic_folder,
+    cache_root,
+    damaged_files,
+    folder_lock,
+    key_digest,
+    require_free_space,
+    require_path,
+    write_checksums,
+)
 from mmrerank.core.progress import ProgressLines, on_terminal
 from mmrerank.datasets.synthetic import SyntheticConfig
 from mmrerank.retrieval.clip import CLIPEncoder, mixed_precision, resolve_device
@@ -96,21 +107,57 @@ class FirstStage:
         if self.pretrained:
             return CLIPEncoder(self.model_name, self.pretrained)
         path = self.folder()
-        if retrain and not self.checkpoint:
-            return self.train(progress)
-        if CLIPEncoder.is_saved(path):
-            return CLIPEncoder.from_pretrained(path, self.model_name)
         if self.checkpoint:
-            raise ValueError(f"first_stage.checkpoint {path} is neither a save_pretrained folder, a safetensors file "
-                             "nor a Lightning checkpoint")
-        return self.train(progress)
+            self._refuse_damaged(path)
+            if not CLIPEncoder.is_saved(path):
+                raise ValueError(f"first_stage.checkpoint {path} is neither a save_pretrained folder, a safetensors "
+                                 "file nor a Lightning checkpoint")
+            return CLIPEncoder.from_pretrained(path, self.model_name)
+        with folder_lock(path, "the first stage"):  # one trainer per cache entry; a second process waits, reuses
+            if not retrain and self.is_ready():
+                return CLIPEncoder.from_pretrained(path, self.model_name)
+            return self.train(progress)
+
+    def is_ready(self) -> bool:
+        """Is the encoder saved at `folder()` and whole? A folder whose files differ from the checksums written
+        with it (truncated, a flipped bit) is not: the cached default is then trained again, with a warning."""
+        path = self.folder()
+        if not CLIPEncoder.is_saved(path):
+            return False
+        damaged = damaged_files(path) if path.is_dir() else None
+        if damaged:
+            warnings.warn(f"the trained first stage at {path} is damaged ({', '.join(damaged)} differ from "
+                          f"{CHECKSUMS}): training it again", stacklevel=2)
+            return False
+        return True
+
+    def _refuse_damaged(self, path: Path) -> None:
+        damaged = damaged_files(path) if path.is_dir() else None
+        if damaged:
+            raise ValueError(f"first_stage.checkpoint {path}: {', '.join(damaged)} differ from the {CHECKSUMS} "
+                             "written with them (truncated or changed since); restore the folder, or leave "
+                             "first_stage.checkpoint unset to train the default")
+
+    def announce(self) -> None:
+        """Say, before a training nobody asked for by name, what it is and how to skip it."""
+        print(f"training the first stage ({self.model_name}, {self.train_steps} steps, batch {self.batch_size}) "
+              f"into {self.folder()}: none is saved there yet. To use an existing one instead, pass its folder as "
+              "first_stage.checkpoint (benchmark: --first_stage.checkpoint=PATH; fit: "
+              "--data.init_args.first_stage.checkpoint=PATH, and the model's *_checkpoint=PATH)", flush=True)
 
     def train(self, progress: bool = True) -> CLIPEncoder:
-        """Train on the synthetic train split (Lightning, `CLIPModule`), save to `folder()`."""
+        """Train on the synthetic train split (Lightning, `CLIPModule`), save to `folder()` (whole or not at all,
+        with the checksums `is_ready` verifies)."""
         from mmrerank.retrieval.module import CLIPModule, SyntheticDataModule
 
+        folder = self.folder()
+        if self.save_to and folder.is_dir() and any(folder.iterdir()) and not CLIPEncoder.is_saved(folder):
+            raise ValueError(f"first_stage.save_to {folder} holds other files; name an empty or a new folder")
+        self.announce()
         L.seed_everything(self.seed, verbose=False)
         module = CLIPModule(self.model_name, lr=self.lr)
+        size = sum(p.numel() * p.element_size() for p in module.encoder.model.state_dict().values())
+        require_free_space(folder.parent, size, "the first stage")  # before training, not after it
         live = progress and on_terminal()  # a log file gets whole lines with an ETA instead of the live bar
         trainer = L.Trainer(max_steps=self.train_steps, accelerator="auto", devices=1, logger=False,
                             precision=self.precision(),
@@ -118,5 +165,7 @@ class FirstStage:
                             limit_val_batches=0, callbacks=[ProgressLines("first stage")] if progress and not live
                             else None)
         trainer.fit(module, datamodule=SyntheticDataModule(self.synthetic, batch_size=self.batch_size))
-        module.encoder.save_pretrained(self.folder())
+        with atomic_folder(folder) as tmp:
+            module.encoder.save_pretrained(tmp)
+            write_checksums(tmp)
         return module.encoder
