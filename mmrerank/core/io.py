@@ -301,13 +301,13 @@ def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], No
     (identical) copy is kept. A folder at `final` without `marker` (left half-written by other code) is replaced.
     """
     final = Path(final)
+    sweep_leftovers(final)  # a killed generator's temporary folder, whether or not the folder is whole by now
     if (final / marker).exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(final):  # one process generates; a second waits here, then finds the marker
         if (final / marker).exists():
             return final
-        sweep_leftovers(final)  # a killed generator's temporary folder
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{_owner_tag()}."))
         try:
             os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700

@@ -58,3 +58,22 @@ def test_sigterm_during_first_stage_training_exits_143_and_leaves_nothing(tiny_c
     left = [p for p in first_stage.rglob("*") if p.is_file() and p.parent.name != ".locks"] \
         if first_stage.exists() else []
     assert left == [], left  # no model a rerun would load, no half-written file (a lock file is no data)
+
+
+@pytest.mark.slow
+def test_sigterm_during_fit_exits_143_and_saves_no_checkpoint(tiny_config, tmp_path):
+    data = "--data.init_args.config."
+    process = start(["fit", "--config", "clip/synthetic.yaml", f"--trainer.default_root_dir={tmp_path / 'fit'}",
+                     "--trainer.max_steps=100000", "--trainer.val_check_interval=1000",
+                     "--trainer.check_val_every_n_epoch=null",
+                     "--data.init_args.batch_size=8", f"{data}root={tiny_config.root}",
+                     f"{data}seed={tiny_config.seed}", f"{data}train_images={tiny_config.train_images}",
+                     f"{data}val_images={tiny_config.val_images}", f"{data}test_images={tiny_config.test_images}"],
+                    tmp_path / "cache")
+    wait_for_line(process, "CLIPModule: 100000 steps")
+    time.sleep(1.0)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    rest = process.communicate(timeout=60)[0]
+    assert process.returncode == 143 and time.monotonic() - sent < 30, rest
+    assert list((tmp_path / "fit").rglob("*.ckpt")) == []
