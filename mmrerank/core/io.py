@@ -112,8 +112,12 @@ def sweep_leftovers(final: str | Path, max_age_s: float = STALE_AGE_S) -> list[P
     if not final.parent.is_dir():
         return []
     removed, now = [], time.time()
+    # only names this module makes (`tempfile`'s 8 random characters, with or without the owner's tag): a user's
+    # own `.model.bak` is never touched; `_swap_folder`'s `.old` backups neither (after a crash mid-swap, the only
+    # old copy)
+    ours = re.compile(rf"\.{re.escape(final.name)}\.([A-Za-z0-9_]+-\d+\.)?[a-z0-9_]{{8}}(\.tmp)?")
     for path in final.parent.glob(f".{final.name}.*"):
-        if path.name.endswith(".old"):  # `_swap_folder`'s backup: after a crash mid-swap, the only old copy
+        if not ours.fullmatch(path.name):
             continue
         try:
             old = now - path.lstat().st_mtime > max_age_s

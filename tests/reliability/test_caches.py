@@ -133,10 +133,13 @@ def test_sigkilled_generators_leftovers_are_swept_on_the_next_run(tmp_path):
     (leftover,) = [p for p in tmp_path.iterdir() if p.name.startswith(".entry.")]
     assert (leftover / "part").is_file()
     # a live writer's folder (this process) is left alone
-    alive = tmp_path / f".entry.{io._owner_tag()}.live"
+    alive = tmp_path / f".entry.{io._owner_tag()}.livelive"
     alive.mkdir()
+    users = tmp_path / ".entry.bak"  # a name of the user's, however old, is not ours to remove
+    users.write_text("mine")
+    os.utime(users, (0, 0))
     generate_folder_once(final, "done", lambda tmp: (tmp / "done").write_text("whole"))
-    assert not leftover.exists() and alive.is_dir() and (final / "done").is_file()
+    assert not leftover.exists() and alive.is_dir() and users.is_file() and (final / "done").is_file()
 
 
 def test_one_process_builds_a_cache_entry_the_other_waits_and_reuses_it(tmp_path):
