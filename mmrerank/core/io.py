@@ -56,10 +56,8 @@ def _fsync_dir(path: str | Path) -> None:
 
 
 def _no_space(err: OSError, path: Path) -> OSError:
-    """`err`, or for a full disk one naming `path` and the free space left there (the bare `No space left on
-    device` names nothing)."""
-    if err.errno != errno.ENOSPC:
-        return err
+    """For a full disk (`err` is ENOSPC), an error naming `path` and the free space left there (the bare `No space
+    left on device` names nothing)."""
     return OSError(errno.ENOSPC, f"No space left on device while writing {path} ({free_bytes(path) / 1e6:.1f} MB "
                    "free there); free some space or point $MMRERANK_CACHE / the output at another disk")
 
@@ -174,7 +172,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise _no_space(err, path) from err
+        if err.errno == errno.ENOSPC:
+            raise _no_space(err, path) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -252,7 +252,9 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         _swap_folder(tmp, path)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _no_space(err, path) from err
+        if err.errno == errno.ENOSPC:
+            raise _no_space(err, path) from err
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -326,7 +328,9 @@ def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], No
                     _swap_folder(tmp, final)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise _no_space(err, final) from err
+            if err.errno == errno.ENOSPC:
+                raise _no_space(err, final) from err
+            raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
