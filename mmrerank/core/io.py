@@ -55,8 +55,8 @@ def _fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def _no_space(err: OSError, path: Path) -> OSError:
-    """For a full disk (`err` is ENOSPC), an error naming `path` and the free space left there (the bare `No space
+def _no_space(path: Path) -> OSError:
+    """For a full disk (ENOSPC), an error naming `path` and the free space left there (the bare `No space
     left on device` names nothing)."""
     return OSError(errno.ENOSPC, f"No space left on device while writing {path} ({free_bytes(path) / 1e6:.1f} MB "
                    "free there); free some space or point $MMRERANK_CACHE / the output at another disk")
@@ -173,7 +173,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         if err.errno == errno.ENOSPC:
-            raise _no_space(err, path) from err
+            raise _no_space(path) from err
         raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -253,7 +253,7 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if err.errno == errno.ENOSPC:
-            raise _no_space(err, path) from err
+            raise _no_space(path) from err
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,7 +329,7 @@ def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], No
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             if err.errno == errno.ENOSPC:
-                raise _no_space(err, final) from err
+                raise _no_space(final) from err
             raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
