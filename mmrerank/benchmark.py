@@ -51,6 +51,8 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     suites = [s for s in (image_text if image_text.directions else None, instances, pages) if s is not None]
     if paper is not None:
         check_paper(paper, image_text, pages, instances)
+    for suite in {id(s): s for s in (image_text, instances, pages) if s is not None}.values():
+        suite.check()  # every input file and named model, before anything is rendered or trained
     title = ", ".join(s.title() for s in suites)
     if image_text.directions or instances is not None:
         title += f": first stage {first_stage.model_name}"

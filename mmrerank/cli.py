@@ -8,7 +8,9 @@ extra subcommands parse their own arguments with jsonargparse, from the same kin
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -22,9 +24,28 @@ from mmrerank.rerankers.edje.benchmark import precompute
 from mmrerank.retrieval.clip import resolve_device
 
 
+def known_class_paths() -> str:
+    """The short `class_path` names a config may use, by kind (for an unknown one's error)."""
+    import mmrerank.datasets as sources
+    from mmrerank.rerankers import specs
+
+    return (f"reranker specs: {', '.join(specs.__all__)}; image-text datasets: "
+            f"{', '.join(n for n in sources.__all__ if n not in ('ImageTextDataset', 'ImageTextSource'))} "
+            "(or a full import path, e.g. mymodule.MyRows)")
+
+
+class FunctionParser(ArgumentParser):
+    """jsonargparse's parser, whose error for an unknown `class_path` also lists the known short names."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if "Expected a dot import path string" in message or "Import path" in message:
+            message += f"\nunknown class_path; the known names are {known_class_paths()}"
+        super().error(message, ex)
+
+
 def function_parser(function, prog: str) -> ArgumentParser:
     """A jsonargparse parser of `function`'s arguments, plus `--config` for a YAML file of them."""
-    parser = ArgumentParser(prog=prog, description=function.__doc__.split("\n\n")[0])
+    parser = FunctionParser(prog=prog, description=function.__doc__.split("\n\n")[0])
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these arguments")
     parser.add_function_arguments(function, as_group=False)
     return parser
@@ -201,15 +222,44 @@ def with_packaged_configs(argv: list[str]) -> list[str]:
     return out
 
 
+SIGTERM_STATUS = 128 + signal.SIGTERM  # 143: what a shell reports for a process SIGTERM ended
+
+
+class Terminated(SystemExit):
+    """SIGTERM received: unwinds like an error (partial folders and temporary files are removed on the way out),
+    then exits with status 143, so a scheduler (SLURM sends SIGTERM before SIGKILL) records a failure."""
+
+    def __init__(self) -> None:
+        super().__init__(SIGTERM_STATUS)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = with_packaged_configs(sys.argv[1:] if argv is None else argv)
     quiet_third_party()
-    if not argv or argv[0] in ("-h", "--help"):
-        print(overview())
-    elif argv[0] in SUBCOMMANDS:
-        SUBCOMMANDS[argv[0]][0](argv[1:])
-    else:
-        MMRerankCLI(args=argv)
+    # Lightning composes the handler found at `fit` with its own (which only sets a flag and later raises its
+    # `SIGTERMException`, a SystemExit without a code: status 0); ours raises at once, outside training too
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(overview())
+        elif argv[0] in SUBCOMMANDS:
+            SUBCOMMANDS[argv[0]][0](argv[1:])
+        else:
+            MMRerankCLI(args=argv)
+    except SystemExit as stop:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(stop, SIGTERMException) and not isinstance(stop, Terminated):
+            raise Terminated() from stop
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,17 @@ import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.core import distributed
-from mmrerank.core.io import atomic_write_json, cache_root, generate_folder_once, key_digest
-from mmrerank.core.progress import ProgressLines, on_terminal
+from mmrerank.core.io import (
+    CHECKSUMS,
+    atomic_write_json,
+    cache_root,
+    damaged_files,
+    generate_folder_once,
+    key_digest,
+    require_free_space,
+    write_checksums,
+)
+from mmrerank.core.progress import ProgressLines, SeedAfterCaches, on_terminal
 from mmrerank.rerankers.spec import RerankerSpec
 from mmrerank.retrieval.first_stage import FirstStage
 
@@ -37,12 +46,75 @@ class MMRerankCLI(LightningCLI):
                              subclass_mode_data=True, **kwargs)
 
     def before_fit(self) -> None:
-        """In a log file (stdout not a terminal) Lightning's bar would show only once, at the end: whole progress
-        lines with an ETA take its place."""
+        """Re-seed after the caches (`SeedAfterCaches`: same seed, same weights, whichever caches were filled). In a
+        log file (stdout not a terminal) Lightning's bar would show only once, at the end: whole progress lines with
+        an ETA take its place."""
+        seed = self._get(self.config, "seed_everything")  # an int once Lightning has seeded (True: drawn)
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            self.trainer.callbacks.append(SeedAfterCaches(seed))
         bar = self.trainer.progress_bar_callback
         if bar is not None and not on_terminal():
             self.trainer.callbacks.remove(bar)
             self.trainer.callbacks.append(ProgressLines(type(self.model).__name__))
+        reason = nothing_saved(self.trainer, self.model)
+        if reason:
+            raise ValueError(f"this fit would train for {self.trainer.max_steps} steps and save nothing: {reason}")
+        where, size = save_estimate(self.trainer, self.model)
+        require_free_space(where, size, f"{type(self.model).__name__}'s saved model and checkpoints")
+
+    def after_fit(self) -> None:
+        """Say where the model went (the export folder, the checkpoints)."""
+        if not self.trainer.is_global_zero:
+            return
+        saved = [str(Path(p).absolute()) for p in saved_paths(self.trainer, self.model)]
+        print("saved: " + ("; ".join(saved) if saved else "nothing (no export_dir, no checkpoint written)"),
+              flush=True)
+
+
+def nothing_saved(trainer: L.Trainer, model: L.LightningModule) -> str | None:
+    """Why a fit of `max_steps` steps would provably save nothing (no `export_dir`, and no checkpoint callback that
+    saves within those steps), or None. A checkpoint that waits for a validation saves nothing when the first
+    validation (`val_check_interval` steps) comes after `max_steps`: Lightning does not validate at the stop."""
+    steps = trainer.max_steps
+    if getattr(model.hparams, "export_dir", None) or steps is None or steps < 0:
+        return None
+    if not trainer.checkpoint_callbacks:
+        return ("no export_dir and checkpointing is off; set --trainer.enable_checkpointing=true or the model's "
+                "export_dir")
+    interval = trainer.val_check_interval
+    for callback in trainer.checkpoint_callbacks:
+        if callback.save_last or callback._train_time_interval:
+            return None
+        if callback._every_n_train_steps and callback._every_n_train_steps <= steps:
+            return None
+        on_epoch_end = callback._save_on_train_epoch_end
+        if on_epoch_end is None:  # Lightning's own choice (`ModelCheckpoint._should_save_on_train_epoch_end`)
+            on_epoch_end = trainer.limit_val_batches == 0 or (isinstance(interval, float) and interval == 1.0)
+        if on_epoch_end or not isinstance(interval, int) or interval <= steps:
+            return None
+    return (f"its checkpoint is written at validation, every {interval} steps, after the last step "
+            f"({steps}); pass --trainer.val_check_interval={steps} (or less), --trainer.callbacks.save_last=true, "
+            "or more --trainer.max_steps")
+
+
+def saved_paths(trainer: L.Trainer, model: L.LightningModule) -> list[Path]:
+    """The export folder and the checkpoint files a finished fit wrote."""
+    export = getattr(model.hparams, "export_dir", None)
+    out = [Path(export)] if export and Path(export).exists() else []
+    for callback in trainer.checkpoint_callbacks:
+        for path in (callback.best_model_path, callback.last_model_path):
+            if path and Path(path).is_file() and Path(path) not in out:
+                out.append(Path(path))
+    return out
+
+
+def save_estimate(trainer: L.Trainer, model: L.LightningModule) -> tuple[Path, int]:
+    """Where a fit writes and about how many bytes: the weights once for the export, three times (weights and
+    Adam's two moments) per checkpoint file kept (one, or `save_top_k`)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    kept = sum(max(c.save_top_k, 1) + bool(c.save_last) for c in trainer.checkpoint_callbacks)
+    export = getattr(model.hparams, "export_dir", None)
+    return Path(export or trainer.default_root_dir), weights * (bool(export) + 3 * kept)
 
 
 def packaged_config(path: str) -> str:
@@ -84,6 +156,12 @@ def train_missing(specs: list[RerankerSpec], first_stage: FirstStage, retrain: b
 def train_once(spec: RerankerSpec, folder: Path, first_stage: FirstStage, retrain: bool, progress: bool) -> None:
     """Fill `folder` by `fit` unless it is whole (rank 0 trains, in a process of its own under `torch.distributed`:
     a Trainer finding the process group would wait for the other ranks; they find the folder whole)."""
+    # a folder of an older version, without checksums, is taken as it is
+    damaged = damaged_files(folder / "model", folder / CHECKSUMS) if (folder / DONE).is_file() else None
+    if damaged:
+        warnings.warn(f"the trained {type(spec).__name__} at {folder} is damaged ({', '.join(damaged)} differ "
+                      f"from {CHECKSUMS}): training it again", stacklevel=2)
+        retrain = True
     if retrain and distributed.is_rank_zero() and folder.exists():
         shutil.rmtree(folder)
 
@@ -106,4 +184,5 @@ def fit(spec: RerankerSpec, folder: Path, first_stage: FirstStage, progress: boo
     if progress:
         print(f"training {type(spec).__name__}: mmrerank {' '.join(args)}", flush=True)
     MMRerankCLI(args=args)
+    write_checksums(folder / "model", folder / CHECKSUMS)  # verified each time the folder is reused
     atomic_write_json(folder / DONE, {"args": args})

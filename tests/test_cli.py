@@ -105,7 +105,7 @@ def test_benchmark_command_writes_report(tiny_config, tmp_path):
              f"{synthetic}.root={tiny_config.root}",
              f"{synthetic}.seed={tiny_config.seed}", f"{synthetic}.train_images={tiny_config.train_images}",
              f"{synthetic}.val_images={tiny_config.val_images}", f"{synthetic}.test_images={tiny_config.test_images}",
-             f"--first_stage.checkpoint={tmp_path / 'fs'}", "--first_stage.train_steps=2",
+             f"--first_stage.save_to={tmp_path / 'fs'}", "--first_stage.train_steps=2",
              "--first_stage.batch_size=8", "--image_text.depth=20", f"--output_dir={out}", "--progress=false"])
     report = json.loads((out / "report.json").read_text())
     row = report["rows"]["first stage"]
@@ -152,7 +152,7 @@ def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
              f"{data}synthetic.train_images={tiny_config.train_images}",
              f"{data}synthetic.val_images={tiny_config.val_images}",
              f"{data}synthetic.test_images={tiny_config.test_images}",
-             f"{data}first_stage.checkpoint={tmp_path / 'fs'}", f"{data}first_stage.train_steps=2",
+             f"{data}first_stage.save_to={tmp_path / 'fs'}", f"{data}first_stage.train_steps=2",
              f"{data}first_stage.batch_size=8", "--trainer.callbacks.every_n_train_steps=1"], cwd=tmp_path)
     checkpoint = last_checkpoint(tmp_path, "synthetic-images")
     assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["schedule"] == "cosine"

@@ -107,7 +107,12 @@ def in_fresh_process(fn: Callable[..., object], *args) -> None:
         process = multiprocessing.get_context("spawn").Process(target=_with_threads,
                                                                args=(torch.get_num_threads(), fn, *args))
         process.start()
-        process.join()
+        try:
+            process.join()
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C): the child must not outlive us, writing on
+            process.terminate()
+            process.join()
+            raise
     if process.exitcode != 0:
         raise RuntimeError(f"{getattr(fn, '__qualname__', fn)} failed in its own process (exit code "
                            f"{process.exitcode}); its traceback is above")

@@ -23,6 +23,25 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+class SeedAfterCaches(L.Callback):
+    """Re-seed once the caches are in place, so that a training's numbers depend on its seed and not on the cache.
+
+    A cold cache builds things the warm one only reads (the synthetic splits, the first stage's encoder for the
+    hard negatives, the patch tokens), and building them draws from the global generators. Seeding again after the
+    datamodule's setup (before the model is built in the module's) and at the start of training (before the
+    sampler's shuffle) puts every later draw on the same stream whichever caches were there.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        L.seed_everything(self.seed, verbose=False)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        L.seed_everything(self.seed, verbose=False)
+
+
 class ProgressLines(L.Callback):
     """Print `<label> step i/N (p %), loss x, elapsed, ETA` every `every_s` seconds (and at the last step).
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import torch
 
 from mmrerank.core import distributed
-from mmrerank.core.items import RetrievalTask
+from mmrerank.core.io import require_path
+from mmrerank.core.items import ImageLoadError, RetrievalTask
 from mmrerank.core.run import PAD, Run
 from mmrerank.datasets.mmdocir import MMDocIRDataset, load_mmdocir, mmdocir_page_metrics
 from mmrerank.datasets.revisited import RevisitedTask, load_revisited
@@ -42,12 +43,37 @@ def build_first_stage(first_stage: FirstStage, progress: bool = True, retrain: b
         return first_stage.build(progress, retrain)
 
     def build() -> CLIPEncoder:
-        missing = not first_stage.pretrained and not CLIPEncoder.is_saved(first_stage.folder())
+        missing = not first_stage.pretrained and not first_stage.checkpoint and not first_stage.is_ready()
         if distributed.is_rank_zero() and (retrain or missing):
             distributed.in_fresh_process(first_stage.build, progress, retrain)  # trains it and saves it to its folder
         return first_stage.build(progress)
 
     return distributed.on_rank_zero_first(build)
+
+
+# A dataset source's attributes that name local files or folders (`CaptionTable.path`, `Karpathy.karpathy_json`,
+# `COCO.image_root`, ...): checked to exist when a benchmark starts.
+SOURCE_PATHS = ("path", "karpathy_json", "image_root", "root")
+
+
+def check_source(dataset: ImageTextSource, key: str = "image_text.dataset") -> None:
+    """Refuse a source whose local files are missing, naming `<key>.init_args.<attribute>`."""
+    for name in SOURCE_PATHS:
+        value = getattr(dataset, name, None)
+        if isinstance(value, str) and value:
+            require_path(value, f"{key}.init_args.{name}", fix=f"set --{key}.init_args.{name} to an existing path")
+
+
+def load_checked(dataset: ImageTextSource, key: str = "image_text.dataset"):
+    """`dataset.load()`, with an unreadable image's error pointing at `skip_corrupt` and an empty table's at `key`."""
+    try:
+        return dataset.load()
+    except ImageLoadError as err:
+        fix = (f"set --{key}.init_args.skip_corrupt=true to drop unreadable images (and their captions) with a "
+               "warning" if hasattr(dataset, "skip_corrupt") else "replace or remove the image")
+        raise ImageLoadError(f"{key} ({type(dataset).__name__}): {err}; {fix}") from err
+    except ValueError as err:
+        raise ValueError(f"{key} ({type(dataset).__name__}): {err}") from err
 
 
 def cached_descriptors(key: dict, extract) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,9 +137,22 @@ class ImageText:
     def title(self) -> str:
         return f"{self.dataset.name} {self.dataset.split}" if self.directions else ""
 
+    def check(self) -> None:
+        """Before anything is rendered or trained: the rerankers' paths, the dataset's files, and a user's own
+        data (anything but the synthetic benchmark) loaded, so an empty table or an unreadable image stops here."""
+        for spec in self.rerankers:
+            spec.check()
+        if not self.directions:
+            return
+        check_source(self.dataset)
+        if not isinstance(self.dataset, Synthetic):
+            self._data = distributed.on_rank_zero_first(lambda: load_checked(self.dataset))
+
     def run(self, report: Report, encoder: CLIPEncoder, device: str = "auto", progress: bool = True) -> None:
         start = time.perf_counter()
-        data = distributed.on_rank_zero_first(self.dataset.load)  # one rank renders a missing synthetic split
+        data = getattr(self, "_data", None)  # loaded by `check`
+        if data is None:
+            data = distributed.on_rank_zero_first(self.dataset.load)  # one rank renders a missing synthetic split
         report.timings["data"] = time.perf_counter() - start
         start = time.perf_counter()
         image_emb = encoder.encode(data.images, self.batch_size, progress)
@@ -228,6 +267,17 @@ class Pages:
         if self.depth < 1:
             raise ValueError(f"pages.depth must be >= 1, got {self.depth}")
 
+    def check(self) -> None:
+        """MMDocIR's files exist (before anything is rendered or trained), and the rerankers' paths."""
+        for key in ("annotations", "pages_parquet"):
+            value = getattr(self, key)
+            if value:
+                require_path(value, f"pages.{key}", "file", f"set --pages.{key} to MMDocIR's "
+                             f"{'MMDocIR_annotations.jsonl' if key == 'annotations' else 'MMDocIR_pages.parquet'}, "
+                             "or leave pages.annotations unset for the synthetic pages")
+        for spec in self.rerankers:
+            spec.check()
+
     def title(self) -> str:
         if self.annotations:
             return "MMDocIR pages"
@@ -294,6 +344,19 @@ class Instances:
             raise ValueError(f"instances.dataset={self.dataset} needs instances.root")
         if self.rerankers is None:
             self.rerankers = [SuperGlobalRows()]
+
+    def check(self) -> None:
+        """The real benchmark's folder and ground truth, the CVNet weights, and the rerankers' paths exist."""
+        if self.root and self.dataset != "synthetic":
+            root = require_path(self.root, "instances.root", "folder", f"set --instances.root to the folder holding "
+                                f"gnd_{self.dataset}.pkl and jpg/")
+            require_path(root / f"gnd_{self.dataset}.pkl", "instances.root", "ground-truth file",
+                         f"download gnd_{self.dataset}.pkl into {root}")
+        if self.cvnet_checkpoint:
+            require_path(self.cvnet_checkpoint, "instances.cvnet_checkpoint", "file",
+                         "name CVNet's weights file (.pth), or leave it unset")
+        for spec in self.rerankers:
+            spec.check()
 
     def title(self) -> str:
         return f"{self.dataset} image-to-image"

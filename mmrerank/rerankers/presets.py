@@ -122,6 +122,13 @@ class PresetRows(RerankerSpec):
             raise ValueError(f"unknown reranker {self.name!r}; the presets are: {', '.join(sorted(known))}")
         self._preset, self._reranker = known[self.name], None
 
+    def check(self) -> None:
+        from mmrerank.core.io import require_path
+
+        if self.path:
+            require_path(self.path, "PresetRows.path", "local copy", f"name the folder holding {self.name}'s files, "
+                         "or leave path unset to download it")
+
     def rows(self, context: RerankContext) -> dict[str, Reranker]:
         if context.direction not in self._preset.tasks:
             return {}

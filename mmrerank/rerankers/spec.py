@@ -75,6 +75,11 @@ class RerankerSpec(ABC):
         """Read the model `fit` saved to `export_dir`."""
         raise NotImplementedError(f"{type(self).__name__} cannot be trained by the benchmark")
 
+    def check(self) -> None:
+        """Refuse (naming the argument, the path and the fix) any local file or folder the spec names that does not
+        exist; the benchmark calls this before it renders or trains anything. Nothing to check by default."""
+        return None
+
     @abstractmethod
     def rows(self, context: RerankContext) -> dict[str, Reranker]:
         """The rerankers to report on this task, by row name."""

@@ -37,7 +37,7 @@ def test_pages_only_rows_match_a_plain_loop(tiny_model, tmp_path):
     pages = PagesConfig(seed=5, documents=4, root=str(tmp_path / "pages"))
     mllm = MLLMRows(model=tiny_model, alpha=[2.0], batch_size=8)
     checkpoint = tmp_path / "never"
-    report = benchmark(first_stage=FirstStage(checkpoint=str(checkpoint)), image_text=ImageText(directions=[]),
+    report = benchmark(first_stage=FirstStage(save_to=str(checkpoint)), image_text=ImageText(directions=[]),
                        pages=Pages(pages, depth=3, batch_size=8, rerankers=[mllm]), output_dir=str(tmp_path / "out"),
                        progress=False)
     assert not checkpoint.exists()  # no image-text directions, no SuperGlobal: the first stage was never built
@@ -67,7 +67,7 @@ def test_pages_only_rows_match_a_plain_loop(tiny_model, tmp_path):
 
 def test_image_text_row_reorders_only_the_head(tiny_model, tiny_config, tmp_path):
     mllm = MLLMRows(model=tiny_model, directions=["t2i"], image_size=56, batch_size=16)
-    first_stage = FirstStage(checkpoint=str(tmp_path / "fs"), train_steps=2, batch_size=8)
+    first_stage = FirstStage(save_to=str(tmp_path / "fs"), train_steps=2, batch_size=8)
     image_text = ImageText(Synthetic(synthetic=tiny_config), ["t2i"], depth=10, rerank_depth=2,
                            measures=["Success@1", "Success@2", "Success@5"], rerankers=[mllm])
     report = benchmark(first_stage, image_text, output_dir=str(tmp_path / "out"), progress=False)

@@ -70,7 +70,7 @@ def commands(synthetic, model: Path, root: Path) -> list[list[str]]:
                   "--batch_size=3", "--progress=false", "--dataset=Synthetic", *data("dataset.init_args")]
     benchmark = ["benchmark", "--config", "benchmark/first_stage.yaml", "--image_text.dataset=Synthetic",
                  *data("image_text.dataset.init_args"),
-                 f"--first_stage.checkpoint={root / 'fs'}", "--first_stage.train_steps=2",
+                 f"--first_stage.save_to={root / 'fs'}", "--first_stage.train_steps=2",
                  "--first_stage.batch_size=8", "--image_text.depth=20", "--image_text.rerank_depth=5",
                  "--image_text.rerankers+=EDJERows", f"--image_text.rerankers.model={model}",
                  "--image_text.rerankers.alpha=1.0", f"--image_text.rerankers.store={root / 'bench-store'}",

@@ -24,7 +24,7 @@ def test_default_folder_is_under_the_cache_and_keyed_by_the_training(tmp_path, m
     assert FirstStage(synthetic=SyntheticConfig(seed=7)).folder() != default
     # where the synthetic data lives does not change the weights, so it does not change the key
     assert FirstStage(synthetic=SyntheticConfig(root=str(tmp_path / "elsewhere"))).folder() == default
-    assert FirstStage(checkpoint=str(tmp_path / "mine")).folder() == tmp_path / "mine"
+    assert FirstStage(save_to=str(tmp_path / "mine")).folder() == tmp_path / "mine"
 
 
 def test_trained_on_fills_in_the_data_only_when_unset():

@@ -21,6 +21,10 @@ def default_store(model: str | Path, source: dict) -> str:
     return str(Path(model) / "tokens" / f"{source['name']}-{source['split']}")
 
 
+TRAIN_ONE = ("train one first (mmrerank fit --config configs/edje/synthetic.yaml) or give EDJERows a fit recipe "
+             "instead of a model")
+
+
 @dataclass
 class EDJERows(RerankerSpec):
     """Rerank image-text tasks (both directions) with an exported EDJE model.
@@ -56,6 +60,14 @@ class EDJERows(RerankerSpec):
     def use_trained(self, export_dir: str) -> None:
         self.model, self._built = export_dir, None
 
+    def check(self) -> None:
+        from mmrerank.core.io import require_path
+
+        if self.model and not (require_path(self.model, "EDJERows.model", "EDJE folder", TRAIN_ONE) /
+                               "config.json").is_file():
+            raise FileNotFoundError(f"EDJERows.model: {self.model} holds no config.json, so no exported EDJE model; "
+                                    f"{TRAIN_ONE}")
+
     def rows(self, context: RerankContext) -> dict[str, Reranker]:
         if context.kind != "image-text":
             return {}
@@ -67,8 +79,7 @@ class EDJERows(RerankerSpec):
         if self.model is None:
             raise ValueError("EDJERows.fit has not been run: mmrerank benchmark trains it first")
         if not (Path(self.model) / "config.json").is_file():
-            raise FileNotFoundError(f"no EDJE model at {self.model}; train one first: "
-                                    "mmrerank fit --config configs/edje/synthetic.yaml")
+            raise FileNotFoundError(f"no EDJE model at {self.model}; {TRAIN_ONE}")
         start = time.perf_counter()
         model = EDJE.from_pretrained(self.model)
         store = self.store or default_store(self.model, context.source)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from mmrerank.core.items import RetrievalTask
+from mmrerank.core.progress import SeedAfterCaches
 from mmrerank.core.run import Run
 from mmrerank.scaling.grid import EvalRecorder, GridPoint
 
@@ -235,25 +236,6 @@ class EvaluateAt(L.Callback):
             metrics, references = evaluate_point(module.model, self.task, patches, self.alpha)
             self.on_eval(examples=examples, steps=trainer.global_step, metrics=metrics, references=references,
                          params=non_embedding_params(module.model), final=not self.pending)
-
-
-class SeedAfterCaches(L.Callback):
-    """Re-seed once the caches are in place, so that a point's numbers depend on its seed and not on the cache.
-
-    A cold cache builds things the warm one only reads (the synthetic splits, the first stage's encoder for the
-    hard negatives, the patch tokens), and building them draws from the global generators. Seeding again after the
-    datamodule's setup (before the model is built in the module's) and at the start of training (before the
-    sampler's shuffle) puts every later draw on the same stream whichever caches were there.
-    """
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        L.seed_everything(self.seed, verbose=False)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        L.seed_everything(self.seed, verbose=False)
 
 
 def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:

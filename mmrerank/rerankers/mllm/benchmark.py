@@ -28,9 +28,9 @@ class MLLMRows(RerankerSpec):
             `use_ocr` are not used.
         fit: or the training that makes `checkpoint` (a `FitRecipe`), run by the benchmark into the cache the first
             time.
-        model: otherwise, the base model (hub name or folder; the tiny offline Qwen2-VL is built there when
-            `build_tiny` and the folder is missing: an untrained reranker, for smoke tests only). Default: that tiny
-            model under the cache (`$MMRERANK_CACHE/tiny-qwen2-vl`).
+        model: otherwise, the base model (hub name or an existing folder). Default: the tiny offline Qwen2-VL under
+            the cache (`$MMRERANK_CACHE/tiny-qwen2-vl`), built there when `build_tiny` and missing: an untrained
+            reranker, for smoke tests only.
         adapter: a LoRA adapter folder on `model` (e.g. `lightonai/MonoQwen2-VL-v0.1`).
         score, use_ocr: as for `MLLMReranker` (`"logit"` after contrastive or pairwise training).
         alpha: on pages, also report `reranker score + alpha * min-max normalised first-stage score` per value.
@@ -70,6 +70,20 @@ class MLLMRows(RerankerSpec):
     def use_trained(self, export_dir: str) -> None:
         self.checkpoint, self._reranker = export_dir, None
 
+    def check(self) -> None:
+        """`checkpoint` is always local; `model` and `adapter` when they look like paths (`looks_local`: a hub id
+        is left to the loader). The tiny model is built only at the default place, never at a named path."""
+        from mmrerank.core.io import looks_local, require_path
+
+        if self.checkpoint:
+            require_path(self.checkpoint, "MLLMRows.checkpoint", "saved reranker",
+                         "name an MLLMReranker.save_pretrained folder or an MLLMRerankerModule checkpoint, or give a "
+                         "fit recipe instead")
+        for key in ("model", "adapter"):
+            value = getattr(self, key)
+            if value and looks_local(value):
+                require_path(value, f"MLLMRows.{key}", "folder", "name an existing folder or a hub id (org/name)")
+
     def reranker(self, device: str = "auto"):
         """The `MLLMReranker`, from `checkpoint` or from `model` (+ `adapter`), built once."""
         if self._reranker is None:
@@ -89,7 +103,7 @@ class MLLMRows(RerankerSpec):
             reranker.batch_size = self.batch_size
             return reranker
         model = self.model or str(cache_root() / "tiny-qwen2-vl")
-        if self.build_tiny:
+        if self.build_tiny and not self.model:  # a named model is the user's: never built at a (mistyped) path
             ensure_tiny_vlm(model)
         return MLLMReranker(model, adapter=self.adapter, score=self.score, use_ocr=self.use_ocr,
                             batch_size=self.batch_size, device=device)

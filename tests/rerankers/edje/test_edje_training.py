@@ -266,7 +266,7 @@ def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
 def test_missing_model_is_a_clear_error(tiny_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="train one first"):
         main(["benchmark", "--config", "benchmark/first_stage.yaml", *image_text_args(tiny_config),
-              f"--first_stage.checkpoint={tmp_path / 'fs'}",
+              f"--first_stage.save_to={tmp_path / 'fs'}",
               "--first_stage.train_steps=1", "--first_stage.batch_size=8", "--image_text.rerankers+=EDJERows",
               f"--image_text.rerankers.model={tmp_path / 'nothing'}", f"--output_dir={tmp_path / 'out'}",
               "--progress=false"])

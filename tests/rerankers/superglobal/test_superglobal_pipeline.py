@@ -66,7 +66,7 @@ def test_unknown_backbone():
 
 def test_benchmark_rows(tmp_path, tiny_config):
     report = benchmark(
-        first_stage=FirstStage(checkpoint=str(tmp_path / "fs"), train_steps=1, batch_size=4, synthetic=tiny_config),
+        first_stage=FirstStage(save_to=str(tmp_path / "fs"), train_steps=1, batch_size=4, synthetic=tiny_config),
         instances=Instances(instances=tiny(tmp_path / "i2i"), top_m=20, rerankers=[SuperGlobalRows(k=3)]),
         image_text=ImageText(directions=[]), output_dir=str(tmp_path / "out"), progress=False)
     assert list(report.rows) == ["GeM", "SuperGlobal pooling", "SuperGlobal pooling + rerank"]
