@@ -22,7 +22,7 @@ from torch import Tensor, nn
 # A frozen tower runs on blocks of this fixed shape (rows x a multiple of CHUNK_LEN tokens), in float32: CPU GEMM
 # kernels give a row's result bits that depend on the block's shape (and, in bf16, on the row's place in it), so a
 # fixed shape is what makes a caption's cached states the states a recomputation gives, whatever its batch.
-CHUNK_ROWS, CHUNK_LEN = 32, 8
+CHUNK_ROWS, CHUNK_LEN = 16, 8
 
 
 class FirstStageText(nn.Module):
