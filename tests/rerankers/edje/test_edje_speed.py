@@ -163,3 +163,25 @@ def test_trainable_tower_is_not_cached(side):
     ids, mask = model.tokenize(CAPTIONS[:8])
     model(ids, mask).sum().backward()
     assert model._cache == {} and model.token_embedding.weight.grad is not None
+
+
+def test_length_buckets_give_the_same_scores_and_gradients():
+    """Pairs scored in groups of similar caption length, each cut to its longest caption, in the input order."""
+    torch.manual_seed(0)
+    encoder = JointEncoder(joint_config(), num_image_tokens=4, max_text_len=9, **TOKENS).train()
+    ids, mask, tokens = _pairs()
+    whole = _scores_and_grads(encoder, ids, mask, tokens)
+    encoder.length_buckets = 3
+    calls = []
+    hook = encoder.bert.register_forward_pre_hook(lambda _, args, kw: calls.append(kw["inputs_embeds"].shape[1]),
+                                                  with_kwargs=True)
+    bucketed = _scores_and_grads(encoder, ids, mask, tokens)
+    hook.remove()
+    # lengths 2, 3 | 5, 7 | 9, 9: each group cut to its own longest caption, + [CLS] [SEP] 4 image tokens [SEP]
+    assert calls == [3 + 7, 7 + 7, 9 + 7]
+    torch.testing.assert_close(bucketed[0], whole[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bucketed[2], whole[2], rtol=1e-5, atol=1e-5)
+    for name in whole[1]:
+        torch.testing.assert_close(bucketed[1][name], whole[1][name], rtol=1e-5, atol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="length_buckets must be >= 1"):
+        EDJEModule(length_buckets=0)
