@@ -101,14 +101,16 @@ class FirstStageText(nn.Module):
         Each distinct caption runs through the tower once (a t2i group repeats its caption once per candidate); a
         frozen tower's states come from `frozen_states`.
         """
-        unique, inverse = ids.unique(dim=0, return_inverse=True)
+        # each distinct (caption, length) once; the length column rides along in the last place
+        unique, inverse = torch.cat([ids, mask.sum(1, keepdim=True).to(ids.dtype)], 1).unique(dim=0,
+                                                                                             return_inverse=True)
+        unique, lengths = unique[:, :-1], unique[:, -1]
         if self.trainable:
             t = ids.shape[1]
             x = self.token_embedding(unique) + self.positional_embedding[:t]
             x = self.ln_final(self.transformer(x, attn_mask=self.causal_mask[:t, :t]))
         else:
-            # equal rows are one caption, so the scatter writes each unique row's one length
-            x = self.frozen_states(unique, mask.new_zeros(len(unique)).scatter_(0, inverse, mask.sum(1)))
+            x = self.frozen_states(unique, lengths)
         return self.project(x)[inverse]
 
     def frozen_states(self, ids: Tensor, lengths: Tensor) -> Tensor:
