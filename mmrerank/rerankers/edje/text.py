@@ -36,7 +36,7 @@ class FirstStageText(nn.Module):
     autocast) in fixed-shape blocks (`CHUNK_ROWS` captions of the same length rounded up to `CHUNK_LEN`) and, with
     `cache_states`, kept per caption, keyed by a digest of the tower's weights, the device and train / eval mode,
     so a cache never answers for other weights (a `load_state_dict` changes the digest). Only `project`, which
-    trains, runs per batch. At most `max_cached` captions are kept (then the cache starts afresh).
+    trains, runs per batch. At most `max_cache_bytes` (1 GiB) of states are kept (then the cache starts afresh).
 
     Args:
         model_name: the open_clip model (a name or a local config in `mmrerank/retrieval/model_configs/`).
@@ -69,7 +69,7 @@ class FirstStageText(nn.Module):
         for p in self.parameters():
             p.requires_grad_(trainable)
         self.project = nn.Linear(self.token_embedding.embedding_dim, width)
-        self.cache_states, self.max_cached = True, 200_000
+        self.cache_states, self.max_cache_bytes, self._cache_bytes = True, 2**30, 0
         self._cache: dict[tuple, dict[bytes, Tensor]] = {}  # (weights digest, device, training) -> ids -> [n, w]
         self._stamp: tuple | None = None  # the tower tensors' (storage, version) when `_digest` was taken
         self._digest = ""
@@ -121,9 +121,12 @@ class FirstStageText(nn.Module):
         missing = [i for i, key in enumerate(keys) if key not in cache]
         fresh = dict(zip(missing, self._tower_blocks(ids[missing], lengths[missing]))) if missing else {}
         if self.cache_states:
-            if len(cache) + len(fresh) > self.max_cached:
-                cache.clear()
+            added = sum(states.nbytes for states in fresh.values())
+            if self._cache_bytes + added > self.max_cache_bytes:
+                self._cache.clear()
+                cache, self._cache_bytes = self._context_cache(), 0
             cache.update((keys[i], states) for i, states in fresh.items())
+            self._cache_bytes += added
         out = ids.new_zeros((*ids.shape, self.token_embedding.embedding_dim), dtype=torch.float32)
         for i, (key, n) in enumerate(zip(keys, lengths.tolist())):
             out[i, :n] = fresh[i] if i in fresh else cache[key]

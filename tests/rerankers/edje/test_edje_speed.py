@@ -185,3 +185,15 @@ def test_length_buckets_give_the_same_scores_and_gradients():
         torch.testing.assert_close(bucketed[1][name], whole[1][name], rtol=1e-5, atol=1e-5, msg=name)
     with pytest.raises(ValueError, match="length_buckets must be >= 1"):
         EDJEModule(length_buckets=0)
+
+
+def test_text_cache_is_bounded(side):
+    model = copy.deepcopy(side)
+    ids, mask = model.tokenize(CAPTIONS[:10])
+    model.frozen_states(ids, mask.sum(1))
+    per_caption = model._cache_bytes / 10
+    model.max_cache_bytes = int(15 * per_caption)
+    ids, mask = model.tokenize(CAPTIONS[10:20])
+    model.frozen_states(ids, mask.sum(1))  # 20 would not fit: the cache starts afresh with these 10
+    assert sum(len(c) for c in model._cache.values()) == 10
+    assert model._cache_bytes <= model.max_cache_bytes
