@@ -8,6 +8,12 @@ Input layout per pair (the image tokens enter as input embeddings, not through t
 Position ids count real tokens only, so a caption's padding (needed to batch captions of different lengths) shifts
 nothing: a pair's score does not depend on what else is in its batch. The score is the pooled [CLS] state through
 `Linear(d, 1)`.
+
+The attention implementation is chosen per call (`attention_for`): `auto` takes eager attention on a CPU under bf16 /
+fp16 (autocast or half weights), where PyTorch's fused CPU attention backward is about 5x slower than in float32
+(BENCHMARKS.md, "EDJE training step time"), and `sdpa` elsewhere (on a GPU it dispatches to flash / memory-efficient
+kernels); `eager`, `sdpa`, `flash_attention_2` (a GPU with the flash-attn package) force one. All compute the same
+function: outputs and gradients agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -22,6 +28,19 @@ from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
 MINILM = "microsoft/MiniLM-L12-H384-uncased"
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+ATTENTION = ("auto", "eager", "sdpa", "flash_attention_2")
+HALF = (torch.bfloat16, torch.float16)
+
+
+def attention_for(choice: str, device: torch.device, weight_dtype: torch.dtype = torch.float32) -> str:
+    """The transformers attention implementation `choice` means on `device` in the current autocast state: `auto`
+    is `eager` on a CPU computing in bf16 / fp16 (autocast or `weight_dtype`), else `sdpa`; others are themselves."""
+    if choice not in ATTENTION:
+        raise ValueError(f"attn_implementation must be one of {ATTENTION}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    autocast_half = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) in HALF
+    return "eager" if device.type == "cpu" and (autocast_half or weight_dtype in HALF) else "sdpa"
 
 
 def minilm_config(**overrides: Any) -> BertConfig:
@@ -103,6 +122,11 @@ class JointEncoder(nn.Module):
             `max_text_len` then counts the text side's tokens.
         num_positions: the position table's size when rebuilding a saved model whose table was kept from a
             pretrained encoder (at least `max_text_len + m + 3`).
+        attn_implementation: `auto`, `eager`, `sdpa` or `flash_attention_2` (module docstring); a runtime choice,
+            not saved with the model, and it can be changed on the instance.
+        length_buckets: `forward` sorts the pairs by caption length and runs this many groups, each cut to its own
+            longest caption, so that short captions do not pay for the longest one's padding (about 14 % of the
+            positions of a synthetic-benchmark batch); the scores are the same function. Runtime, like attention.
 
     Position embeddings: a fresh model gets exactly `max_text_len + m + 3` (or `num_positions`); a pretrained one
     keeps its table when that is long enough and is grown otherwise (old rows kept, new rows initialised like
@@ -111,8 +135,14 @@ class JointEncoder(nn.Module):
 
     def __init__(self, config: BertConfig | str, num_image_tokens: int = 64, max_text_len: int = 64,
                  image_dim: int | None = None, cls_token_id: int = 101, sep_token_id: int = 102,
-                 tokenizer: Any = None, text: nn.Module | None = None, num_positions: int | None = None):
+                 tokenizer: Any = None, text: nn.Module | None = None, num_positions: int | None = None,
+                 attn_implementation: str = "auto", length_buckets: int = 1):
         super().__init__()
+        attention_for(attn_implementation, torch.device("cpu"))  # checks the name before any building
+        self.attn_implementation = attn_implementation
+        if length_buckets < 1:
+            raise ValueError(f"length_buckets must be >= 1, got {length_buckets}")
+        self.length_buckets = length_buckets
         self.num_image_tokens, self.max_text_len = num_image_tokens, max_text_len
         self.max_positions = max_text_len + num_image_tokens + 3
         if tokenizer is not None:
@@ -147,6 +177,12 @@ class JointEncoder(nn.Module):
         self.bert.embeddings.position_embeddings = grown
         self.bert.embeddings.register_buffer("position_ids", torch.arange(needed).unsqueeze(0), persistent=False)
         self.bert.config.max_position_embeddings = needed
+
+    def _choose_attention(self, device: torch.device) -> None:
+        """Point the BERT at `attention_for(self.attn_implementation, ...)` (transformers reads it per call)."""
+        chosen = attention_for(self.attn_implementation, device, self.head.weight.dtype)
+        if self.bert.config._attn_implementation != chosen:
+            self.bert.set_attn_implementation(chosen)
 
     def tokenize(self, texts: Sequence[str], tokenizer: Any = None) -> tuple[Tensor, Tensor]:
         """The text side's `tokenize(texts)`, or `tokenize(tokenizer or self.tokenizer, texts, self.max_text_len)`."""
@@ -204,12 +240,22 @@ class JointEncoder(nn.Module):
         Returns:
             `[B]` logits (higher = more relevant).
         """
-        return self.head(self.encode(input_ids, attention_mask, image_tokens).pooler_output).squeeze(-1)
+        if self.length_buckets == 1 or len(input_ids) < 2 * self.length_buckets:
+            return self.head(self.encode(input_ids, attention_mask, image_tokens).pooler_output).squeeze(-1)
+        lengths = attention_mask.sum(1)
+        logits = []
+        parts = lengths.argsort(stable=True).chunk(self.length_buckets)
+        for part in parts:
+            t = max(int(lengths[part].max()), 1)
+            pooled = self.encode(input_ids[part, :t], attention_mask[part, :t], image_tokens[part]).pooler_output
+            logits.append(self.head(pooled).squeeze(-1))
+        return torch.cat(logits)[torch.cat(parts).argsort()]  # back in the input order
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor, image_tokens: Tensor):
         """The BERT output over the pair: `last_hidden_state [B, L, d]` (caption word pieces at slots 1 .. T) and
         `pooler_output [B, d]`."""
         embeds, mask, types, positions = self.build_inputs(input_ids, attention_mask, image_tokens)
+        self._choose_attention(embeds.device)
         return self.bert(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types, position_ids=positions)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
@@ -227,4 +273,5 @@ class JointEncoder(nn.Module):
         lengths = attention_mask.sum(1)
         ids[torch.arange(b), lengths + 1] = self.sep_token_id
         mask[torch.arange(b), lengths + 1] = 1
+        self._choose_attention(ids.device)
         return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0]
