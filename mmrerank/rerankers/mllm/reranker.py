@@ -25,6 +25,7 @@ from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.mllm.resize import VisionResize
+from mmrerank.rerankers.mllm.shared import SharedScorer
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,
     MONOQWEN_PROMPT,
@@ -43,6 +44,11 @@ DEFAULT_OCR_PREFIX = MONOQWEN_OCR_PREFIX
 DEFAULT_MAX_OCR_CHARS = 2000
 # "probability": the number the cards print (the label softmax, or sigmoid(head - head_offset) with a head).
 SCORE_MODES = ("logprob", "logit_diff", "logit", "probability")
+# "shared": each distinct image encoded once per `score` call, shared prefixes run once (`shared.py`); "plain":
+# every pair through the processor and the whole model (the reference the shared path is tested against).
+SCORING_PATHS = ("shared", "plain")
+# The shared path's default bound on rows x tokens of one language-model pass (and visual tokens of a vision pass).
+DEFAULT_MAX_TOKENS_PER_BATCH = 16384
 
 
 SETTINGS_FILE, HEAD_FILE = "reranker.json", "head.safetensors"
@@ -233,6 +239,15 @@ class MLLMReranker(Reranker, nn.Module):
         head_offset: subtracted from the head's output before the sigmoid of `score="probability"`.
         head_prefix: load the head from the tensors under this prefix in the model's own checkpoint (jina-reranker-m0:
             `"score."`, as `score.0` / `score.2` or `score.dense` / `score.out_proj`).
+        scoring: how `score` runs: `"shared"` (each distinct image prepared and encoded once per call, the prefix
+            that pairs share -- a page and the prompt before the query for `monoqwen` / `jina`, the query for
+            `yes_no` -- run once with a key / value cache, passes bucketed by length; `shared.py`) or `"plain"`
+            (each pair through the processor and the whole model). Both give the same scores (to float rounding).
+        max_tokens_per_batch: the shared path's bound on rows x (cached + new) tokens of one language-model pass
+            and on the visual tokens of one vision pass, which bounds peak memory whatever the page sizes (None: only
+            `batch_size` bounds a pass).
+        attn_implementation: the model's attention (`"sdpa"`, `"eager"`, or `"flash_attention_2"` on a GPU with
+            the flash-attn package).
     """
 
     def __init__(self, model_name_or_path: str | Path, adapter: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
@@ -243,10 +258,17 @@ class MLLMReranker(Reranker, nn.Module):
                  merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int | None = None,
                  template: str = "monoqwen", instruction: str | None = None, score_token_id: int | None = None,
                  head_offset: float = 0.0, head_prefix: str | None = None,
-                 vision_resize: dict[str, int | None] | None = None) -> None:
+                 vision_resize: dict[str, int | None] | None = None, scoring: str = "shared",
+                 max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+                 attn_implementation: str = "sdpa") -> None:
         super().__init__()
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
+        if scoring not in SCORING_PATHS:
+            raise ValueError(f"scoring must be one of {SCORING_PATHS}, got {scoring!r}")
+        if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch must be a positive number of tokens or None, got "
+                             f"{max_tokens_per_batch}")
         if head not in (None, "mlp"):
             raise ValueError(f"head must be None or 'mlp', got {head!r}")
         if head is None and (head_path is not None or head_prefix is not None):
@@ -260,6 +282,7 @@ class MLLMReranker(Reranker, nn.Module):
         self.labels, self.name_or_path, self.head_kind = tuple(labels), str(model_name_or_path), head
         self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
         self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
+        self.scoring, self.max_tokens_per_batch = scoring, max_tokens_per_batch
         device = _resolve_device(device)
         # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
         # change a preset's options for every later load in the process
@@ -268,7 +291,8 @@ class MLLMReranker(Reranker, nn.Module):
         # Left padding puts every sequence's final token at position -1, so one index reads all the answers.
         self.processor.tokenizer.padding_side = "left"
         self.label_ids = resolve_label_ids(self.processor.tokenizer, self.labels)
-        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device))
+        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device),
+                                                            attn_implementation=attn_implementation)
         if adapter is not None:
             model = load_lora(model, adapter, merge=merge_adapter)
         self.model = model.to(device).eval()
@@ -424,14 +448,19 @@ class MLLMReranker(Reranker, nn.Module):
 
     @torch.no_grad()
     def score(self, queries: Sequence[str], candidates: Sequence[Any]) -> Tensor:
-        """Relevance of each pair `queries[i]`, `candidates[i]` -> `[B]` float32 on CPU, `batch_size` pairs a pass."""
+        """Relevance of each pair `queries[i]`, `candidates[i]` -> `[B]` float32 on CPU, at most `batch_size` pairs a
+        pass, by the `scoring` path."""
         if len(queries) != len(candidates):
             raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
+        if not len(queries):
+            return torch.zeros(0)
         was_training = self.training
         self.eval()  # LoRA dropout must be off when scoring, even mid-training (e.g. validation)
         try:
+            if self.scoring == "shared":
+                return SharedScorer(self, self.batch_size, self.max_tokens_per_batch).score(queries, candidates)
             out = [self.scores_from(self(queries[i:i + self.batch_size], candidates[i:i + self.batch_size])).cpu()
                    for i in range(0, len(queries), self.batch_size)]
         finally:
             self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out)

@@ -1,0 +1,294 @@
+"""Scoring that does each piece of work once: the path `MLLMReranker.score` takes by default (`scoring="shared"`).
+
+The plain path (`scoring="plain"`) sends every pair through the processor and the whole model: a page that ten
+queries rerank is resized, patched and run through the vision tower ten times, and its few hundred visual tokens
+through the language model ten times. Here, within one `score` call:
+
+1. each distinct image (by content) is prepared and patched by the image processor once, and run through the vision
+   tower once, in chunks of at most `max_tokens_per_batch` visual tokens;
+2. each pair's text is tokenised with its image placeholders expanded as the processor expands them (so the token
+   ids are the processor's), and its multimodal rope positions computed on the whole sequence;
+3. pairs that share their first side -- the document for templates that put it first (`monoqwen`, `jina`), the
+   query for those that put the query first (`yes_no`) -- share the longest common token prefix of their sequences:
+   that prefix goes through the language model once, and its key / value cache is reused by each pair's suffix
+   (for MonoQwen2-VL: the system turn and the page image once per page; the query's ~30 tokens per pair);
+4. language-model passes are bucketed by length: prefixes of one length together, suffixes sorted by length and
+   right-padded (in a causal model no real token sees a later pad, so no mask is needed), each pass at most
+   `batch_size` rows and `max_tokens_per_batch` cached + new tokens, which bounds peak memory whatever the page
+   sizes.
+
+The score of every pair is that of the plain path up to float rounding (the same token ids, positions and image
+features; attention over the same keys): the tests compare both per preset to 1e-5 in fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from transformers import DynamicCache
+
+from mmrerank.rerankers.mllm.templates import as_content
+
+
+@dataclass
+class ImageFeatures:
+    """What the model's `forward` reads from `mm_encoder_outputs["image"]`: per-image tuples of visual features
+    (and, for Qwen3-VL, of each deepstack layer's features)."""
+
+    pooler_output: tuple[Tensor, ...]
+    deepstack_features: list[tuple[Tensor, ...]] | None = None
+
+
+@dataclass
+class EncodedImage:
+    """One distinct image of a `score` call: its processor outputs, then its vision features.
+
+    Attributes:
+        pixel_values: `[patches, C*T*P*P]` from the image processor.
+        grid_thw: `[3]` its (temporal, height, width) patch grid.
+        features: `[tokens, d]` the vision tower's merged output (tokens = prod(grid_thw) / merge^2).
+        deepstack: Qwen3-VL's per-layer `[tokens, d]` features, else None.
+    """
+
+    pixel_values: Tensor
+    grid_thw: Tensor
+    features: Tensor | None = None
+    deepstack: list[Tensor] | None = None
+
+
+@dataclass
+class PairInput:
+    """One pair as token ids: `ids` (the whole sequence, ending where the score is read), its rope positions
+    `[3, len]`, the keys of its images in text order, and the key of the side it shares with other pairs."""
+
+    ids: list[int]
+    positions: Tensor
+    images: list[str]
+    group: Any
+    n_shared_images: int
+    prefix: int = 0  # tokens served from the group's shared prefix cache
+    slot: int = -1  # the row of its prefix in its prefix pass
+    image_starts: list[int] = field(default_factory=list)  # index of each image's first visual token
+
+
+def image_key(image: Image.Image) -> str:
+    """A digest of an image's content (mode, size, pixels): equal images share their work wherever they come from
+    (a benchmark that resizes a corpus image for every pair still gets one key per image)."""
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.hexdigest()
+
+
+class SharedScorer:
+    """Scores `MLLMReranker` pairs with the work shared as the module docstring says; built per `score` call.
+
+    Args:
+        reranker: the `MLLMReranker` (its template, processor, model, head and score rule are used).
+        batch_size: rows per language-model pass.
+        max_tokens_per_batch: bound on rows x (cached + new) tokens per language-model pass and on visual tokens
+            per vision pass (None: no bound but `batch_size`); a single longer sequence or image runs alone.
+    """
+
+    def __init__(self, reranker, batch_size: int, max_tokens_per_batch: int | None) -> None:
+        self.reranker, self.batch_size = reranker, batch_size
+        self.budget = max_tokens_per_batch or float("inf")
+        self.processor = reranker.processor
+        self.backbone, self.lm_head = reranker._language_model_parts()
+        self.device = reranker.device
+        self.image_token_id = self.processor.image_token_id
+        self.vision_start_id = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+        self.merge = self.processor.image_processor.merge_size
+        self.images: dict[str, EncodedImage] = {}
+        self.keys: dict[int, tuple[Image.Image, str]] = {}
+
+    @torch.no_grad()
+    def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
+        """`[B]` float32 scores on CPU of the pairs `queries[i]`, `candidates[i]`."""
+        pairs = [self._pair(q, c) for q, c in zip(queries, candidates)]
+        self._encode_images()
+        self._plan_prefixes(pairs)
+        hidden = torch.empty(len(pairs), self.backbone.config.get_text_config().hidden_size, device=self.device,
+                             dtype=self.backbone.dtype)
+        by_prefix: dict[int, list[int]] = {}
+        for i, pair in enumerate(pairs):
+            by_prefix.setdefault(pair.prefix, []).append(i)
+        for length, members in sorted(by_prefix.items()):
+            if length == 0:
+                self._run_suffixes(pairs, members, hidden, cache=None)
+            else:
+                self._run_shared(pairs, members, length, hidden)
+        from mmrerank.rerankers.mllm.reranker import PairOutput  # reranker.py imports this module
+
+        label_logits = self.lm_head(hidden)[:, self.reranker.label_ids].float()
+        head = self.reranker.head(hidden.float()).squeeze(-1) if self.reranker.head is not None else None
+        return self.reranker.scores_from(PairOutput(label_logits, head, hidden)).cpu()
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+
+    def _pair(self, query: Any, candidate: Any) -> PairInput:
+        """Render, expand the placeholders as the processor does, tokenise; the images are prepared on first use."""
+        reranker = self.reranker
+        query, document = as_content(query), reranker._document(candidate)
+        text, images = reranker.template.render(query, document, self.processor)
+        keys = [self._add_image(image) for image in images]
+        pieces = text.split(self.processor.image_token)
+        if len(pieces) != len(keys) + 1:
+            raise ValueError(f"a rendered pair has {len(pieces) - 1} image placeholders for {len(keys)} images")
+        expanded = pieces[0]
+        for key, piece in zip(keys, pieces[1:]):
+            expanded += self.processor.image_token * self._n_tokens(key) + piece
+        ids = self.processor.tokenizer(expanded)["input_ids"]
+        if reranker.score_token_id is not None:
+            ids = ids + [reranker.score_token_id]
+        shared, n_shared = (document, len(document.images)) if reranker.template.document_first \
+            else (query, len(query.images))
+        group = (shared.text, tuple(self._add_image(image) for image in shared.images))
+        return PairInput(ids, self._positions(ids, keys), keys, group, n_shared)
+
+    def _add_image(self, image: Image.Image) -> str:
+        """The image's key, preparing it on first sight (by object, then by content)."""
+        if id(image) in self.keys:
+            return self.keys[id(image)][1]
+        key = image_key(image)
+        self.keys[id(image)] = (image, key)  # the image is held so that its id is not reused within the call
+        if key not in self.images:
+            out = self.processor.image_processor(images=[self.reranker._prepare_image(image)], return_tensors="pt")
+            self.images[key] = EncodedImage(out["pixel_values"], out["image_grid_thw"][0])
+        return key
+
+    def _n_tokens(self, key: str) -> int:
+        return int(self.images[key].grid_thw.prod()) // self.merge ** 2
+
+    def _positions(self, ids: list[int], keys: list[str]) -> Tensor:
+        """`[3, len]` the model's multimodal rope positions of the whole sequence (as the plain path's)."""
+        input_ids = torch.tensor([ids])
+        types = (input_ids == self.image_token_id).int()
+        grids = torch.stack([self.images[k].grid_thw for k in keys]) if keys else None
+        positions, _ = self.backbone.get_rope_index(input_ids=input_ids, mm_token_type_ids=types,
+                                                    image_grid_thw=grids)
+        return positions[:, 0]
+
+    def _encode_images(self) -> None:
+        """Every distinct image through the vision tower once, at most `budget` visual tokens a pass."""
+        keys = list(self.images)
+        for chunk in _chunks(keys, [self._n_tokens(k) for k in keys], self.budget, limit=None):
+            pixels = torch.cat([self.images[k].pixel_values for k in chunk]).to(self.device)
+            grids = torch.stack([self.images[k].grid_thw for k in chunk]).to(self.device)
+            out = self.backbone.get_image_features(pixels, grids, return_dict=True)
+            deepstack = getattr(out, "deepstack_features", None)
+            for i, key in enumerate(chunk):
+                self.images[key].features = out.pooler_output[i]
+                self.images[key].deepstack = [layer[i] for layer in deepstack] if deepstack else None
+
+    def _features(self, keys: list[str]) -> dict[str, ImageFeatures] | None:
+        """`mm_encoder_outputs` for a pass whose image tokens are those of `keys`, in row-major order."""
+        if not keys:
+            return None
+        images = [self.images[k] for k in keys]
+        deepstack = None
+        if images[0].deepstack is not None:
+            deepstack = [tuple(image.deepstack[layer] for image in images) for layer in range(len(images[0].deepstack))]
+        return {"image": ImageFeatures(tuple(image.features for image in images), deepstack)}
+
+    # -- prefix sharing -----------------------------------------------------------------------------------------
+
+    def _plan_prefixes(self, pairs: list[PairInput]) -> None:
+        """Set each pair's `prefix`: the longest token prefix its group shares, cut before the first image that is
+        not the shared side's (two different images of one size have the same placeholder tokens), and short of
+        every member's last token (read from the pair's own pass). Groups of one pair share nothing."""
+        groups: dict[Any, list[PairInput]] = {}
+        for pair in pairs:
+            groups.setdefault(pair.group, []).append(pair)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            length = min(len(p.ids) for p in members) - 1
+            first = members[0].ids
+            for pair in members[1:]:
+                length = next((i for i in range(length) if pair.ids[i] != first[i]), length)
+            starts = [i for i, t in enumerate(first[:length]) if t == self.vision_start_id]
+            if len(starts) > members[0].n_shared_images:
+                length = starts[members[0].n_shared_images]
+            for pair in members:
+                pair.prefix = length
+
+    def _run_shared(self, pairs: list[PairInput], members: list[int], length: int, hidden: Tensor) -> None:
+        """Pairs whose shared prefixes are `length` tokens long: prefixes of distinct groups in passes of at most
+        `batch_size` rows and `budget` tokens, then every pair's suffix over its group's cached prefix."""
+        groups: dict[Any, list[int]] = {}
+        for i in members:
+            groups.setdefault(pairs[i].group, []).append(i)
+        heads = list(groups)
+        for chunk in _chunks(heads, [length] * len(heads), self.budget, limit=self.batch_size):
+            rows = [groups[g][0] for g in chunk]
+            ids = torch.tensor([pairs[i].ids[:length] for i in rows], device=self.device)
+            positions = torch.stack([pairs[i].positions[:, :length] for i in rows], dim=1).to(self.device)
+            keys = [k for i in rows for k in pairs[i].images[:self._images_before(pairs[i], length)]]
+            cache = DynamicCache(config=self.backbone.config.get_text_config())
+            self.backbone(input_ids=ids, position_ids=positions, cache=cache, use_cache=True,
+                          mm_encoder_outputs=self._features(keys))
+            kv = [(layer.keys, layer.values) for layer in cache.layers]
+            for slot, group in enumerate(chunk):
+                for i in groups[group]:
+                    pairs[i].slot = slot
+            self._run_suffixes(pairs, [i for g in chunk for i in groups[g]], hidden, cache=kv)
+
+    def _images_before(self, pair: PairInput, length: int) -> int:
+        """How many of the pair's images lie in its first `length` tokens."""
+        return sum(1 for t in pair.ids[:length] if t == self.vision_start_id)
+
+    def _run_suffixes(self, pairs: list[PairInput], members: list[int], hidden: Tensor,
+                      cache: list[tuple[Tensor, Tensor]] | None) -> None:
+        """Each pair's tokens after its prefix (all of them without a cache), sorted by length, right-padded, in
+        passes of at most `batch_size` rows and `budget` cached + new tokens; the hidden state at each row's last
+        real token goes to `hidden`."""
+        members = sorted(members, key=lambda i: len(pairs[i].ids) - pairs[i].prefix)
+        sizes = [len(pairs[i].ids) for i in members]  # cached + new tokens of each row
+        pad = self.processor.tokenizer.pad_token_id
+        for chunk in _chunks(members, sizes, self.budget, limit=self.batch_size, padded=True):
+            start = pairs[chunk[0]].prefix
+            lengths = [len(pairs[i].ids) - start for i in chunk]
+            width = max(lengths)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            positions = torch.zeros(3, len(chunk), width, dtype=torch.long)
+            for row, (i, n) in enumerate(zip(chunk, lengths)):
+                ids[row, :n] = torch.tensor(pairs[i].ids[start:])
+                positions[:, row, :n] = pairs[i].positions[:, start:]
+                # pads continue the positions (never read; any value keeps the real rows exact)
+                positions[:, row, n:] = positions[:, row, n - 1:n] + torch.arange(1, width - n + 1)
+            keys = [k for i in chunk for k in pairs[i].images[self._images_before(pairs[i], start):]]
+            past = None
+            if cache is not None:
+                slots = torch.tensor([pairs[i].slot for i in chunk], device=self.device)
+                past = DynamicCache(config=self.backbone.config.get_text_config())
+                for layer, (k, v) in enumerate(cache):
+                    past.update(k.index_select(0, slots), v.index_select(0, slots), layer)
+            out = self.backbone(input_ids=ids.to(self.device), position_ids=positions.to(self.device), cache=past,
+                                use_cache=past is not None, mm_encoder_outputs=self._features(keys))
+            last = torch.tensor(lengths, device=self.device) - 1
+            hidden[torch.tensor(chunk, device=self.device)] = out.last_hidden_state[
+                torch.arange(len(chunk), device=self.device), last]
+
+
+def _chunks(items: list, sizes: list[int], budget: float, limit: int | None, padded: bool = False) -> list[list]:
+    """`items` cut in order into runs of at most `limit` items whose token count stays within `budget`: the sum of
+    their `sizes`, or with `padded` (a right-padded pass) the run's length times its largest size. An item above the
+    budget on its own makes a run of one."""
+    runs, run, run_sizes = [], [], []
+    for item, size in zip(items, sizes):
+        trial = run_sizes + [size]
+        cost = max(trial) * len(trial) if padded else sum(trial)
+        if run and ((limit is not None and len(run) >= limit) or cost > budget):
+            runs.append(run)
+            run, run_sizes = [], []
+        run.append(item)
+        run_sizes.append(size)
+    if run:
+        runs.append(run)
+    return runs
