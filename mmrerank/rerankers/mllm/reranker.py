@@ -424,8 +424,12 @@ class MLLMReranker(Reranker, nn.Module):
             `PairOutput` with `label_logits` `[B, 2]`, `head` `[B]` or None, `hidden` `[B, d]`.
         """
         inputs = self.encode(queries, candidates)
-        backbone, lm_head = self._language_model_parts()
-        hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, -1]  # [B, d]
+        backbone, _ = self._language_model_parts()
+        return self.output_from(backbone(**inputs, use_cache=False).last_hidden_state[:, -1])
+
+    def output_from(self, hidden: Tensor) -> PairOutput:
+        """The `PairOutput` read from the last position's hidden states `[B, d]`."""
+        _, lm_head = self._language_model_parts()
         label_logits = lm_head(hidden)[:, self.label_ids].float()  # [B, 2]
         head = self.head(hidden.float()).squeeze(-1) if self.head is not None else None
         return PairOutput(label_logits, head, hidden)
@@ -458,7 +462,8 @@ class MLLMReranker(Reranker, nn.Module):
         self.eval()  # LoRA dropout must be off when scoring, even mid-training (e.g. validation)
         try:
             if self.scoring == "shared":
-                return SharedScorer(self, self.batch_size, self.max_tokens_per_batch).score(queries, candidates)
+                hidden = SharedScorer(self, self.batch_size, self.max_tokens_per_batch).hidden(queries, candidates)
+                return self.scores_from(self.output_from(hidden)).cpu()
             out = [self.scores_from(self(queries[i:i + self.batch_size], candidates[i:i + self.batch_size])).cpu()
                    for i in range(0, len(queries), self.batch_size)]
         finally:

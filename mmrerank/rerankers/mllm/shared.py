@@ -86,10 +86,10 @@ def image_key(image: Image.Image) -> str:
 
 
 class SharedScorer:
-    """Scores `MLLMReranker` pairs with the work shared as the module docstring says; built per `score` call.
+    """Runs `MLLMReranker` pairs with the work shared as the module docstring says; built per `score` call.
 
     Args:
-        reranker: the `MLLMReranker` (its template, processor, model, head and score rule are used).
+        reranker: the `MLLMReranker` (its template, processor and model are used).
         batch_size: rows per language-model pass.
         max_tokens_per_batch: bound on rows x (cached + new) tokens per language-model pass and on visual tokens
             per vision pass (None: no bound but `batch_size`); a single longer sequence or image runs alone.
@@ -99,7 +99,7 @@ class SharedScorer:
         self.reranker, self.batch_size = reranker, batch_size
         self.budget = max_tokens_per_batch or float("inf")
         self.processor = reranker.processor
-        self.backbone, self.lm_head = reranker._language_model_parts()
+        self.backbone, _ = reranker._language_model_parts()
         self.device = reranker.device
         self.image_token_id = self.processor.image_token_id
         self.vision_start_id = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
@@ -110,8 +110,9 @@ class SharedScorer:
         self.positions: dict[tuple, Tensor] = {}
 
     @torch.no_grad()
-    def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
-        """`[B]` float32 scores on CPU of the pairs `queries[i]`, `candidates[i]`."""
+    def hidden(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
+        """`[B, d]` the last layer's hidden state at the last position of each pair `queries[i]`, `candidates[i]`
+        (where the plain path reads its score)."""
         pairs = [self._pair(q, c) for q, c in zip(queries, candidates)]
         self._encode_images()
         self._plan_prefixes(pairs)
@@ -125,11 +126,7 @@ class SharedScorer:
                 self._run_suffixes(pairs, members, hidden, cache=None)
             else:
                 self._run_shared(pairs, members, length, hidden)
-        from mmrerank.rerankers.mllm.reranker import PairOutput  # reranker.py imports this module
-
-        label_logits = self.lm_head(hidden)[:, self.reranker.label_ids].float()
-        head = self.reranker.head(hidden.float()).squeeze(-1) if self.reranker.head is not None else None
-        return self.reranker.scores_from(PairOutput(label_logits, head, hidden)).cpu()
+        return hidden
 
     # -- inputs -------------------------------------------------------------------------------------------------
 
