@@ -69,7 +69,7 @@ class PairInput:
 
     ids: list[int]
     positions: Tensor
-    images: list[str]
+    images: list[int]
     group: Any
     n_shared_images: int
     prefix: int = 0  # tokens served from the group's shared prefix cache
@@ -77,12 +77,43 @@ class PairInput:
     image_starts: list[int] = field(default_factory=list)  # index of each image's first visual token
 
 
-def image_key(image: Image.Image) -> str:
-    """A digest of an image's content (mode, size, pixels): equal images share their work wherever they come from
-    (a benchmark that resizes a corpus image for every pair still gets one key per image)."""
-    digest = hashlib.sha256(image.tobytes())  # the fastest of hashlib's here (SHA extensions): ~2 ms a megapixel
-    digest.update(f"{image.mode}{image.size}".encode())
-    return digest.hexdigest()
+class ImageIndex:
+    """Names each distinct image of a call: the same object, or an equal image in another object (a benchmark that
+    resizes a corpus image for every pair), gets the same key.
+
+    Hashing a page's pixels costs more than the rest of its bookkeeping (~3 ms a megapixel), so an image is first
+    compared at a glance -- mode, size and a 16 x 16 nearest-neighbour sample -- and its pixels are hashed only when
+    another image of the call looks the same.
+    """
+
+    def __init__(self) -> None:
+        self.by_id: dict[int, tuple[Image.Image, int]] = {}  # the image is held so that its id is not reused
+        self.by_glance: dict[tuple, list[list]] = {}  # glance -> [[image, digest or None, key], ...]
+
+    def key(self, image: Image.Image) -> tuple[int, bool]:
+        """(the image's key, whether it is new to this index)."""
+        if id(image) in self.by_id:
+            return self.by_id[id(image)][1], False
+        glance = (image.mode, image.size, image.resize((16, 16), Image.NEAREST).tobytes())
+        alike = self.by_glance.setdefault(glance, [])
+        key = None
+        if alike:
+            digest = _digest(image)
+            for entry in alike:
+                entry[1] = entry[1] or _digest(entry[0])
+                if entry[1] == digest:
+                    key = entry[2]
+                    break
+        new = key is None
+        if new:
+            key = len(self.by_id)
+            alike.append([image, None if not alike else digest, key])
+        self.by_id[id(image)] = (image, key)
+        return key, new
+
+
+def _digest(image: Image.Image) -> bytes:
+    return hashlib.sha256(image.tobytes()).digest()  # the fastest of hashlib's here (SHA extensions)
 
 
 class SharedScorer:
@@ -104,8 +135,8 @@ class SharedScorer:
         self.image_token_id = self.processor.image_token_id
         self.vision_start_id = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
         self.merge = self.processor.image_processor.merge_size
-        self.images: dict[str, EncodedImage] = {}
-        self.keys: dict[int, tuple[Image.Image, str]] = {}
+        self.images: dict[int, EncodedImage] = {}
+        self.index = ImageIndex()
         self.shapes: dict[tuple, tuple[list[int], list[str]]] = {}  # see `_pair`
         self.positions: dict[tuple, Tensor] = {}
 
@@ -162,21 +193,18 @@ class SharedScorer:
             raise ValueError("a rendered pair has fewer image placeholders than images")
         return out
 
-    def _add_image(self, image: Image.Image) -> str:
-        """The image's key, preparing it on first sight (by object, then by content)."""
-        if id(image) in self.keys:
-            return self.keys[id(image)][1]
-        key = image_key(image)
-        self.keys[id(image)] = (image, key)  # the image is held so that its id is not reused within the call
-        if key not in self.images:
+    def _add_image(self, image: Image.Image) -> int:
+        """The image's key, preparing it the first time it is seen (as this object or an equal one)."""
+        key, new = self.index.key(image)
+        if new:
             out = self.processor.image_processor(images=[self.reranker._prepare_image(image)], return_tensors="pt")
             self.images[key] = EncodedImage(out["pixel_values"], out["image_grid_thw"][0])
         return key
 
-    def _n_tokens(self, key: str) -> int:
+    def _n_tokens(self, key: int) -> int:
         return int(self.images[key].grid_thw.prod()) // self.merge ** 2
 
-    def _positions(self, shape: tuple, ids: list[int], keys: list[str]) -> Tensor:
+    def _positions(self, shape: tuple, ids: list[int], keys: list[int]) -> Tensor:
         """`[3, len]` the model's multimodal rope positions of the whole sequence (as the plain path's). They depend
         on which tokens are visual and on the image grids only, so they are computed once per shape and grids."""
         grids = tuple(tuple(self.images[k].grid_thw.tolist()) for k in keys)
@@ -200,7 +228,7 @@ class SharedScorer:
                 self.images[key].features = out.pooler_output[i]
                 self.images[key].deepstack = [layer[i] for layer in deepstack] if deepstack else None
 
-    def _features(self, keys: list[str]) -> dict[str, ImageFeatures] | None:
+    def _features(self, keys: list[int]) -> dict[str, ImageFeatures] | None:
         """`mm_encoder_outputs` for a pass whose image tokens are those of `keys`, in row-major order."""
         if not keys:
             return None

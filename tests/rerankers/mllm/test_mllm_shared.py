@@ -14,7 +14,7 @@ from PIL import Image
 
 from mmrerank.rerankers.mllm import build_tiny_vlm
 from mmrerank.rerankers.mllm.presets import JINA, LYCHEE, MONOQWEN, QWEN3_VL_2B
-from mmrerank.rerankers.mllm.shared import SharedScorer
+from mmrerank.rerankers.mllm.shared import ImageIndex, SharedScorer
 from mmrerank.rerankers.mllm.tiny_presets import (
     build_tiny_jina,
     build_tiny_lora,
@@ -170,3 +170,24 @@ def test_bad_options_are_refused(folders):
         load_reranker(folders[JINA], preset=JINA, device="cpu", scoring="fast")
     with pytest.raises(ValueError, match="max_tokens_per_batch"):
         load_reranker(folders[JINA], preset=JINA, device="cpu", max_tokens_per_batch=0)
+
+
+def test_image_index_tells_equal_images_from_lookalikes():
+    """Equal images share a key whatever the object; an image that differs in one pixel the glance does not sample
+    gets its own."""
+    index = ImageIndex()
+    image = _image(7, (64, 64))
+    other = image.copy()
+    for x, y in ((x, y) for x in range(64) for y in range(64)):
+        other.putpixel((x, y), (0, 0, 0) if image.getpixel((x, y)) != (0, 0, 0) else (1, 1, 1))
+        if other.resize((16, 16), Image.NEAREST).tobytes() == image.resize((16, 16), Image.NEAREST).tobytes():
+            break  # a pixel the glance does not see
+        other = image.copy()
+    assert other.tobytes() != image.tobytes()
+    first, new = index.key(image)
+    assert new and index.key(image) == (first, False)
+    assert index.key(image.copy()) == (first, False)
+    lookalike, new = index.key(other)
+    assert new and lookalike != first
+    assert index.key(other.copy()) == (lookalike, False)
+    assert index.key(_image(8, (64, 64)))[1]
