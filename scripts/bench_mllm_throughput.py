@@ -6,7 +6,8 @@ Two workloads with the tiny random Qwen2-VL (`build_tiny_vlm`), fp32 on CPU, Mon
   benchmark's `image_size`);
 - pages: 20 questions x their top 10 of 40 page images of 448 x 448 to 672 x 672 pixels (200 pairs, each page in 5).
 
-Both paths score the same pairs at the same batch size in one process, timed alternately (`plain`, `shared`, then
+Both paths score the same pairs at the same batch size in one `score` call, in one process (the shared path's image
+cache emptied before each run, so every run encodes its images), timed alternately (`plain`, `shared`, then
 again: the machine is shared, so each repeat gives a ratio and the median ratio is reported). Then the peak memory of
 scoring pages of mixed sizes (448 to 1344 pixels a side) at a fixed batch size, for the plain path and the shared one
 under several `max_tokens_per_batch`: each run in its own child process, as the rise of its peak resident set size
@@ -69,10 +70,12 @@ def time_paths(reranker: MLLMReranker, queries, candidates, repeats: int) -> dic
     scores, seconds = {}, {"plain": [], "shared": []}
     for path in ("plain", "shared"):  # warm-up, and the scores compared
         reranker.scoring = path
+        reranker.image_cache.clear()
         scores[path] = reranker.score(queries, candidates)
     for _ in range(repeats):
         for path in ("plain", "shared"):
             reranker.scoring = path
+            reranker.image_cache.clear()  # every run encodes its images (none kept from the run before)
             start = time.perf_counter()
             reranker.score(queries, candidates)
             seconds[path].append(time.perf_counter() - start)

@@ -25,7 +25,7 @@ from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.mllm.resize import VisionResize
-from mmrerank.rerankers.mllm.shared import SharedScorer
+from mmrerank.rerankers.mllm.shared import ImageCache, SharedScorer
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,
     MONOQWEN_PROMPT,
@@ -49,6 +49,8 @@ SCORE_MODES = ("logprob", "logit_diff", "logit", "probability")
 SCORING_PATHS = ("shared", "plain")
 # The shared path's default bound on rows x tokens of one language-model pass (and visual tokens of a vision pass).
 DEFAULT_MAX_TOKENS_PER_BATCH = 16384
+# The shared path keeps the vision features of this many visual tokens across `score` calls (64 pages of 1,024).
+DEFAULT_IMAGE_CACHE_TOKENS = 65536
 
 
 SETTINGS_FILE, HEAD_FILE = "reranker.json", "head.safetensors"
@@ -246,6 +248,9 @@ class MLLMReranker(Reranker, nn.Module):
         max_tokens_per_batch: the shared path's bound on rows x (cached + new) tokens of one language-model pass
             and on the visual tokens of one vision pass, which bounds peak memory whatever the page sizes (None: only
             `batch_size` bounds a pass).
+        image_cache_tokens: the shared path keeps the vision features of the images it scored across `score` calls
+            (a rerank scores its run in several calls), up to this many visual tokens, least recently used dropped
+            first; emptied whenever the vision weights change (None: no bound; 0: within a call only).
         attn_implementation: the model's attention (`"sdpa"`, `"eager"`, or `"flash_attention_2"` on a GPU with
             the flash-attn package).
     """
@@ -260,6 +265,7 @@ class MLLMReranker(Reranker, nn.Module):
                  head_offset: float = 0.0, head_prefix: str | None = None,
                  vision_resize: dict[str, int | None] | None = None, scoring: str = "shared",
                  max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+                 image_cache_tokens: int | None = DEFAULT_IMAGE_CACHE_TOKENS,
                  attn_implementation: str = "sdpa") -> None:
         super().__init__()
         if score not in SCORE_MODES:
@@ -283,6 +289,7 @@ class MLLMReranker(Reranker, nn.Module):
         self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
         self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
         self.scoring, self.max_tokens_per_batch = scoring, max_tokens_per_batch
+        self.image_cache = ImageCache(image_cache_tokens)
         device = _resolve_device(device)
         # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
         # change a preset's options for every later load in the process
@@ -462,7 +469,8 @@ class MLLMReranker(Reranker, nn.Module):
         self.eval()  # LoRA dropout must be off when scoring, even mid-training (e.g. validation)
         try:
             if self.scoring == "shared":
-                hidden = SharedScorer(self, self.batch_size, self.max_tokens_per_batch).hidden(queries, candidates)
+                scorer = SharedScorer(self, self.batch_size, self.max_tokens_per_batch, self.image_cache)
+                hidden = scorer.hidden(queries, candidates)
                 return self.scores_from(self.output_from(hidden)).cpu()
             out = [self.scores_from(self(queries[i:i + self.batch_size], candidates[i:i + self.batch_size])).cpu()
                    for i in range(0, len(queries), self.batch_size)]

@@ -17,6 +17,10 @@ through the language model ten times. Here, within one `score` call:
    `batch_size` rows and `max_tokens_per_batch` cached + new tokens, which bounds peak memory whatever the page
    sizes.
 
+Across calls, the reranker's `ImageCache` keeps the vision features of the images scored (a rerank scores its run
+in several calls, which share images), up to `image_cache_tokens` visual tokens, and drops them all when the vision
+tower's weights change.
+
 The score of every pair is that of the plain path up to float rounding (the same token ids, positions and image
 features; attention over the same keys): the tests compare both per preset to 1e-5 in fp32.
 """
@@ -24,6 +28,7 @@ features; attention over the same keys): the tests compare both per preset to 1e
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,13 +55,13 @@ class EncodedImage:
     """One distinct image of a `score` call: its processor outputs, then its vision features.
 
     Attributes:
-        pixel_values: `[patches, C*T*P*P]` from the image processor.
+        pixel_values: `[patches, C*T*P*P]` from the image processor (None once encoded).
         grid_thw: `[3]` its (temporal, height, width) patch grid.
         features: `[tokens, d]` the vision tower's merged output (tokens = prod(grid_thw) / merge^2).
         deepstack: Qwen3-VL's per-layer `[tokens, d]` features, else None.
     """
 
-    pixel_values: Tensor
+    pixel_values: Tensor | None
     grid_thw: Tensor
     features: Tensor | None = None
     deepstack: list[Tensor] | None = None
@@ -78,17 +83,20 @@ class PairInput:
 
 
 class ImageIndex:
-    """Names each distinct image of a call: the same object, or an equal image in another object (a benchmark that
-    resizes a corpus image for every pair), gets the same key.
+    """Names each distinct image: the same object, or an equal image in another object (a benchmark that resizes a
+    corpus image for every pair), gets the same key.
 
     Hashing a page's pixels costs more than the rest of its bookkeeping (~3 ms a megapixel), so an image is first
     compared at a glance -- mode, size and a 16 x 16 nearest-neighbour sample -- and its pixels are hashed only when
-    another image of the call looks the same.
+    an image seen before looks the same. Objects are recognised by id within one call (`end_call` forgets them, so
+    that the copies a caller makes are not all held); the first image of each key is held until `forget`.
     """
 
     def __init__(self) -> None:
         self.by_id: dict[int, tuple[Image.Image, int]] = {}  # the image is held so that its id is not reused
         self.by_glance: dict[tuple, list[list]] = {}  # glance -> [[image, digest or None, key], ...]
+        self.glances: dict[int, tuple] = {}  # key -> its glance
+        self.next_key = 0
 
     def key(self, image: Image.Image) -> tuple[int, bool]:
         """(the image's key, whether it is new to this index)."""
@@ -96,7 +104,7 @@ class ImageIndex:
             return self.by_id[id(image)][1], False
         glance = (image.mode, image.size, image.resize((16, 16), Image.NEAREST).tobytes())
         alike = self.by_glance.setdefault(glance, [])
-        key = None
+        key, digest = None, None
         if alike:
             digest = _digest(image)
             for entry in alike:
@@ -106,10 +114,54 @@ class ImageIndex:
                     break
         new = key is None
         if new:
-            key = len(self.by_id)
-            alike.append([image, None if not alike else digest, key])
+            key, self.next_key = self.next_key, self.next_key + 1
+            alike.append([image, digest, key])
+            self.glances[key] = glance
         self.by_id[id(image)] = (image, key)
         return key, new
+
+    def end_call(self) -> None:
+        self.by_id.clear()
+
+    def forget(self, key: int) -> None:
+        glance = self.glances.pop(key)
+        self.by_glance[glance] = [entry for entry in self.by_glance[glance] if entry[2] != key]
+
+
+class ImageCache:
+    """The images a reranker has prepared and encoded, by `ImageIndex` key, kept across `score` calls (a rerank
+    scores its run in several calls, which share images) up to `capacity` visual tokens, the least recently used
+    dropped first; emptied when the vision tower's weights change (training between two calls).
+
+    Each entry keeps the vision features, not the pixels (dropped once encoded): a page of 1,024 visual tokens is
+    1,024 x hidden numbers (3 MB for Qwen2-VL-2B in bf16).
+    """
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.index = ImageIndex()
+        self.images: OrderedDict[int, EncodedImage] = OrderedDict()
+        self.signature: tuple | None = None
+
+    def check(self, vision: torch.nn.Module) -> None:
+        """Empty the cache if `vision`'s weights changed since the last call (another tensor, or updated in place:
+        each in-place update bumps a tensor's version)."""
+        signature = tuple((p.data_ptr(), p._version, p.dtype) for p in vision.parameters())
+        if signature != self.signature:
+            self.clear()
+            self.signature = signature
+
+    def clear(self) -> None:
+        self.index, self.images = ImageIndex(), OrderedDict()
+
+    def end_call(self, merge: int) -> None:
+        """Forget the call's objects, and drop the least recently used images beyond `capacity` visual tokens."""
+        self.index.end_call()
+        tokens = sum(int(image.grid_thw.prod()) // merge ** 2 for image in self.images.values())
+        while self.images and self.capacity is not None and tokens > self.capacity:
+            key, image = self.images.popitem(last=False)
+            tokens -= int(image.grid_thw.prod()) // merge ** 2
+            self.index.forget(key)
 
 
 def _digest(image: Image.Image) -> bytes:
@@ -126,7 +178,8 @@ class SharedScorer:
             per vision pass (None: no bound but `batch_size`); a single longer sequence or image runs alone.
     """
 
-    def __init__(self, reranker, batch_size: int, max_tokens_per_batch: int | None) -> None:
+    def __init__(self, reranker, batch_size: int, max_tokens_per_batch: int | None,
+                 cache: ImageCache | None = None) -> None:
         self.reranker, self.batch_size = reranker, batch_size
         self.budget = max_tokens_per_batch or float("inf")
         self.processor = reranker.processor
@@ -135,8 +188,9 @@ class SharedScorer:
         self.image_token_id = self.processor.image_token_id
         self.vision_start_id = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
         self.merge = self.processor.image_processor.merge_size
-        self.images: dict[int, EncodedImage] = {}
-        self.index = ImageIndex()
+        self.cache = cache if cache is not None else ImageCache(capacity=0)
+        self.cache.check(self.backbone.visual)
+        self.images, self.index = self.cache.images, self.cache.index
         self.shapes: dict[tuple, tuple[list[int], list[str]]] = {}  # see `_pair`
         self.positions: dict[tuple, Tensor] = {}
 
@@ -144,8 +198,14 @@ class SharedScorer:
     def hidden(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
         """`[B, d]` the last layer's hidden state at the last position of each pair `queries[i]`, `candidates[i]`
         (where the plain path reads its score)."""
-        pairs = [self._pair(q, c) for q, c in zip(queries, candidates)]
-        self._encode_images()
+        try:
+            pairs = [self._pair(q, c) for q, c in zip(queries, candidates)]
+            self._encode_images()
+            return self._hidden(pairs)
+        finally:
+            self.cache.end_call(self.merge)
+
+    def _hidden(self, pairs: list[PairInput]) -> Tensor:
         self._plan_prefixes(pairs)
         hidden = torch.empty(len(pairs), self.backbone.config.get_text_config().hidden_size, device=self.device,
                              dtype=self.backbone.dtype)
@@ -199,6 +259,7 @@ class SharedScorer:
         if new:
             out = self.processor.image_processor(images=[self.reranker._prepare_image(image)], return_tensors="pt")
             self.images[key] = EncodedImage(out["pixel_values"], out["image_grid_thw"][0])
+        self.images.move_to_end(key)  # the most recently used go last (`ImageCache.end_call` drops the first)
         return key
 
     def _n_tokens(self, key: int) -> int:
@@ -217,15 +278,16 @@ class SharedScorer:
         return self.positions[(shape, grids)]
 
     def _encode_images(self) -> None:
-        """Every distinct image through the vision tower once, at most `budget` visual tokens a pass."""
-        keys = list(self.images)
+        """Every distinct image not encoded yet through the vision tower once, at most `budget` visual tokens a pass;
+        its pixels are then dropped."""
+        keys = [key for key, image in self.images.items() if image.features is None]
         for chunk in _chunks(keys, [self._n_tokens(k) for k in keys], self.budget, limit=None):
             pixels = torch.cat([self.images[k].pixel_values for k in chunk]).to(self.device)
             grids = torch.stack([self.images[k].grid_thw for k in chunk]).to(self.device)
             out = self.backbone.get_image_features(pixels, grids, return_dict=True)
             deepstack = getattr(out, "deepstack_features", None)
             for i, key in enumerate(chunk):
-                self.images[key].features = out.pooler_output[i]
+                self.images[key].features, self.images[key].pixel_values = out.pooler_output[i], None
                 self.images[key].deepstack = [layer[i] for layer in deepstack] if deepstack else None
 
     def _features(self, keys: list[int]) -> dict[str, ImageFeatures] | None:

@@ -191,3 +191,44 @@ def test_image_index_tells_equal_images_from_lookalikes():
     assert new and lookalike != first
     assert index.key(other.copy()) == (lookalike, False)
     assert index.key(_image(8, (64, 64)))[1]
+
+
+def _vision_calls(reranker):
+    """A list that gets the `grid_thw` of each vision-tower pass (and the hook's handle)."""
+    seen = []
+    backbone, _ = reranker._language_model_parts()
+    handle = backbone.visual.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["grid_thw"]),
+                                                   with_kwargs=True)
+    return seen, handle
+
+
+def test_images_are_kept_across_calls_until_the_weights_change(folders):
+    """Two calls over the same images (as a rerank's batches): the second encodes none; after an in-place update of
+    the vision weights (a training step) they are encoded again and the scores follow the new weights."""
+    reranker = load_reranker(folders[MONOQWEN], preset=MONOQWEN, device="cpu", batch_size=4)
+    queries, documents = _image_pairs()
+    half = len(queries) // 2
+    seen, handle = _vision_calls(reranker)
+    try:
+        first = _scores(reranker, "shared", queries[:half], documents[:half])
+        assert len(torch.cat(seen)) == len(IMAGES)
+        seen.clear()
+        second = _scores(reranker, "shared", queries[half:], [_copy(d) for d in documents[half:]])
+        assert not seen
+        plain = _scores(reranker, "plain", queries, documents)
+        assert (torch.cat([first, second]) - plain).abs().max() <= 1e-5
+        backbone, _ = reranker._language_model_parts()
+        with torch.no_grad():
+            next(backbone.visual.parameters()).mul_(1.5)
+        seen.clear()
+        updated = _scores(reranker, "shared", queries, documents)
+        assert len(torch.cat(seen)) == len(IMAGES)
+        assert (updated - _scores(reranker, "plain", queries, documents)).abs().max() <= 1e-5
+        assert (updated - plain).abs().max() > 1e-4
+        reranker.image_cache.capacity = 0  # nothing kept between calls
+        _scores(reranker, "shared", queries, documents)
+        seen.clear()
+        _scores(reranker, "shared", queries, documents)
+        assert len(torch.cat(seen)) == len(IMAGES)
+    finally:
+        handle.remove()
