@@ -232,3 +232,24 @@ def test_images_are_kept_across_calls_until_the_weights_change(folders):
         assert len(torch.cat(seen)) == len(IMAGES)
     finally:
         handle.remove()
+
+
+def test_resized_images_resizes_each_corpus_image_once():
+    """The benchmark's t2i wrapper passes one resized object per corpus row, so the pairs that share an image share
+    it by identity (and the resize is done once)."""
+    from types import SimpleNamespace
+
+    from mmrerank.rerankers.mllm.benchmark import ResizedImages
+
+    got = {}
+
+    class Recorder:
+        def score(self, queries, candidates):
+            got["candidates"] = candidates
+            return torch.zeros(len(candidates))
+
+    task = SimpleNamespace(queries=QUERIES, corpus=IMAGES)
+    ResizedImages(Recorder(), 32).score_rows(task, torch.tensor([0, 0, 1, 1]), torch.tensor([2, 0, 2, 0]), None)
+    first, second, third, fourth = got["candidates"]
+    assert first is third and second is fourth and first is not second
+    assert first.size == (32, 32) and first.tobytes() == IMAGES[2].resize((32, 32), Image.BICUBIC).tobytes()
