@@ -4,12 +4,13 @@ Two workloads with the tiny random Qwen2-VL (`build_tiny_vlm`), fp32 on CPU, Mon
 
 - t2i: 50 captions x their top 16 of 100 images (800 pairs, each image in 8 of them), 112 x 112 images (the
   benchmark's `image_size`);
-- pages: 20 questions x their top 10 of 40 page images of 448 x 448 to 672 x 672 pixels (200 pairs, each page in 5).
+- pages: 20 questions x their top 10 of 40 page images of 448 x 448 to 672 x 672 pixels (200 pairs, each page in 5),
+  read at up to 1,024 visual tokens (Qwen2-VL's usual cap; 256 to 576 tokens here) instead of the tiny model's 16.
 
 Both paths score the same pairs at the same batch size in one `score` call, in one process (the shared path's image
 cache emptied before each run, so every run encodes its images), timed alternately (`plain`, `shared`, then
 again: the machine is shared, so each repeat gives a ratio and the median ratio is reported). Then the peak memory of
-scoring pages of mixed sizes (448 to 1344 pixels a side) at a fixed batch size, for the plain path and the shared one
+scoring pages of mixed sizes (448 to 896 pixels a side) at a fixed batch size, for the plain path and the shared one
 under several `max_tokens_per_batch`: each run in its own child process, as the rise of its peak resident set size
 (`ru_maxrss`) over the resident size just before scoring (torch's CPU allocator keeps no peak statistics). Run from
 the repo root:
@@ -40,6 +41,11 @@ from common import cpu_model  # scripts/common.py (scripts/ is on sys.path)
 from PIL import Image
 
 from mmrerank.rerankers.mllm import MLLMReranker, build_tiny_vlm
+
+# The tiny model's own processor caps images at 112 x 112 pixels (16 visual tokens); pages are read at Qwen2-VL's
+# usual cap instead, 1,024 visual tokens (a 448 x 448 page: 256 tokens; 896 x 896: 1,024), as a real page reranker
+# reads them.
+PAGE_PROCESSOR = {"min_pixels": 56 * 56, "max_pixels": 1024 * 28 * 28}
 
 WORDS = ("red blue green cat dog tower bridge chart table page invoice figure river car tree report revenue museum "
          "annual budget map street woman man child plays holds a the on in with").split()
@@ -87,24 +93,41 @@ def time_paths(reranker: MLLMReranker, queries, candidates, repeats: int) -> dic
 
 
 def _memory_child(folder: str, scoring: str, budget: int | None, batch_size: int, seed: int, queue) -> None:
-    """In a fresh process: score the mixed-size pages, report the peak RSS rise in MiB."""
+    """In a fresh process: score the mixed-size pages; report the peak RSS rise in MiB, and the largest
+    language-model pass (rows x (cached + new) tokens) and vision pass (visual tokens) seen by forward hooks."""
     import psutil
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(seed)
-    sides = [448, 672, 896, 1120, 1344]
+    sides = [448, 560, 672, 784, 896]
     pages = [_image(rng, int(rng.choice(sides)), int(rng.choice(sides))) for _ in range(24)]
     queries, candidates = workload(12, 8, pages, rng)
     reranker = MLLMReranker(folder, device="cpu", batch_size=batch_size, scoring=scoring,
-                            max_tokens_per_batch=budget)
+                            max_tokens_per_batch=budget, processor_kwargs=PAGE_PROCESSOR)
     reranker.score(queries[:1], candidates[:1])
+    reranker.image_cache.clear()
+    backbone, _ = reranker._language_model_parts()
+    largest = {"lm": 0, "vision": 0}
+
+    def lm_pass(module, args, kwargs):
+        embeds, cache = kwargs["inputs_embeds"], kwargs.get("cache")
+        cached = cache.get_seq_length() if cache is not None else 0
+        largest["lm"] = max(largest["lm"], embeds.shape[0] * (embeds.shape[1] + cached))
+
+    def vision_pass(module, args, kwargs):
+        tokens = int(kwargs["grid_thw"].prod(-1).sum()) // backbone.visual.spatial_merge_size ** 2
+        largest["vision"] = max(largest["vision"], tokens)
+
+    backbone.language_model.register_forward_pre_hook(lm_pass, with_kwargs=True)
+    backbone.visual.register_forward_pre_hook(vision_pass, with_kwargs=True)
     before = psutil.Process().memory_info().rss
     reranker.score(queries, candidates)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    queue.put((peak - before) / 2 ** 20)
+    queue.put(((peak - before) / 2 ** 20, largest["lm"], largest["vision"]))
 
 
-def peak_memory(folder: str, scoring: str, budget: int | None, batch_size: int, seed: int) -> float:
+def peak_memory(folder: str, scoring: str, budget: int | None, batch_size: int, seed: int) -> tuple:
+    """(peak RSS rise in MiB, largest language-model pass, largest vision pass) of one child process's run."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_memory_child, args=(folder, scoring, budget, batch_size, seed, queue))
@@ -135,11 +158,12 @@ def main(argv: list[str] | None = None) -> None:
         t2i = time_paths(reranker, *workload(50, 16, images, rng), args.repeats)
         sides = [448, 560, 672]
         pages = [_image(rng, int(rng.choice(sides)), int(rng.choice(sides))) for _ in range(40)]
+        reranker = MLLMReranker(folder, device="cpu", batch_size=args.batch_size, processor_kwargs=PAGE_PROCESSOR)
         page = time_paths(reranker, *workload(20, 10, pages, rng), args.repeats)
         memory = []
         if not args.no_memory:
             for scoring, budget in [("plain", None), ("shared", None)] + [("shared", b) for b in args.budgets]:
-                memory.append((scoring, budget, peak_memory(folder, scoring, budget, args.batch_size, args.seed)))
+                memory.append((scoring, budget, *peak_memory(folder, scoring, budget, args.batch_size, args.seed)))
     load_after = os.getloadavg()
 
     command = "python " + " ".join(shlex.quote(a) for a in ["scripts/bench_mllm_throughput.py", *sys.argv[1:]])
@@ -154,16 +178,18 @@ def main(argv: list[str] | None = None) -> None:
     print("| workload | pairs | plain pairs/s | shared pairs/s | speed-up (median of ratios) | max abs diff |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, row in (("t2i: 50 captions x top-16 of 100 images, 112 px", t2i),
-                      ("pages: 20 questions x top-10 of 40 pages, 448-672 px", page)):
+                      ("pages: 20 questions x top-10 of 40 pages, 448-672 px (256-576 visual tokens)", page)):
         print(f"| {name} | {row['pairs']} | {row['plain']:.1f} | {row['shared']:.1f} | {row['ratio']:.2f}x "
               f"({', '.join(f'{r:.2f}' for r in row['ratios'])}) | {row['diff']:.2e} |")
     if memory:
-        print("\nPeak memory scoring 96 pairs (12 questions x top-8 of 24 pages of 448 to 1344 px a side), batch size "
-              f"{args.batch_size}: rise of the child process's peak RSS over its RSS before scoring\n")
-        print("| path | max_tokens_per_batch | peak RSS rise (MiB) |")
-        print("|---|---:|---:|")
-        for scoring, budget, mib in memory:
-            print(f"| {scoring} | {budget if budget else 'none'} | {mib:.0f} |")
+        print("\nPeak memory scoring 96 pairs (12 questions x top-8 of 24 pages of 448 to 896 px a side), batch size "
+              f"{args.batch_size}: rise of the child process's peak RSS (`ru_maxrss`) over its RSS before scoring, "
+              "and the largest pass (language model: rows x (cached + new) tokens; vision tower: visual tokens)\n")
+        print("| path | max_tokens_per_batch | peak RSS rise (MiB) | largest LM pass (tokens) | "
+              "largest vision pass (tokens) |")
+        print("|---|---:|---:|---:|---:|")
+        for scoring, budget, mib, lm, vision in memory:
+            print(f"| {scoring} | {budget if budget else 'none'} | {mib:.0f} | {lm} | {vision} |")
     diff = max(t2i["diff"], page["diff"])
     print(f"\nspeed-up {t2i['ratio']:.2f}x (t2i), {page['ratio']:.2f}x (pages); max |diff| {diff:.1e}")
 
