@@ -253,3 +253,13 @@ def test_resized_images_resizes_each_corpus_image_once():
     first, second, third, fourth = got["candidates"]
     assert first is third and second is fourth and first is not second
     assert first.size == (32, 32) and first.tobytes() == IMAGES[2].resize((32, 32), Image.BICUBIC).tobytes()
+
+
+def test_attention_implementation_is_an_option(folders):
+    """`attn_implementation` reaches the model (eager here; flash_attention_2 needs a GPU) and scores as sdpa does."""
+    queries, documents = _image_pairs()
+    sdpa = load_reranker(folders[JINA], preset=JINA, device="cpu", batch_size=4)
+    eager = load_reranker(folders[JINA], preset=JINA, device="cpu", batch_size=4, attn_implementation="eager")
+    assert eager.model.config._attn_implementation == "eager" and sdpa.model.config._attn_implementation == "sdpa"
+    expected = _scores(sdpa, "plain", queries, documents)
+    assert (_scores(eager, "shared", queries, documents) - expected).abs().max() <= 1e-5
