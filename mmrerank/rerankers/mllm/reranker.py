@@ -251,6 +251,9 @@ class MLLMReranker(Reranker, nn.Module):
         image_cache_tokens: the shared path keeps the vision features of the images it scored across `score` calls
             (a rerank scores its run in several calls), up to this many visual tokens, least recently used dropped
             first; emptied whenever the vision weights change (None: no bound; 0: within a call only).
+        image_cache_dir: the shared path also writes each image's vision features here and reads them back in later
+            calls and processes, named by the image's content under a digest of the vision weights and the image
+            preparation settings (None: no on-disk cache).
         attn_implementation: the model's attention (`"sdpa"`, `"eager"`, or `"flash_attention_2"` on a GPU with
             the flash-attn package).
     """
@@ -266,7 +269,7 @@ class MLLMReranker(Reranker, nn.Module):
                  vision_resize: dict[str, int | None] | None = None, scoring: str = "shared",
                  max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
                  image_cache_tokens: int | None = DEFAULT_IMAGE_CACHE_TOKENS,
-                 attn_implementation: str = "sdpa") -> None:
+                 image_cache_dir: str | Path | None = None, attn_implementation: str = "sdpa") -> None:
         super().__init__()
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
@@ -289,7 +292,7 @@ class MLLMReranker(Reranker, nn.Module):
         self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
         self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
         self.scoring, self.max_tokens_per_batch = scoring, max_tokens_per_batch
-        self.image_cache = ImageCache(image_cache_tokens)
+        self.image_cache = ImageCache(image_cache_tokens, image_cache_dir)
         device = _resolve_device(device)
         # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
         # change a preset's options for every later load in the process

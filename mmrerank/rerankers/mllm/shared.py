@@ -28,9 +28,11 @@ features; attention over the same keys): the tests compare both per preset to 1e
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,6 +40,7 @@ from PIL import Image
 from torch import Tensor
 from transformers import DynamicCache
 
+from mmrerank.core.io import atomic_write
 from mmrerank.rerankers.mllm.templates import as_content
 
 
@@ -59,12 +62,14 @@ class EncodedImage:
         grid_thw: `[3]` its (temporal, height, width) patch grid.
         features: `[tokens, d]` the vision tower's merged output (tokens = prod(grid_thw) / merge^2).
         deepstack: Qwen3-VL's per-layer `[tokens, d]` features, else None.
+        path: where the on-disk cache writes it once encoded (None: not written).
     """
 
     pixel_values: Tensor | None
     grid_thw: Tensor
     features: Tensor | None = None
     deepstack: list[Tensor] | None = None
+    path: Path | None = None  # where an on-disk cache keeps it once encoded
 
 
 @dataclass
@@ -135,21 +140,38 @@ class ImageCache:
 
     Each entry keeps the vision features, not the pixels (dropped once encoded): a page of 1,024 visual tokens is
     1,024 x hidden numbers (3 MB for Qwen2-VL-2B in bf16).
+
+    With `folder`, the features are also written there (safetensors) and read back by later calls and processes,
+    named by the image's content (sha256 of mode, size and pixels) under a digest of the vision tower's weights and
+    of what prepares an image (the image processor's settings and the resize): another model or other pixel limits
+    never read them.
     """
 
-    def __init__(self, capacity: int | None) -> None:
-        self.capacity = capacity
+    def __init__(self, capacity: int | None, folder: str | Path | None = None) -> None:
+        self.capacity, self.folder = capacity, Path(folder) if folder is not None else None
         self.index = ImageIndex()
         self.images: OrderedDict[int, EncodedImage] = OrderedDict()
         self.signature: tuple | None = None
+        self.model_digest: str | None = None
 
-    def check(self, vision: torch.nn.Module) -> None:
+    def check(self, vision: torch.nn.Module, settings: str) -> None:
         """Empty the cache if `vision`'s weights changed since the last call (another tensor, or updated in place:
-        each in-place update bumps a tensor's version)."""
+        each in-place update bumps a tensor's version); with a folder, digest the weights and `settings` (what
+        prepares an image: the image processor's and resize settings) to name the folder's entries."""
         signature = tuple((p.data_ptr(), p._version, p.dtype) for p in vision.parameters())
         if signature != self.signature:
             self.clear()
             self.signature = signature
+            self.model_digest = _model_digest(vision, settings) if self.folder is not None else None
+
+    def path(self, image: Image.Image) -> Path | None:
+        """Where the folder keeps `image`'s features under this model: `<folder>/<model digest>/<content>.safetensors`
+        (None without a folder)."""
+        if self.folder is None:
+            return None
+        content = hashlib.sha256(image.tobytes())
+        content.update(f"{image.mode}{image.size}".encode())
+        return self.folder / self.model_digest / f"{content.hexdigest()}.safetensors"
 
     def clear(self) -> None:
         self.index, self.images = ImageIndex(), OrderedDict()
@@ -162,6 +184,33 @@ class ImageCache:
             key, image = self.images.popitem(last=False)
             tokens -= int(image.grid_thw.prod()) // merge ** 2
             self.index.forget(key)
+
+
+def _model_digest(vision: torch.nn.Module, settings: str) -> str:
+    """sha256 of the vision tower's weights (names, dtypes, shapes, bytes) and of `settings` (16 hex digits)."""
+    digest = hashlib.sha256(settings.encode())
+    for name, tensor in vision.state_dict().items():
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _load_features(path: Path) -> EncodedImage:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    deepstack = [tensors[f"deepstack.{i}"] for i in range(sum(k.startswith("deepstack.") for k in tensors))]
+    return EncodedImage(None, tensors["grid_thw"], tensors["features"], deepstack or None)
+
+
+def _save_features(path: Path, image: EncodedImage) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {"grid_thw": image.grid_thw, "features": image.features,
+               **{f"deepstack.{i}": t for i, t in enumerate(image.deepstack or [])}}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def _digest(image: Image.Image) -> bytes:
@@ -189,10 +238,15 @@ class SharedScorer:
         self.vision_start_id = self.processor.tokenizer.convert_tokens_to_ids("<|vision_start|>")
         self.merge = self.processor.image_processor.merge_size
         self.cache = cache if cache is not None else ImageCache(capacity=0)
-        self.cache.check(self.backbone.visual)
+        self.cache.check(self.backbone.visual, self._preparation())
         self.images, self.index = self.cache.images, self.cache.index
         self.shapes: dict[tuple, tuple[list[int], list[str]]] = {}  # see `_pair`
         self.positions: dict[tuple, Tensor] = {}
+
+    def _preparation(self) -> str:
+        """What turns an image into the vision tower's input: the image processor's settings and the resize."""
+        resize = self.reranker.vision_resize
+        return self.processor.image_processor.to_json_string() + json.dumps(resize.settings() if resize else None)
 
     @torch.no_grad()
     def hidden(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
@@ -257,8 +311,13 @@ class SharedScorer:
         """The image's key, preparing it the first time it is seen (as this object or an equal one)."""
         key, new = self.index.key(image)
         if new:
-            out = self.processor.image_processor(images=[self.reranker._prepare_image(image)], return_tensors="pt")
-            self.images[key] = EncodedImage(out["pixel_values"], out["image_grid_thw"][0])
+            path = self.cache.path(image)
+            if path is not None and path.is_file():
+                self.images[key] = _load_features(path)
+            else:
+                out = self.processor.image_processor(images=[self.reranker._prepare_image(image)],
+                                                     return_tensors="pt")
+                self.images[key] = EncodedImage(out["pixel_values"], out["image_grid_thw"][0], path=path)
         self.images.move_to_end(key)  # the most recently used go last (`ImageCache.end_call` drops the first)
         return key
 
@@ -287,8 +346,11 @@ class SharedScorer:
             out = self.backbone.get_image_features(pixels, grids, return_dict=True)
             deepstack = getattr(out, "deepstack_features", None)
             for i, key in enumerate(chunk):
-                self.images[key].features, self.images[key].pixel_values = out.pooler_output[i], None
-                self.images[key].deepstack = [layer[i] for layer in deepstack] if deepstack else None
+                image = self.images[key]
+                image.features, image.pixel_values = out.pooler_output[i], None
+                image.deepstack = [layer[i] for layer in deepstack] if deepstack else None
+                if image.path is not None:
+                    _save_features(image.path, image)
 
     def _features(self, keys: list[int]) -> dict[str, ImageFeatures] | None:
         """`mm_encoder_outputs` for a pass whose image tokens are those of `keys`, in row-major order."""

@@ -263,3 +263,30 @@ def test_attention_implementation_is_an_option(folders):
     assert eager.model.config._attn_implementation == "eager" and sdpa.model.config._attn_implementation == "sdpa"
     expected = _scores(sdpa, "plain", queries, documents)
     assert (_scores(eager, "shared", queries, documents) - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("preset", [MONOQWEN, QWEN3_VL_2B])
+def test_on_disk_cache_is_read_back_by_another_process_of_the_same_model_only(folders, preset, tmp_path):
+    """A second reranker on the same folder reads every image's features (Qwen3-VL's deepstack layers too) from the
+    on-disk cache and scores as the plain path; other pixel limits (another digest) encode them again."""
+    queries, documents = _image_pairs()
+    first = load_reranker(folders[preset], preset=preset, device="cpu", batch_size=4, image_cache_dir=tmp_path)
+    plain = _scores(first, "plain", queries, documents)
+    _scores(first, "shared", queries, documents)
+    assert len(list(tmp_path.glob("*/*.safetensors"))) == len(IMAGES)
+    second = load_reranker(folders[preset], preset=preset, device="cpu", batch_size=4, image_cache_dir=tmp_path)
+    seen, handle = _vision_calls(second)
+    try:
+        assert (_scores(second, "shared", queries, documents) - plain).abs().max() <= 1e-5
+        assert not seen
+    finally:
+        handle.remove()
+    other = load_reranker(folders[preset], preset=preset, device="cpu", batch_size=4, image_cache_dir=tmp_path,
+                          processor_kwargs={"min_pixels": 32 * 32, "max_pixels": 64 * 64})
+    seen, handle = _vision_calls(other)
+    try:
+        _scores(other, "shared", queries, documents)
+        assert len(torch.cat(seen)) == len(IMAGES)
+    finally:
+        handle.remove()
+    assert len(list(tmp_path.iterdir())) == 2
