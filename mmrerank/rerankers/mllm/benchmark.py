@@ -130,7 +130,14 @@ class ResizedImages(Reranker):
         self.reranker, self.size = reranker, size
 
     def score(self, queries: Sequence[Any], candidates: Sequence[Any]):
-        return self.reranker.score(queries, [c.resize((self.size, self.size), Image.BICUBIC) for c in candidates])
+        return self.reranker.score(queries, [self._resize(c) for c in candidates])
 
     def score_rows(self, task: RetrievalTask, query_rows, candidate_rows, first_stage):
-        return self.score([task.queries[int(i)] for i in query_rows], [task.corpus[int(d)] for d in candidate_rows])
+        """Each corpus image resized once, and passed as one object to every pair that has it (so the reranker
+        recognises it by identity)."""
+        resized = {int(d): self._resize(task.corpus[int(d)]) for d in candidate_rows.unique()}
+        return self.reranker.score([task.queries[int(i)] for i in query_rows],
+                                   [resized[int(d)] for d in candidate_rows])
+
+    def _resize(self, image: Image.Image) -> Image.Image:
+        return image.resize((self.size, self.size), Image.BICUBIC)

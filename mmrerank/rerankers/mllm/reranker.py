@@ -25,6 +25,7 @@ from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.mllm.resize import VisionResize
+from mmrerank.rerankers.mllm.shared import ImageCache, SharedScorer
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,
     MONOQWEN_PROMPT,
@@ -43,6 +44,13 @@ DEFAULT_OCR_PREFIX = MONOQWEN_OCR_PREFIX
 DEFAULT_MAX_OCR_CHARS = 2000
 # "probability": the number the cards print (the label softmax, or sigmoid(head - head_offset) with a head).
 SCORE_MODES = ("logprob", "logit_diff", "logit", "probability")
+# "shared": each distinct image encoded once per `score` call, shared prefixes run once (`shared.py`); "plain":
+# every pair through the processor and the whole model (the reference the shared path is tested against).
+SCORING_PATHS = ("shared", "plain")
+# The shared path's default bound on rows x tokens of one language-model pass (and visual tokens of a vision pass).
+DEFAULT_MAX_TOKENS_PER_BATCH = 16384
+# The shared path keeps the vision features of this many visual tokens across `score` calls (64 pages of 1,024).
+DEFAULT_IMAGE_CACHE_TOKENS = 65536
 
 
 SETTINGS_FILE, HEAD_FILE = "reranker.json", "head.safetensors"
@@ -233,6 +241,21 @@ class MLLMReranker(Reranker, nn.Module):
         head_offset: subtracted from the head's output before the sigmoid of `score="probability"`.
         head_prefix: load the head from the tensors under this prefix in the model's own checkpoint (jina-reranker-m0:
             `"score."`, as `score.0` / `score.2` or `score.dense` / `score.out_proj`).
+        scoring: how `score` runs: `"shared"` (each distinct image prepared and encoded once per call, the prefix
+            that pairs share -- a page and the prompt before the query for `monoqwen` / `jina`, the query for
+            `yes_no` -- run once with a key / value cache, passes bucketed by length; `shared.py`) or `"plain"`
+            (each pair through the processor and the whole model). Both give the same scores (to float rounding).
+        max_tokens_per_batch: the shared path's bound on rows x (cached + new) tokens of one language-model pass
+            and on the visual tokens of one vision pass, which bounds peak memory whatever the page sizes (None: only
+            `batch_size` bounds a pass).
+        image_cache_tokens: the shared path keeps the vision features of the images it scored across `score` calls
+            (a rerank scores its run in several calls), up to this many visual tokens, least recently used dropped
+            first; emptied whenever the vision weights change (None: no bound; 0: within a call only).
+        image_cache_dir: the shared path also writes each image's vision features here and reads them back in later
+            calls and processes, named by the image's content under a digest of the vision weights and the image
+            preparation settings (None: no on-disk cache).
+        attn_implementation: the model's attention (`"sdpa"`, `"eager"`, or `"flash_attention_2"` on a GPU with
+            the flash-attn package).
     """
 
     def __init__(self, model_name_or_path: str | Path, adapter: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
@@ -243,10 +266,18 @@ class MLLMReranker(Reranker, nn.Module):
                  merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int | None = None,
                  template: str = "monoqwen", instruction: str | None = None, score_token_id: int | None = None,
                  head_offset: float = 0.0, head_prefix: str | None = None,
-                 vision_resize: dict[str, int | None] | None = None) -> None:
+                 vision_resize: dict[str, int | None] | None = None, scoring: str = "shared",
+                 max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
+                 image_cache_tokens: int | None = DEFAULT_IMAGE_CACHE_TOKENS,
+                 image_cache_dir: str | Path | None = None, attn_implementation: str = "sdpa") -> None:
         super().__init__()
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
+        if scoring not in SCORING_PATHS:
+            raise ValueError(f"scoring must be one of {SCORING_PATHS}, got {scoring!r}")
+        if max_tokens_per_batch is not None and max_tokens_per_batch < 1:
+            raise ValueError(f"max_tokens_per_batch must be a positive number of tokens or None, got "
+                             f"{max_tokens_per_batch}")
         if head not in (None, "mlp"):
             raise ValueError(f"head must be None or 'mlp', got {head!r}")
         if head is None and (head_path is not None or head_prefix is not None):
@@ -260,6 +291,8 @@ class MLLMReranker(Reranker, nn.Module):
         self.labels, self.name_or_path, self.head_kind = tuple(labels), str(model_name_or_path), head
         self.instruction, self.score_token_id, self.head_offset = instruction, score_token_id, float(head_offset)
         self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
+        self.scoring, self.max_tokens_per_batch = scoring, max_tokens_per_batch
+        self.image_cache = ImageCache(image_cache_tokens, image_cache_dir)
         device = _resolve_device(device)
         # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
         # change a preset's options for every later load in the process
@@ -268,7 +301,8 @@ class MLLMReranker(Reranker, nn.Module):
         # Left padding puts every sequence's final token at position -1, so one index reads all the answers.
         self.processor.tokenizer.padding_side = "left"
         self.label_ids = resolve_label_ids(self.processor.tokenizer, self.labels)
-        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device))
+        model = AutoModelForImageTextToText.from_pretrained(model_name_or_path, dtype=_resolve_dtype(dtype, device),
+                                                            attn_implementation=attn_implementation)
         if adapter is not None:
             model = load_lora(model, adapter, merge=merge_adapter)
         self.model = model.to(device).eval()
@@ -400,8 +434,12 @@ class MLLMReranker(Reranker, nn.Module):
             `PairOutput` with `label_logits` `[B, 2]`, `head` `[B]` or None, `hidden` `[B, d]`.
         """
         inputs = self.encode(queries, candidates)
-        backbone, lm_head = self._language_model_parts()
-        hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, -1]  # [B, d]
+        backbone, _ = self._language_model_parts()
+        return self.output_from(backbone(**inputs, use_cache=False).last_hidden_state[:, -1])
+
+    def output_from(self, hidden: Tensor) -> PairOutput:
+        """The `PairOutput` read from the last position's hidden states `[B, d]`."""
+        _, lm_head = self._language_model_parts()
         label_logits = lm_head(hidden)[:, self.label_ids].float()  # [B, 2]
         head = self.head(hidden.float()).squeeze(-1) if self.head is not None else None
         return PairOutput(label_logits, head, hidden)
@@ -424,14 +462,21 @@ class MLLMReranker(Reranker, nn.Module):
 
     @torch.no_grad()
     def score(self, queries: Sequence[str], candidates: Sequence[Any]) -> Tensor:
-        """Relevance of each pair `queries[i]`, `candidates[i]` -> `[B]` float32 on CPU, `batch_size` pairs a pass."""
+        """Relevance of each pair `queries[i]`, `candidates[i]` -> `[B]` float32 on CPU, at most `batch_size` pairs a
+        pass, by the `scoring` path."""
         if len(queries) != len(candidates):
             raise ValueError(f"{len(queries)} queries for {len(candidates)} candidates")
+        if not len(queries):
+            return torch.zeros(0)
         was_training = self.training
         self.eval()  # LoRA dropout must be off when scoring, even mid-training (e.g. validation)
         try:
+            if self.scoring == "shared":
+                scorer = SharedScorer(self, self.batch_size, self.max_tokens_per_batch, self.image_cache)
+                hidden = scorer.hidden(queries, candidates)
+                return self.scores_from(self.output_from(hidden)).cpu()
             out = [self.scores_from(self(queries[i:i + self.batch_size], candidates[i:i + self.batch_size])).cpu()
                    for i in range(0, len(queries), self.batch_size)]
         finally:
             self.train(was_training)
-        return torch.cat(out) if out else torch.zeros(0)
+        return torch.cat(out)

@@ -123,6 +123,9 @@ class PairTemplate:
     # True: a document's text is always scored with its image, as the authors' code does; False: the card scores the
     # image alone, and the text that comes with an image is used only when the reranker's `use_ocr` asks for it.
     keeps_document_text: ClassVar[bool] = False
+    # True: the document comes first in the rendered text, so the pairs that rerank one document share a prefix
+    # (`shared.py` runs it once); False: the query comes first.
+    document_first: ClassVar[bool] = True
 
     def check(self, query: Content, document: Content) -> None:
         """Raise `ValueError` for a query or a document of a kind the card does not support."""
@@ -215,6 +218,7 @@ class YesNoTemplate(PairTemplate):
     query_kinds: ClassVar[tuple[str, ...]] = KINDS
     document_kinds: ClassVar[tuple[str, ...]] = KINDS
     keeps_document_text: ClassVar[bool] = True
+    document_first: ClassVar[bool] = False
 
     def _render(self, query: Content, document: Content, processor: Any) -> tuple[str, list[Image.Image]]:
         text = (f"<|im_start|>system\n{self.system}<|im_end|>\n<|im_start|>user\n<Instruct>: {self.instruction}"
