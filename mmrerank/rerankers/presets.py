@@ -82,8 +82,10 @@ def load_reranker(name_or_path: str | Path, preset: str | None = None, **options
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
         if kind is None:  # a hub id: the loader's own message names it
             raise
-        raise ValueError(f"{path} could not be loaded as preset {key!r} ({chosen.family} family): it is "
-                         f"{kind.description}; {kind.loader_hint()}. The loader said: {err}") from err
+        # a missing file stays an OSError (callers catch it as one); anything else is a wrong-folder ValueError
+        kind_of_error = OSError if isinstance(err, OSError) else ValueError
+        raise kind_of_error(f"{path} could not be loaded as preset {key!r} ({chosen.family} family): it is "
+                            f"{kind.description}; {kind.loader_hint()}. The loader said: {err}") from err
 
 
 def _load_saved(folder: Path, model_type: str, options: dict[str, Any]) -> Reranker:

@@ -69,7 +69,7 @@ def test_unknown_rows_and_columns_are_refused_before_any_work(tmp_path, monkeypa
     image_text = ImageText(measures=["Success@1", "Success@5"],
                            rerankers=[PresetRows("Salesforce/blip-itm-base-coco", row=BLIP_ROW)])
     with pytest.raises(ValueError, match="paper: .*" + message.replace("[", r"\[").replace("(", r"\(")):
-        benchmark(FirstStage(checkpoint=str(tmp_path / "never")), image_text, output_dir=str(tmp_path / "out"),
+        benchmark(FirstStage(save_to=str(tmp_path / "never")), image_text, output_dir=str(tmp_path / "out"),
                   progress=False, paper=Paper("test", rows))
     assert not (tmp_path / "out").exists()
 
@@ -77,7 +77,7 @@ def test_unknown_rows_and_columns_are_refused_before_any_work(tmp_path, monkeypa
 def pages_benchmark(tmp_path, paper: Paper, rerankers=()) -> Report:
     """BM25 over 4 synthetic documents: no model, no first stage (seconds)."""
     pages = Pages(PagesConfig(seed=5, documents=4, root=str(tmp_path / "pages")), depth=3, rerankers=list(rerankers))
-    return benchmark(FirstStage(checkpoint=str(tmp_path / "never")), ImageText(directions=[]), pages=pages,
+    return benchmark(FirstStage(save_to=str(tmp_path / "never")), ImageText(directions=[]), pages=pages,
                      output_dir=str(tmp_path / "out"), progress=False, paper=paper)
 
 

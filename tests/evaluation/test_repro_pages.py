@@ -56,7 +56,7 @@ def test_an_unknown_pages_column_is_refused_before_any_work(tmp_path, monkeypatc
     monkeypatch.setattr(Pages, "load", never_loaded)
     known = r"\['pages/macro/R@1', 'pages/macro/R@3', 'pages/macro/R@5', 'pages/micro/R@1'"
     with pytest.raises(ValueError, match=rf"paper: row 'BM25': column '{column}' is not among {known}"):
-        benchmark(FirstStage(checkpoint=str(tmp_path / "never")), ImageText(directions=[]),
+        benchmark(FirstStage(save_to=str(tmp_path / "never")), ImageText(directions=[]),
                   pages=tiny_pages(tmp_path), output_dir=str(tmp_path / "out"), progress=False,
                   paper=Paper("test", {"BM25": {column: 0.5}}))
     assert not (tmp_path / "out").exists()

@@ -54,7 +54,7 @@ def test_tiny_run_of_the_coco_repro_config(tiny_config, tmp_path):
     image_text = ImageText(Synthetic(synthetic=tiny_config), ["t2i", "i2t"], depth=4, rerank_depth=4,
                            measures=raw["image_text"]["measures"], rerankers=[rows])
     paper = Paper(**raw["paper"])
-    report = benchmark(FirstStage(checkpoint=str(tmp_path / "fs"), train_steps=2, batch_size=8), image_text,
+    report = benchmark(FirstStage(save_to=str(tmp_path / "fs"), train_steps=2, batch_size=8), image_text,
                        output_dir=str(tmp_path / "out"), progress=False, paper=paper)
     measured = report.rows[spec["row"]]
     compared = report.against_paper()
