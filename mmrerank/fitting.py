@@ -38,7 +38,9 @@ DONE = "fit.json"  # written last into a trained folder: the folder is whole
 class MMRerankCLI(LightningCLI):
     """Lightning's CLI over every mmrerank `LightningModule` and `LightningDataModule` (by `class_path`)."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, announce_saved: bool = True, **kwargs) -> None:
+        """`announce_saved`: print where the model went at the end (off where the caller moves it, and says so)."""
+        self.announce_saved = announce_saved  # read by `after_fit`, which runs inside `super().__init__`
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         with warnings.catch_warnings():  # `args` given while sys.argv holds the console script's (or a benchmark's)
             warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
@@ -64,7 +66,7 @@ class MMRerankCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """Say where the model went (the export folder, the checkpoints)."""
-        if not self.trainer.is_global_zero:
+        if not self.trainer.is_global_zero or not self.announce_saved:
             return
         saved = [str(Path(p).absolute()) for p in saved_paths(self.trainer, self.model)]
         print("saved: " + ("; ".join(saved) if saved else "nothing (no export_dir, no checkpoint written)"),
@@ -150,6 +152,8 @@ def train_missing(specs: list[RerankerSpec], first_stage: FirstStage, retrain: b
                                                                                    progress))
         if timings is not None and trains:
             timings[f"{type(spec).__name__} training"] = time.perf_counter() - start
+        if trains and progress and distributed.is_rank_zero():
+            print(f"saved: {folder / 'model'}", flush=True)
         spec.use_trained(str(folder / "model"))
 
 
@@ -183,6 +187,6 @@ def fit(spec: RerankerSpec, folder: Path, first_stage: FirstStage, progress: boo
             "--trainer.enable_model_summary=false", *([] if progress else ["--trainer.enable_progress_bar=false"])]
     if progress:
         print(f"training {type(spec).__name__}: mmrerank {' '.join(args)}", flush=True)
-    MMRerankCLI(args=args)
+    MMRerankCLI(args=args, announce_saved=False)  # trained in a temporary folder: `train_missing` names the final one
     write_checksums(folder / "model", folder / CHECKSUMS)  # verified each time the folder is reused
     atomic_write_json(folder / DONE, {"args": args})

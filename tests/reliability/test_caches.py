@@ -64,7 +64,7 @@ class FakeCLI:
 
     calls = 0
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], announce_saved: bool = True) -> None:
         type(self).calls += 1
         (export,) = [a.split("=", 1)[1] for a in args if a.startswith("--model.init_args.export_dir=")]
         Path(export).mkdir(parents=True)
@@ -96,6 +96,19 @@ def test_a_damaged_trained_reranker_is_trained_again_with_a_warning(damage, tmp_
         fitting.train_missing([spec()], stage, progress=False)
     assert FakeCLI.calls == 2 and damaged_files(folder / "model", folder / CHECKSUMS) == []
     assert load_file(str(folder / "model" / "model.safetensors"))["w"].sum() == 120
+
+
+def test_a_trained_recipe_is_announced_at_its_final_folder_not_the_temporary_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MMRERANK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fitting, "MMRerankCLI", FakeCLI)
+    config = tmp_path / "edje.yaml"
+    config.write_text("trainer: {max_steps: 5}\n")
+    spec = EDJERows(fit=FitRecipe(str(config)))
+    fitting.train_missing([spec], FirstStage(), progress=True)
+    (folder,) = (p for p in (tmp_path / "cache" / "trained").iterdir() if not p.name.startswith("."))
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("saved:")]
+    assert said == [f"saved: {folder / 'model'}"]  # the folder that stays, once, after the swap
+    assert spec.model == str(folder / "model")
 
 
 def python(code: str, **env: str) -> subprocess.Popen:
