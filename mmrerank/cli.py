@@ -57,7 +57,9 @@ def parse_function_args(function, prog: str, argv: list[str]) -> dict:
     parser = function_parser(function, prog)
     config = parser.parse_args(argv)
     try:
-        kwargs = parser.instantiate_classes(config).as_dict()
+        # `instantiate` since jsonargparse 4.49 (which warns on the old name); older releases have only the old one
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
+        kwargs = instantiate(config).as_dict()
     except (ValueError, TypeError, RuntimeError) as err:
         parser.error(str(root_cause(err)))
     if "device" in kwargs:

@@ -176,7 +176,8 @@ def build_reranker(spec: str | Reranker | Mapping[str, Any], device: str = "auto
 
         parser = ArgumentParser()
         parser.add_argument("--reranker", type=Reranker)
-        return parser.instantiate_classes(parser.parse_object({"reranker": dict(spec)})).reranker
+        instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # the new name since 4.49
+        return instantiate(parser.parse_object({"reranker": dict(spec)})).reranker
     from mmrerank.rerankers.presets import load_reranker
 
     return load_reranker(spec, device=device)
