@@ -244,12 +244,21 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp"))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
+    with _scratch_folder(path, suffix=".tmp") as tmp:
         yield tmp
         _fsync_tree(tmp)
         _swap_folder(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextmanager
+def _scratch_folder(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A new empty folder beside `path`, named for `sweep_leftovers` (owner tag), with `mkdir`'s mode; removed if
+    the block fails, and a full disk (ENOSPC) then named with `path`."""
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{_owner_tag()}.", suffix=suffix))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
+        yield tmp
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if err.errno == errno.ENOSPC:
@@ -258,7 +267,6 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(path.parent)
 
 
 # What a hub repository id can be (huggingface_hub's rule): one `name` or `owner/name` of letters, digits, `-_.`
@@ -314,9 +322,7 @@ def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], No
     with folder_lock(final):  # one process generates; a second waits here, then finds the marker
         if (final / marker).exists():
             return final
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{_owner_tag()}."))
-        try:
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0o700
+        with _scratch_folder(final) as tmp:
             generate(tmp)
             _fsync_tree(tmp)
             try:
@@ -326,14 +332,6 @@ def generate_folder_once(final: Path, marker: str, generate: Callable[[Path], No
                     shutil.rmtree(tmp)
                 else:  # a half-written folder is in the way
                     _swap_folder(tmp, final)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if err.errno == errno.ENOSPC:
-                raise _no_space(final) from err
-            raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     _fsync_dir(final.parent)
     return final
 
