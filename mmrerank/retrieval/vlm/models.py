@@ -149,14 +149,25 @@ class ColVisionEmbedder(BatchedEncoder):
         model: the backbone (`Qwen2VLModel` / `Qwen2_5_VLModel`, or `PaliGemmaForConditionalGeneration`).
         projection: `custom_text_proj`, `nn.Linear(hidden, 128)`.
         family: "colqwen" or "colpali" (their prompts and query tokens differ).
+        query_attention: ColPali only. "bidirectional" (default): every query token attends to every other, as
+            PaliGemma attends over its prefix, as ColPali's checkpoints were trained, and as colpali-engine 0.3.18
+            gives for a query in a batch without padding. "causal": what colpali-engine 0.3.18 under transformers 5
+            gives for a query in a padded batch (its text-only batches get no `token_type_ids`, and transformers 5
+            then builds a causal mask; with no padding at all, sdpa gets no mask and the PaliGemma text model, not
+            causal, attends both ways). The two differ by up to ~0.3 per value on the tiny model: in colpali-engine
+            a query's vectors depend on whether its batch was padded. Pages always get the processor's
+            `token_type_ids` (bidirectional), in both.
     """
 
     multi_vector = True
 
     def __init__(self, model, processor, projection: torch.nn.Linear, family: str, batch_size: int = 8,
-                 max_tokens_per_batch: int | None = None) -> None:
+                 max_tokens_per_batch: int | None = None, query_attention: str = "bidirectional") -> None:
         if family not in ("colqwen", "colpali"):
             raise ValueError(f"family={family!r}: expected 'colqwen' or 'colpali'")
+        if query_attention not in ("bidirectional", "causal"):
+            raise ValueError(f"query_attention={query_attention!r}: expected 'bidirectional' or 'causal'")
+        self.query_attention = query_attention
         super().__init__(model, processor, batch_size, max_tokens_per_batch)
         self.projection = projection.eval()
         self.family = family
@@ -166,7 +177,12 @@ class ColVisionEmbedder(BatchedEncoder):
         if self.family == "colpali":
             tok = self.tokenizer  # the PaliGemma processor set add_bos_token False: the bos is written out
             augmented = tok.bos_token + text + tok.pad_token * N_AUGMENTATION
-            return _single(tok([augmented], return_token_type_ids=False, return_tensors="pt"))
+            inputs = _single(tok([augmented], return_token_type_ids=False, return_tensors="pt"))
+            # PaliGemma's token types: 0 = one bidirectional block (the prefix), 1 = causal. Always given, so the mask
+            # does not depend on whether the batch happens to be padded (see `query_attention`).
+            fill = 0 if self.query_attention == "bidirectional" else 1
+            inputs["token_type_ids"] = torch.full_like(inputs["input_ids"], fill)
+            return inputs
         return _single(self.processor(text=[text + "<|endoftext|>" * N_AUGMENTATION], return_tensors="pt"))
 
     def _document_inputs(self, image: Image.Image, text: str | None) -> dict[str, Tensor]:

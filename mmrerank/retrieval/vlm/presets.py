@@ -91,7 +91,8 @@ def load_embedder(name_or_path: str | Path, preset: str | None = None, device: s
         device, dtype: where and in what precision the model runs.
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2" (GPU, fp16/bf16).
         batch_size, max_tokens_per_batch: rows and padded tokens per forward pass (inputs bucketed by length).
-        options: family options: `dim` (DSE, Qwen3-VL: Matryoshka cut), `query_instruction` (Qwen3-VL).
+        options: family options: `dim` (DSE, Qwen3-VL: Matryoshka cut), `query_instruction` (Qwen3-VL),
+            `query_attention` (ColPali: 'bidirectional' or 'causal', see `ColVisionEmbedder`).
 
     Raises:
         ValueError: an unknown preset or attention implementation (before any loading).
@@ -135,4 +136,5 @@ def load_embedder(name_or_path: str | Path, preset: str | None = None, device: s
     model = PaliGemmaForConditionalGeneration.from_pretrained(folder, key_mapping=_COLPALI_KEYS, **common).to(device)
     processor = AutoProcessor.from_pretrained(folder)
     proj = _projection(folder, model.config.text_config.hidden_size).to(device, model.dtype)
-    return ColVisionEmbedder(model, processor, proj, "colpali", **sizes)
+    return ColVisionEmbedder(model, processor, proj, "colpali",
+                             query_attention=options.get("query_attention", "bidirectional"), **sizes)
