@@ -3,12 +3,14 @@
 
 Each builds its inputs as the authors' code does (facts carried over, code written here):
 
-- DSE-Qwen2 (MrLight/dse-qwen2-2b-mrl-v1, its model card / Tevatron's DSE): a Qwen2-VL chat turn with an image and a
-  text, the generation prompt, then `<|endoftext|>`; the query turn holds a black 28x28 placeholder image resized
-  (qwen-vl-utils, `resized_height = resized_width = 1`) to 56x56 and `Query: {query}`; the document turn holds the
-  page resized to 680x680 requested (672x672 after rounding to 28) and `What is shown in this image?`. The processor
-  keeps 28*28 to 2560*28*28 pixels. The embedding is the last token's final hidden state, cut to its first `dim`
-  values (Matryoshka) and L2-normalised.
+- DSE-Qwen2 (MrLight/dse-qwen2-2b-mrl-v1; Tevatron's `examples/dse/qwen`, `EncodeCollator` and `DSEModel`, the code
+  that trained and encodes it): a Qwen2-VL user turn (the chat template adds its default system turn) with an image
+  and a text, no generation prompt, then `<|endoftext|>`; the query turn holds a black 28x28 placeholder image
+  resized by qwen-vl-utils (`resized_height = resized_width = 1`) to 56x56, and `Query: {query}`; the document turn
+  holds the page resized to 748x748 requested (756x756 after rounding to 28) and `What is shown in this image?`.
+  The processor keeps 28*28 to 2560*28*28 pixels, left padding. The embedding is the last position's final hidden
+  state (`pooling eos`), L2-normalised; `dim` cuts it first (Matryoshka, as the model's name says). The model card's
+  own snippet (not readable here) is reported to use the generation prompt and 680x680 pages: both are options.
 - Qwen3-VL-Embedding (QwenLM/Qwen3-VL-Embedding, `src/models/qwen3_vl_embedding.py`): a system turn with the
   instruction (default `Represent the user's input.`; a '.' is added when it ends without punctuation), a user turn
   with the image(s) first and the text after (`NULL` when empty), the generation prompt; images resized by
@@ -41,7 +43,7 @@ from mmrerank.retrieval.vlm.base import BatchedEncoder, last_token
 
 # DSE's card: the processor's pixel limits and the two requested sizes (qwen-vl-utils rounds them to factor 28).
 DSE_MIN_PIXELS, DSE_MAX_PIXELS = 28 * 28, 2560 * 28 * 28
-DSE_QUERY_SIZE, DSE_DOCUMENT_SIZE = 1, 680
+DSE_QUERY_SIZE, DSE_DOCUMENT_SIZE = 1, 748
 DSE_QUERY_PREFIX, DSE_DOCUMENT_PROMPT = "Query: ", "What is shown in this image?"
 # Qwen3-VL-Embedding's constants (factor 32 = 16-pixel patches x 2x2 merge).
 QWEN3_FACTOR, QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS = 32, 4 * 32 * 32, 1800 * 32 * 32
@@ -72,17 +74,22 @@ class DSEEmbedder(BatchedEncoder):
         model, processor: the loaded model and its `Qwen2VLProcessor` (pixel limits as the card sets them).
         dim: Matryoshka cut (None: the full hidden size).
         batch_size, max_tokens_per_batch: rows and padded tokens per forward pass.
+        document_size, generation_prompt: the page's requested side (748, Tevatron's) and whether the chat template's
+            generation prompt is added (False, Tevatron's); 680 and True are the card's reported values.
     """
 
     def __init__(self, model, processor, dim: int | None = None, batch_size: int = 8,
-                 max_tokens_per_batch: int | None = None) -> None:
+                 max_tokens_per_batch: int | None = None, document_size: int = DSE_DOCUMENT_SIZE,
+                 generation_prompt: bool = False) -> None:
         super().__init__(model, processor, batch_size, max_tokens_per_batch)
         self.dim = dim or model.config.text_config.hidden_size
+        self.document_size, self.generation_prompt = document_size, generation_prompt
         self.placeholder = Image.new("RGB", (28, 28))
 
     def _turn(self, image: Image.Image, size: int, text: str) -> dict[str, Tensor]:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-        prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt = self.processor.apply_chat_template(messages, tokenize=False,
+                                                    add_generation_prompt=self.generation_prompt)
         image = _qwen_resized(image, size, size, 28)
         return _single(self.processor(text=[prompt + "<|endoftext|>"], images=[image], return_tensors="pt"))
 
@@ -90,7 +97,7 @@ class DSEEmbedder(BatchedEncoder):
         return self._turn(self.placeholder, DSE_QUERY_SIZE, DSE_QUERY_PREFIX + text)
 
     def _document_inputs(self, image: Image.Image, text: str | None) -> dict[str, Tensor]:
-        return self._turn(image, DSE_DOCUMENT_SIZE, DSE_DOCUMENT_PROMPT)
+        return self._turn(image, self.document_size, DSE_DOCUMENT_PROMPT)
 
     def _embed(self, inputs: dict[str, Tensor]) -> Tensor:
         hidden = self.model.model(**inputs, use_cache=False).last_hidden_state  # [B, L, h]

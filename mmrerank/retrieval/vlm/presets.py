@@ -114,7 +114,8 @@ def load_embedder(name_or_path: str | Path, preset: str | None = None, device: s
         model = Qwen2VLForConditionalGeneration.from_pretrained(folder, **common).to(device)
         processor = AutoProcessor.from_pretrained(folder, min_pixels=DSE_MIN_PIXELS, max_pixels=DSE_MAX_PIXELS)
         processor.tokenizer.padding_side = "left"  # the card's setting
-        return DSEEmbedder(model, processor, dim=options.get("dim"), **sizes)
+        dse = {k: options[k] for k in ("dim", "document_size", "generation_prompt") if k in options}
+        return DSEEmbedder(model, processor, **dse, **sizes)
     if family == "qwen3_vl":
         from transformers import Qwen3VLForConditionalGeneration
 

@@ -9,6 +9,7 @@ late-interaction models the projection saved as `custom_text_proj.*` beside the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -140,11 +141,52 @@ def _projection(hidden: int, seed: int) -> torch.nn.Linear:
     return torch.nn.Linear(hidden, 128)
 
 
+def _hub_config(folder: Path) -> None:
+    """Rewrite `config.json` in the 2024 hub layout of Qwen2-VL (MrLight/dse-qwen2-2b-mrl-v1's, saved by
+    transformers 4.45): the text model's settings at the top level (no `text_config`), the rotary settings as
+    `rope_scaling` {type mrope, mrope_section} and `rope_theta`. transformers 4 reads only that layout; 5 reads it too."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    text = config.pop("text_config")
+    rope = text.pop("rope_parameters")
+    for key, value in text.items():
+        config.setdefault(key, value)
+    config.update(rope_scaling={"type": "mrope", "mrope_section": rope["mrope_section"]}, rope_theta=rope["rope_theta"],
+                  model_type="qwen2_vl", architectures=["Qwen2VLForConditionalGeneration"])
+    path.write_text(json.dumps(config, indent=2))
+
+
+def _hub_processor(folder: Path) -> None:
+    """Rewrite the saved processor as the 2024 Qwen2-VL repositories (DSE's included) hold it, readable by
+    transformers 4 and 5: `preprocessor_config.json` with top-level `min_pixels` / `max_pixels` (Qwen2-VL-2B's
+    3136 / 12845056; DSE's users pass the card's limits when loading), `chat_template.json`, a tokenizer config
+    naming `Qwen2Tokenizer`, and no transformers 5 `processor_config.json`."""
+    for name in ("processor_config.json", "chat_template.jinja", "video_preprocessor_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    clip_mean, clip_std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    preprocessor = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2,
+                    "merge_size": 2, "image_mean": clip_mean, "image_std": clip_std,
+                    "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor"}
+    (folder / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}, indent=2))
+    path = folder / "tokenizer_config.json"
+    tokenizer = json.loads(path.read_text())
+    tokenizer.pop("backend", None)
+    tokenizer.update(tokenizer_class="Qwen2Tokenizer", processor_class="Qwen2VLProcessor", model_max_length=32768,
+                     chat_template=QWEN2_VL_CHAT_TEMPLATE, bos_token=None, eos_token="<|im_end|>",
+                     pad_token="<|endoftext|>", padding_side="left", errors="replace", split_special_tokens=False)
+    path.write_text(json.dumps(tokenizer, indent=2))
+
+
 def build_tiny_dse(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
     """A tiny DSE-Qwen2 (a `Qwen2VLForConditionalGeneration`, processor limits 28*28 to 2560*28*28 pixels as the
-    card sets them) saved as `folder`. Pages become 672x672 requests: 576 visual tokens after merging."""
+    card sets them, rotary settings also in the 2024 hub layout) saved as `folder`. Pages become 756x756:
+    729 visual tokens after merging."""
     model, processor = _qwen2_vl(seed, hidden, layers, 28 * 28, 2560 * 28 * 28)
-    return _save(folder, model, processor)
+    folder = _save(folder, model, processor)
+    _hub_config(folder)
+    _hub_processor(folder)
+    return folder
 
 
 def build_tiny_colqwen2(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
