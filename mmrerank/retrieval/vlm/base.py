@@ -111,6 +111,7 @@ class BatchedEncoder:
     """
 
     multi_vector = False
+    chunk = 256  # documents processed (and bucketed by length) together; bounds the held pixel tensors
 
     def __init__(self, model: torch.nn.Module, processor: Any, batch_size: int = 8,
                  max_tokens_per_batch: int | None = None) -> None:
@@ -137,11 +138,20 @@ class BatchedEncoder:
                          texts: Sequence[str | None] | None = None) -> Tensor | list[Tensor]:
         if texts is not None and len(texts) != len(images):
             raise ValueError(f"encode_documents: {len(images)} images but {len(texts)} texts")
-        for i, image in enumerate(images):
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"encode_documents: images[{i}] is a {type(image).__name__}, expected a PIL image")
         texts = texts if texts is not None else [None] * len(images)
-        return self._run([self._document_inputs(img, txt) for img, txt in zip(images, texts)])
+        parts = []
+        for start in range(0, len(images), self.chunk):  # a chunk's processed pixels at a time, not the corpus'
+            stop = min(start + self.chunk, len(images))
+            parts.append(self._run([self._document(images, texts, i) for i in range(start, stop)]))
+        if self.multi_vector:
+            return [vec for part in parts for vec in part]
+        return torch.cat(parts) if parts else torch.empty(0, getattr(self, "dim", 0))
+
+    def _document(self, images: Sequence[Image.Image], texts: Sequence[str | None], i: int) -> dict[str, Tensor]:
+        image = images[i]  # read here: a lazily decoded corpus is decoded one chunk at a time
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"encode_documents: images[{i}] is a {type(image).__name__}, expected a PIL image")
+        return self._document_inputs(image, texts[i])
 
     @torch.inference_mode()
     def _run(self, items: list[dict[str, Tensor]]) -> Tensor | list[Tensor]:

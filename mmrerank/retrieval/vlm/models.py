@@ -32,8 +32,6 @@ the same whenever a query has a positive similarity).
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
-
 import torch
 from PIL import Image
 from torch import Tensor
@@ -209,12 +207,3 @@ class ColVisionEmbedder(BatchedEncoder):
         mask = inputs["attention_mask"].bool()
         return [row[keep] for row, keep in zip(proj, mask)]
 
-
-def maxsim(queries: Sequence[Tensor], documents: Sequence[Tensor]) -> Tensor:
-    """`[Q, N]` late-interaction scores: for each query token its best document token's dot product, summed.
-    Exact, one document at a time (bounded memory); `queries[i]` `[n_i, d]`, `documents[j]` `[m_j, d]`."""
-    out = torch.empty(len(queries), len(documents))
-    for j, doc in enumerate(documents):
-        for i, q in enumerate(queries):
-            out[i, j] = (q.float() @ doc.float().T).max(dim=1).values.sum()
-    return out
