@@ -155,13 +155,13 @@ class ColVisionEmbedder(BatchedEncoder):
         projection: `custom_text_proj`, `nn.Linear(hidden, 128)`.
         family: "colqwen" or "colpali" (their prompts and query tokens differ).
         query_attention: ColPali only. "bidirectional" (default): every query token attends to every other, as
-            PaliGemma attends over its prefix, as ColPali's checkpoints were trained, and as colpali-engine 0.3.18
-            gives for a query in a batch without padding. "causal": what colpali-engine 0.3.18 under transformers 5
-            gives for a query in a padded batch (its text-only batches get no `token_type_ids`, and transformers 5
-            then builds a causal mask; with no padding at all, sdpa gets no mask and the PaliGemma text model, not
-            causal, attends both ways). The two differ by up to ~0.3 per value on the tiny model: in colpali-engine
-            a query's vectors depend on whether its batch was padded. Pages always get the processor's
-            `token_type_ids` (bidirectional), in both.
+            PaliGemma attends over its prefix; what transformers 4 (under which the ColPali checkpoints were trained)
+            computes for colpali-engine's query batches, and what colpali-engine 0.3.18 under transformers 5 gives
+            for a query in a batch without padding. "causal": what colpali-engine 0.3.18 under transformers 5 gives
+            for a query in a padded batch (no `token_type_ids`, so transformers 5 builds a causal mask; with no
+            padding at all sdpa gets no mask and PaliGemma's text model, not marked causal, attends both ways).
+            The two differ by up to ~0.3 per value on the tiny model (tests/fixtures/vlm_parity/SOURCE.md). Pages
+            always get the processor's `token_type_ids` (one bidirectional block), in both.
     """
 
     multi_vector = True
