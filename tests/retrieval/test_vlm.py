@@ -166,3 +166,26 @@ def test_tiny_builders_load_through_the_user_path(tmp_path):
     (page,) = embedder.encode_documents(pages()[:1])
     assert page.shape[0] > 16 and page.shape[1] == 128  # 16 image tokens, then the prompt's
     assert torch.allclose(page.norm(dim=1), torch.ones(page.shape[0]), atol=1e-5)
+
+
+def test_pages_suite_runs_a_vlm_first_stage_by_name(tmp_path):
+    """Pages with first_stages [BM25, ColQwen2]: one row each, the ColQwen2 row's micro R@1 equal to a naive count
+    over `page_scores` (MaxSim over each question's own document's pages)."""
+    pytest.importorskip("bm25s")
+    from mmrerank.datasets.synthetic.pages import PagesConfig
+    from mmrerank.evaluation import Report
+    from mmrerank.evaluation.suites import Pages
+
+    preset = "vidore/colqwen2-v1.0-merged"
+    suite = Pages(PagesConfig(seed=6, documents=3, pages=(4, 6), questions=2, root=str(tmp_path)), depth=3,
+                  first_stages=["BM25", preset], embedder_folders={preset: str(FIXTURES / "colqwen2" / "model")})
+    report = Report("pages")
+    suite.run(report, device="cpu", progress=False)
+    assert {"BM25", preset} <= set(report.rows)
+    data = suite.load()
+    scores = page_scores(data, _load("colqwen2", preset))
+    hits = [float(int(torch.argmax(s)) in q.gold_pages) / len(q.gold_pages) for s, q in
+            zip(scores, data.annotations.questions)]
+    assert report.rows[preset]["pages/micro/R@1"] == pytest.approx(sum(hits) / len(hits), abs=1e-6)
+    with pytest.raises(ValueError, match="first_stages"):
+        Pages(first_stages=["nobody/nothing"])
