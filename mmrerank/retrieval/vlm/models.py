@@ -32,6 +32,7 @@ the same whenever a query has a positive similarity).
 from __future__ import annotations
 
 import unicodedata
+
 import torch
 from PIL import Image
 from torch import Tensor
@@ -125,7 +126,8 @@ class Qwen3VLEmbedder(BatchedEncoder):
         return text if text and unicodedata.category(text[-1]).startswith("P") else text + "."
 
     def _conversation(self, instruction: str, image: Image.Image | None, text: str | None) -> dict[str, Tensor]:
-        content = ([{"type": "image"}] if image is not None else []) + ([{"type": "text", "text": text}] if text else [])
+        content = [{"type": "image"}] if image is not None else []
+        content += [{"type": "text", "text": text}] if text else []
         content = content or [{"type": "text", "text": "NULL"}]
         conversation = [{"role": "system", "content": [{"type": "text", "text": self._instruction(instruction)}]},
                         {"role": "user", "content": content}]

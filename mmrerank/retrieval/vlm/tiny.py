@@ -80,7 +80,8 @@ def gemma_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     """A byte-level BPE with Gemma's special tokens, adding `<bos>` in front as Gemma's tokenizer does."""
     tok = _bpe(GEMMA_SPECIALS, vocab_size)
     bos = tok.token_to_id("<bos>")
-    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", bos)])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", bos)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                                    unk_token="<unk>", padding_side="right")
 
@@ -130,7 +131,8 @@ def _save(folder: str | Path, model, processor, projection: torch.nn.Linear | No
             path = tmp / "model.safetensors"
             state = load_file(str(path))
             if rename is not None:
-                state = {(rename[1] + k[len(rename[0]):] if k.startswith(rename[0]) else k): v for k, v in state.items()}
+                old, new = rename
+                state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
             state.update({f"custom_text_proj.{k}": v.detach().clone() for k, v in projection.state_dict().items()})
             save_file(state, str(path), metadata={"format": "pt"})
     return folder
@@ -144,7 +146,8 @@ def _projection(hidden: int, seed: int) -> torch.nn.Linear:
 def _hub_config(folder: Path) -> None:
     """Rewrite `config.json` in the 2024 hub layout of Qwen2-VL (MrLight/dse-qwen2-2b-mrl-v1's, saved by
     transformers 4.45): the text model's settings at the top level (no `text_config`), the rotary settings as
-    `rope_scaling` {type mrope, mrope_section} and `rope_theta`. transformers 4 reads only that layout; 5 reads it too."""
+    `rope_scaling` {type mrope, mrope_section} and `rope_theta`. transformers 4 reads only that layout; 5 reads it
+    too."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
     text = config.pop("text_config")
@@ -216,8 +219,9 @@ def build_tiny_qwen3_vl_embedding(folder: str | Path, seed: int = 0, hidden: int
     config.architectures = ["Qwen3VLForEmbedding"]
     image_processor = Qwen2VLImageProcessor(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3,
                                             image_std=[0.5] * 3, min_pixels=64 * 64, max_pixels=128 * 128)
-    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=QWEN3_VL_CHAT_TEMPLATE,
-                                 video_processor=Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2))
+    video_processor = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+    processor = Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                 chat_template=QWEN3_VL_CHAT_TEMPLATE, video_processor=video_processor)
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config).eval()
     model.config.architectures = ["Qwen3VLForEmbedding"]
