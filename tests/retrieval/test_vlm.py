@@ -189,3 +189,16 @@ def test_pages_suite_runs_a_vlm_first_stage_by_name(tmp_path):
     assert report.rows[preset]["pages/micro/R@1"] == pytest.approx(sum(hits) / len(hits), abs=1e-6)
     with pytest.raises(ValueError, match="first_stages"):
         Pages(first_stages=["nobody/nothing"])
+
+
+@pytest.mark.parametrize("folder,builder", [("colqwen2", "build_tiny_colqwen2"), ("colpali", "build_tiny_colpali"),
+                                            ("dse", "build_tiny_dse"),
+                                            ("qwen3-vl-embedding", "build_tiny_qwen3_vl_embedding")])
+def test_fixture_models_are_what_the_builders_write(tmp_path, folder, builder):
+    """The fixtures' tiny models come from these builders (seed 0): rebuilt, the weights are the same tensors."""
+    from mmrerank.retrieval.vlm import tiny
+
+    built = load_file(str(getattr(tiny, builder)(tmp_path / folder) / "model.safetensors"))
+    stored = load_file(str(FIXTURES / folder / "model" / "model.safetensors"))
+    assert built.keys() == stored.keys()
+    assert all(torch.equal(built[k], stored[k]) for k in built)
