@@ -27,9 +27,9 @@ from mmrerank.retrieval.clip import resolve_device
 def known_class_paths() -> str:
     """The short `class_path` names a config may use, by kind (for an unknown one's error)."""
     import mmrerank.datasets as sources
-    from mmrerank.rerankers import specs
+    from mmrerank.rerankers import family_rows
 
-    return (f"reranker specs: {', '.join(specs.__all__)}; image-text datasets: "
+    return (f"reranker specs: {', '.join(family_rows.__all__)}; image-text datasets: "
             f"{', '.join(n for n in sources.__all__ if n not in ('ImageTextDataset', 'ImageTextSource'))} "
             "(or a full import path, e.g. mymodule.MyRows)")
 

@@ -28,7 +28,7 @@ from mmrerank.core.io import (
     write_checksums,
 )
 from mmrerank.core.progress import ProgressLines, SeedAfterCaches, on_terminal
-from mmrerank.rerankers.spec import RerankerSpec
+from mmrerank.rerankers.rows import RerankerRows
 from mmrerank.retrieval.first_stage import FirstStage
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
@@ -128,7 +128,7 @@ def packaged_config(path: str) -> str:
     return str(CONFIG_DIR / name) if (CONFIG_DIR / name).is_file() else path
 
 
-def trained_folder(spec: RerankerSpec, first_stage: FirstStage) -> Path:
+def trained_folder(spec: RerankerRows, first_stage: FirstStage) -> Path:
     """Where `spec.fit` trains to: keyed by the config's text, the recipe's arguments and the first stage."""
     config = Path(packaged_config(spec.fit.config))
     if not config.is_file():
@@ -138,7 +138,7 @@ def trained_folder(spec: RerankerSpec, first_stage: FirstStage) -> Path:
     return cache_root() / "trained" / f"{config.parent.name}-{config.stem}-{key_digest(key)}"
 
 
-def train_missing(specs: list[RerankerSpec], first_stage: FirstStage, retrain: bool = False, progress: bool = True,
+def train_missing(specs: list[RerankerRows], first_stage: FirstStage, retrain: bool = False, progress: bool = True,
                   timings: dict[str, float] | None = None) -> None:
     """Run every spec's `fit` recipe whose folder is not trained yet (all of them with `retrain`), then point the
     spec at its folder. `first_stage` must be built already (its folder is what the recipes read)."""
@@ -157,7 +157,7 @@ def train_missing(specs: list[RerankerSpec], first_stage: FirstStage, retrain: b
         spec.use_trained(str(folder / "model"))
 
 
-def train_once(spec: RerankerSpec, folder: Path, first_stage: FirstStage, retrain: bool, progress: bool) -> None:
+def train_once(spec: RerankerRows, folder: Path, first_stage: FirstStage, retrain: bool, progress: bool) -> None:
     """Fill `folder` by `fit` unless it is whole (rank 0 trains, in a process of its own under `torch.distributed`:
     a Trainer finding the process group would wait for the other ranks; they find the folder whole)."""
     # a folder of an older version, without checksums, is taken as it is
@@ -178,7 +178,7 @@ def train_once(spec: RerankerSpec, folder: Path, first_stage: FirstStage, retrai
     generate_folder_once(folder, DONE, generate)
 
 
-def fit(spec: RerankerSpec, folder: Path, first_stage: FirstStage, progress: bool) -> None:
+def fit(spec: RerankerRows, folder: Path, first_stage: FirstStage, progress: bool) -> None:
     """`mmrerank fit --config <recipe> <args> <the spec's own args>`, in this process: the model is saved to
     `folder/model`, Lightning's own files (the resolved `config.yaml`) go to `folder/fit`."""
     args = ["fit", "--config", packaged_config(spec.fit.config), *spec.fit.args,

@@ -26,7 +26,7 @@ from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate
 from mmrerank.evaluation.report import Report
 from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
-from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import RerankContext, RerankerRows
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
 from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
 from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
@@ -94,7 +94,7 @@ def cached_descriptors(key: dict, extract) -> tuple[torch.Tensor, torch.Tensor]:
     return queries, database
 
 
-def rows(specs: list[RerankerSpec], context: RerankContext) -> dict[str, Reranker]:
+def rows(specs: list[RerankerRows], context: RerankContext) -> dict[str, Reranker]:
     """Every spec's rows for one task, in spec order."""
     out: dict[str, Reranker] = {}
     for spec in specs:
@@ -122,7 +122,7 @@ class ImageText:
     rerank_depth: int = 16
     measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES))
     batch_size: int = 256
-    rerankers: list[RerankerSpec] = field(default_factory=list)
+    rerankers: list[RerankerRows] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.dataset = self.dataset or Synthetic()
@@ -256,7 +256,7 @@ class Pages:
     pages_parquet: str | None = None
     depth: int = 5
     batch_size: int = 16
-    rerankers: list[RerankerSpec] = field(default_factory=list)
+    rerankers: list[RerankerRows] = field(default_factory=list)
     dual_encoder: bool = False
     page_text: bool = True
 
@@ -335,7 +335,7 @@ class Instances:
     cvnet_checkpoint: str | None = None
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
     top_m: int = 400
-    rerankers: list[RerankerSpec] | None = None
+    rerankers: list[RerankerRows] | None = None
 
     def __post_init__(self) -> None:
         if self.dataset not in ("synthetic", "roxford5k", "rparis6k"):

@@ -15,7 +15,7 @@ from typing import Any
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.preset import Preset
-from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import RerankContext, RerankerRows
 
 # Each family's presets module: a `PRESETS` dict of `Preset`s (a module that does not exist yet is skipped).
 FAMILY_MODULES = ("mmrerank.rerankers.edje.official", "mmrerank.rerankers.blip.presets",
@@ -104,7 +104,7 @@ def _load_saved(folder: Path, model_type: str, options: dict[str, Any]) -> Reran
 
 
 @dataclass
-class PresetRows(RerankerSpec):
+class PresetRows(RerankerRows):
     """A published reranker's benchmark row, on the tasks its preset supports (a config names it by hub id).
 
     Attributes:

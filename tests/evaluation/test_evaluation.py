@@ -10,7 +10,7 @@ import torch
 
 from mmrerank.core.items import RetrievalTask, Texts
 from mmrerank.core.run import PAD
-from mmrerank.evaluation import FIRST_STAGE, Report, evaluate
+from mmrerank.evaluation import FIRST_STAGE, Report, evaluate_rows
 from mmrerank.metrics import evaluate as measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.retrieval.clip import CLIPEncoder
@@ -85,7 +85,7 @@ def test_oracle_reranker_reaches_first_stage_success_at_depth(tiny_test_split, e
         task = id_task(tiny_test_split.task(direction))
         queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
         run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, 20)
-        evaluate(report, task, run, {"oracle": OracleReranker(task)}, depth=8,
+        evaluate_rows(report, task, run, {"oracle": OracleReranker(task)}, depth=8,
                  measures=["Success@1", "Success@8", "nDCG@10"], progress=False)
         first, oracle = report.rows[FIRST_STAGE], report.rows["oracle"]
         assert oracle[f"{direction}/Success@1"] == pytest.approx(first[f"{direction}/Success@8"])

@@ -16,7 +16,7 @@ from mmrerank.datasets.synthetic.pages import PagesConfig
 from mmrerank.evaluation.report import Paper, Report
 from mmrerank.evaluation.suites import ImageText, Pages
 from mmrerank.rerankers.presets import PresetRows
-from mmrerank.rerankers.spec import RerankerSpec
+from mmrerank.rerankers.rows import RerankerRows
 from mmrerank.retrieval.first_stage import FirstStage
 
 BLIP_ROW = "Salesforce/blip-itm-base-coco (LAVIS ITM + ITC)"
@@ -48,7 +48,7 @@ def test_a_malformed_paper_block_is_refused_at_parse_time(tmp_path, capsys, pape
 
 
 @dataclass
-class NamelessRows(RerankerSpec):
+class NamelessRows(RerankerRows):
     """A spec that cannot name its rows before it builds them (and builds none)."""
 
     def rows(self, context):

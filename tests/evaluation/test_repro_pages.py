@@ -14,7 +14,7 @@ pytest.importorskip("bm25s")
 from mmrerank.benchmark import benchmark  # noqa: E402
 from mmrerank.cli import benchmark_parser  # noqa: E402
 from mmrerank.datasets.synthetic.pages import PagesConfig  # noqa: E402
-from mmrerank.evaluation import Report, evaluate  # noqa: E402
+from mmrerank.evaluation import Report, evaluate_rows  # noqa: E402
 from mmrerank.evaluation.report import Paper  # noqa: E402
 from mmrerank.evaluation.suites import ImageText, Pages, PageTask, page_columns  # noqa: E402
 from mmrerank.rerankers.mllm import Page  # noqa: E402
@@ -35,7 +35,7 @@ def tiny_pages(root: Path) -> Pages:
 def test_page_columns_name_what_a_pages_row_holds(tmp_path):
     data = tiny_pages(tmp_path).load()
     report = Report("pages")
-    evaluate(report, PageTask(data), data.per_document_run(bm25_page_scores(data)), first_stage="BM25")
+    evaluate_rows(report, PageTask(data), data.per_document_run(bm25_page_scores(data)), first_stage="BM25")
     assert list(report.rows["BM25"]) == [f"pages/{c}" for c in page_columns()]
 
 

@@ -13,7 +13,7 @@ from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.reranker import EDJEReranker, precompute_images
 from mmrerank.rerankers.fusion import Fused, Memoized
-from mmrerank.rerankers.spec import FitRecipe, RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import FitRecipe, RerankContext, RerankerRows
 
 
 def default_store(model: str | Path, source: dict) -> str:
@@ -26,7 +26,7 @@ TRAIN_ONE = ("train one first (mmrerank fit --config configs/edje/synthetic.yaml
 
 
 @dataclass
-class EDJERows(RerankerSpec):
+class EDJERows(RerankerRows):
     """Rerank image-text tasks (both directions) with an exported EDJE model.
 
     Attributes:

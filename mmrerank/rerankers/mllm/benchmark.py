@@ -13,11 +13,11 @@ from mmrerank.core.io import cache_root
 from mmrerank.core.items import RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.fusion import Fused, Memoized
-from mmrerank.rerankers.spec import FitRecipe, RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import FitRecipe, RerankContext, RerankerRows
 
 
 @dataclass
-class MLLMRows(RerankerSpec):
+class MLLMRows(RerankerRows):
     """An MLLM yes/no reranker's rows: `<first stage> + MLLM (top <depth>)` on pages, fused rows per `alpha`, and
     `mllm` on `t2i` image-text tasks.
 
