@@ -31,7 +31,8 @@ class RerankContext:
         source: the dataset's description (`ImageTextSource.describe()`): names a spec's caches (token stores).
         features: precomputed inputs a family reads instead of items (SuperGlobal: descriptors).
         timings: where a spec records its own preparation time (seconds by step).
-        first_stage: the first stage's row name (fused rows name it); depth: how many candidates are reranked.
+        first_stage: the first stage's row name (fused rows name it); rerank_depth: how many candidates are
+            reranked.
     """
 
     kind: str
@@ -43,7 +44,7 @@ class RerankContext:
     features: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     first_stage: str = "first stage"
-    depth: int = 0
+    rerank_depth: int = 0
 
 
 @dataclass
