@@ -8,6 +8,7 @@ come from; `retrain` replaces it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import warnings
@@ -35,11 +36,45 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the re
 DONE = "fit.json"  # written last into a trained folder: the folder is whole
 
 
+# The LightningModules and LightningDataModules a config names by short `class_path`, and the module holding each:
+# only the ones a command names are imported (the MLLM's pull in transformers), before jsonargparse resolves them.
+LIGHTNING_CLASSES = {
+    "CLIPModule": "mmrerank.retrieval.module", "SyntheticDataModule": "mmrerank.retrieval.module",
+    "EDJEModule": "mmrerank.rerankers.edje.module", "EDJEDataModule": "mmrerank.rerankers.edje.data",
+    "MLLMRerankerModule": "mmrerank.rerankers.mllm.module", "ImageGroupsDataModule": "mmrerank.rerankers.mllm.data",
+    "PageGroupsDataModule": "mmrerank.rerankers.mllm.data",
+}
+
+
+def import_named_classes(args: list[str] | None) -> None:
+    """Import the modules of the `LIGHTNING_CLASSES` that `args` name (in a `--config` file or a flag), so their
+    short `class_path` resolves."""
+    import importlib
+    import sys
+
+    args = sys.argv[1:] if args is None else args
+    text = []
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        value = arg if i and args[i - 1] == "--config" else value
+        if value is not None and Path(value).is_file():
+            text.append(Path(value).read_text())
+        elif value is not None:  # a config given as YAML text
+            text.append(value)
+        text.append(arg)
+    for name, module in LIGHTNING_CLASSES.items():
+        if any(re.search(rf"\b{name}\b", t) for t in text):
+            importlib.import_module(module)
+
+
 class MMRerankCLI(LightningCLI):
-    """Lightning's CLI over every mmrerank `LightningModule` and `LightningDataModule` (by `class_path`)."""
+    """Lightning's CLI over every mmrerank `LightningModule` and `LightningDataModule` (by `class_path`: a short
+    name of `LIGHTNING_CLASSES`, or a full import path)."""
 
     def __init__(self, *args, announce_saved: bool = True, **kwargs) -> None:
         """`announce_saved`: print where the model went at the end (off where the caller moves it, and says so)."""
+        given = kwargs.get("args")  # None: sys.argv; a dict of settings names its classes by full path
+        import_named_classes(given if isinstance(given, list) else None if given is None else [])
         self.announce_saved = announce_saved  # read by `after_fit`, which runs inside `super().__init__`
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         with warnings.catch_warnings():  # `args` given while sys.argv holds the console script's (or a benchmark's)

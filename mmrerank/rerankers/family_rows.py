@@ -1,4 +1,5 @@
-"""Every family's benchmark rows (a `RerankerRows` each), imported so that configs can name them by short `class_path`."""
+"""Every family's benchmark rows (a `RerankerRows` each), imported so that configs can name them by short
+`class_path`."""
 
 from mmrerank.rerankers.edje.benchmark import EDJERows
 from mmrerank.rerankers.mllm.benchmark import MLLMRows

@@ -101,8 +101,8 @@ class EDJERows(RerankerRows):
 
 @renamed_arguments(dtype="store_dtype")
 def precompute(model: str, dataset: ImageTextSource | None = None, store: str | None = None,
-               store_dtype: str = "bfloat16", shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
-               progress: bool = True) -> str:
+               store_dtype: str = "bfloat16", shard_size: int = 1024, batch_size: int = 128, device: str = "auto",
+               overwrite: bool = False, progress: bool = True) -> str:
     """Write an EDJE token store: every image of a dataset through the frozen vision source and the adapter.
 
     Args:
