@@ -61,7 +61,7 @@ def user_data(root: Path, n_images: int = 60, captions_per_image: int = 2, depth
 
 def rerank_args(data: dict, out: Path, *extra: str) -> list[str]:
     return ["rerank", f"--run={data['run']}", f"--queries={data['captions']}", f"--corpus={data['images']}",
-            f"--reranker={ORACLE}", f"--reranker.init_args.qrels={data['qrels']}", f"--output={out}", "--depth=20",
+            f"--reranker={ORACLE}", f"--reranker.init_args.qrels={data['qrels']}", f"--output={out}", "--rerank_depth=20",
             "--progress=false", *extra]
 
 
@@ -233,7 +233,7 @@ def test_index_and_search_round_trip(tmp_path, capsys):
     assert record["count"] == 6 and record["encoder"]["checkpoint"]["sha256"]
     # the corpus's own images as queries: each finds itself first (the same encoder, the same image)
     main(["search", f"--index={tmp_path / 'index'}", f"--queries={corpus}", f"--output={tmp_path / 'run.trec'}",
-          "--depth=3", "--progress=false"])
+          "--rerank_depth=3", "--progress=false"])
     run = Run.read_trec(tmp_path / "run.trec")
     assert run.depth == 3 and [next(iter(c)) for c in run.to_dict().values()] == [f"p{i}" for i in range(6)]
     capsys.readouterr()
@@ -373,7 +373,7 @@ def test_a_real_reranker_by_class_path_scores_the_items_the_ids_name(tmp_path):
     data = user_data(tmp_path, n_images=8, captions_per_image=1, depth=5)
     main(["rerank", f"--run={data['run']}", f"--queries={data['captions']}", f"--corpus={data['images']}",
           "--reranker=mmrerank.rerankers.edje.EDJEReranker", f"--reranker.model={tmp_path / 'edje'}",
-          "--reranker.device=cpu", "--depth=5", f"--output={tmp_path / 'out.trec'}", "--progress=false"])
+          "--reranker.device=cpu", "--rerank_depth=5", f"--output={tmp_path / 'out.trec'}", "--progress=false"])
     reranked = Run.read_trec(tmp_path / "out.trec").to_dict()
     texts = dict(line.split("\t") for line in data["captions"].read_text().splitlines())
     model = EDJEReranker(str(tmp_path / "edje"), device="cpu")

@@ -12,7 +12,7 @@ import yaml
 from mmrerank import benchmark as benchmark_module
 from mmrerank.benchmark import benchmark
 from mmrerank.cli import benchmark_parser
-from mmrerank.datasets.synthetic.pages import PagesConfig
+from mmrerank.datasets import SyntheticPages
 from mmrerank.evaluation.report import Paper, Report
 from mmrerank.evaluation.suites import ImageText, Pages
 from mmrerank.rerankers.presets import PresetRows
@@ -76,7 +76,8 @@ def test_unknown_rows_and_columns_are_refused_before_any_work(tmp_path, monkeypa
 
 def pages_benchmark(tmp_path, paper: Paper, rerankers=()) -> Report:
     """BM25 over 4 synthetic documents: no model, no first stage (seconds)."""
-    pages = Pages(PagesConfig(seed=5, documents=4, root=str(tmp_path / "pages")), depth=3, rerankers=list(rerankers))
+    pages = Pages(SyntheticPages(seed=5, documents=4, root=str(tmp_path / "pages")), rerank_depth=3,
+                  rerankers=list(rerankers))
     return benchmark(FirstStage(save_to=str(tmp_path / "never")), ImageText(directions=[]), pages=pages,
                      output_dir=str(tmp_path / "out"), progress=False, paper=paper)
 

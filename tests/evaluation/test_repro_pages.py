@@ -13,6 +13,7 @@ pytest.importorskip("bm25s")
 
 from mmrerank.benchmark import benchmark  # noqa: E402
 from mmrerank.cli import benchmark_parser  # noqa: E402
+from mmrerank.datasets import SyntheticPages  # noqa: E402
 from mmrerank.datasets.synthetic.pages import PagesConfig  # noqa: E402
 from mmrerank.evaluation import Report, evaluate_rows  # noqa: E402
 from mmrerank.evaluation.report import Paper  # noqa: E402
@@ -29,7 +30,7 @@ TINY = PagesConfig(seed=6, documents=3, pages=(4, 6), questions=2)
 
 
 def tiny_pages(root: Path) -> Pages:
-    return Pages(PagesConfig(TINY.seed, TINY.documents, TINY.pages, TINY.questions, root=str(root)), depth=3)
+    return Pages(SyntheticPages(TINY.seed, TINY.documents, TINY.pages, TINY.questions, root=str(root)), rerank_depth=3)
 
 
 def test_page_columns_name_what_a_pages_row_holds(tmp_path):

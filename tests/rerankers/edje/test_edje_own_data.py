@@ -138,7 +138,7 @@ def test_fit_on_own_data_then_load_and_rerank_a_run(layout, tmp_path, monkeypatc
         queries, corpus = tmp_path / "captions.tsv", tmp_path
         queries.write_text("".join(f"{i}\t{t}\n" for i, t in zip(task.queries.ids, task.queries)))
     main(["rerank", f"--run={tmp_path / 'run.trec'}", f"--queries={queries}", f"--corpus={corpus}",
-          f"--reranker={tmp_path / 'model'}", "--device=cpu", "--depth=4", f"--output={tmp_path / 'cli.trec'}",
+          f"--reranker={tmp_path / 'model'}", "--device=cpu", "--rerank_depth=4", f"--output={tmp_path / 'cli.trec'}",
           "--progress=false"])
     cli = Run.read_trec(tmp_path / "cli.trec").to_dict()
     assert list(cli) == list(Run.read_trec(tmp_path / "run.trec").query_ids)  # the run file's order
