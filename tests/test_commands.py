@@ -61,8 +61,8 @@ def user_data(root: Path, n_images: int = 60, captions_per_image: int = 2, depth
 
 def rerank_args(data: dict, out: Path, *extra: str) -> list[str]:
     return ["rerank", f"--run={data['run']}", f"--queries={data['captions']}", f"--corpus={data['images']}",
-            f"--reranker={ORACLE}", f"--reranker.init_args.qrels={data['qrels']}", f"--output={out}", "--rerank_depth=20",
-            "--progress=false", *extra]
+            f"--reranker={ORACLE}", f"--reranker.init_args.qrels={data['qrels']}", f"--output={out}",
+            "--rerank_depth=20", "--progress=false", *extra]
 
 
 def test_held_out_check(tmp_path, capsys):

@@ -28,7 +28,7 @@ from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.provenance import images_digest, state_digest
 from mmrerank.rerankers.edje.store import TokenStore, TokenStoreError, TokenStoreLockedError, canonical_dtype
-from mmrerank.rerankers.edje.writer import TokenStoreWriter, precompute
+from mmrerank.rerankers.edje.writer import TokenStoreWriter, write_token_store
 from mmrerank.retrieval.clip import resolve_device
 
 
@@ -67,7 +67,7 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
         patches = source.encode([images[int(i)] for i in rows])
         return model.compress(patches)
 
-    fill = precompute if distributed.world()[1] == 1 else _precompute_on_ranks
+    fill = write_token_store if distributed.world()[1] == 1 else _precompute_on_ranks
     return fill(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=dtype,
                 shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite,
                 provenance=provenance, on_mismatch=on_mismatch)
@@ -76,10 +76,10 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
 def _precompute_on_ranks(store_path: str | Path, ids: list[Any], encode_fn: Callable[[Tensor], Tensor], *, m: int,
                          d: int, dtype: str, shard_size: int, batch_size: int | None, progress: bool, overwrite: bool,
                          provenance: dict[str, Any], on_mismatch: str) -> TokenStore:
-    """`writer.precompute` over the `torch.distributed` ranks (collective; the same arguments).
+    """`write_token_store` over the `torch.distributed` ranks (collective; the same arguments).
 
     A store has one writer, so rank 0 alone holds it (lock, resume or rebuild, checksums, `finalize`). Shard `k` of
-    the unwritten ones is encoded on rank `k % world_size`, in the batches `precompute` makes (so the bytes are
+    the unwritten ones is encoded on rank `k % world_size`, in the batches `write_token_store` makes (so the bytes are
     those one process writes), and gathered to rank 0, which writes the shards in order.
     """
     writer: TokenStoreWriter | None = None
@@ -93,7 +93,7 @@ def _precompute_on_ranks(store_path: str | Path, ids: list[Any], encode_fn: Call
             writer = TokenStoreWriter(*args, overwrite=overwrite, provenance=provenance)
         except TokenStoreLockedError:
             raise
-        except TokenStoreError as err:  # stale or malformed: as `precompute` does
+        except TokenStoreError as err:  # stale or malformed: as `write_token_store` does
             if on_mismatch != "rebuild":
                 raise
             warnings.warn(f"rebuilding token store {store_path}: {err}", stacklevel=4)
