@@ -93,6 +93,19 @@ class Reranker(ABC):
             query, candidates: what `score` takes (texts, PIL images, ...); a path (`str` or `Path`) of an existing
                 image file (`.jpg`, `.png`, ...) is read as that image, in every family.
             ids: one id per candidate, returned in `RankedResults.ids` (default: positions `"0"`, `"1"`, ...).
+
+        Examples:
+            >>> import torch
+            >>> class WordOverlap(Reranker):  # a family only writes `score`
+            ...     def score(self, queries, candidates):
+            ...         return torch.tensor([float(len(set(q.split()) & set(c.split())))
+            ...                              for q, c in zip(queries, candidates)])
+            >>> ranked = WordOverlap().rank("a red circle", ["a blue square", "a red circle", "a red square"],
+            ...                             ids=["blue", "circle", "square"])
+            >>> ranked.ids, ranked.scores
+            (['circle', 'square', 'blue'], [3.0, 2.0, 1.0])
+            >>> ranked.top_k(1).ids
+            ['circle']
         """
         if ids is not None and len(ids) != len(candidates):
             raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
@@ -144,6 +157,22 @@ class Reranker(ABC):
             ValueError: a query or candidate id of the run that the task lacks (naming the first ones and the side);
                 a non-finite score with `nonfinite="error"` (the message names the query and candidate ids), or an
                 unknown `nonfinite`.
+
+        Examples:
+            >>> import torch
+            >>> from mmrerank import Qrels, Run
+            >>> from mmrerank.core.items import RetrievalTask, Texts
+            >>> class WordOverlap(Reranker):
+            ...     def score(self, queries, candidates):
+            ...         return torch.tensor([float(len(set(q.split()) & set(c.split())))
+            ...                              for q, c in zip(queries, candidates)])
+            >>> corpus = Texts(["d1", "d2", "d3"], ["a blue square", "a red circle", "a red square"])
+            >>> task = RetrievalTask("toy/t2t", Texts(["q"], ["a red circle"]), corpus,
+            ...                      Qrels.from_dict({"q": {"d2": 1}}))
+            >>> first_stage = Run.from_dict({"q": {"d1": 0.9, "d3": 0.8, "d2": 0.7}})
+            >>> reranked = WordOverlap().rerank(first_stage, task, rerank_depth=2, progress=False)
+            >>> [reranked.doc_ids[i] for i in reranked.indices[0].tolist()]  # d1, d3 rescored; d2 stays below them
+            ['d3', 'd1', 'd2']
         """
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
