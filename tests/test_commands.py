@@ -143,7 +143,7 @@ def test_a_work_folder_of_other_settings_is_not_reused(tmp_path):
                   output=str(tmp_path / "out.trec"), batch_size=4, shard_size=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
         rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=5), depth=4, **common)  # after shard 0
-    with pytest.raises(ValueError, match="another depth"):
+    with pytest.raises(ValueError, match="another rerank_depth"):
         rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
     shutil.rmtree(tmp_path / "out.trec.work")
     with pytest.raises(KeyboardInterrupt):  # stopped before its first shard: nothing to keep, the next run starts
@@ -233,7 +233,7 @@ def test_index_and_search_round_trip(tmp_path, capsys):
     assert record["count"] == 6 and record["encoder"]["checkpoint"]["sha256"]
     # the corpus's own images as queries: each finds itself first (the same encoder, the same image)
     main(["search", f"--index={tmp_path / 'index'}", f"--queries={corpus}", f"--output={tmp_path / 'run.trec'}",
-          "--rerank_depth=3", "--progress=false"])
+          "--depth=3", "--progress=false"])
     run = Run.read_trec(tmp_path / "run.trec")
     assert run.depth == 3 and [next(iter(c)) for c in run.to_dict().values()] == [f"p{i}" for i in range(6)]
     capsys.readouterr()

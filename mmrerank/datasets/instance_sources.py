@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict
+from typing import Any
 
 from mmrerank.core.io import require_path
 from mmrerank.datasets.revisited import RevisitedDataset, load_revisited
@@ -27,6 +28,14 @@ class InstanceSource(ABC):
     @abstractmethod
     def load(self) -> RevisitedDataset:
         """The queries, database images and ground truth."""
+
+    def describe(self) -> dict[str, Any]:
+        """What it is, for a report's config: the class and its settings."""
+        return {"class": type(self).__name__, **self.settings()}
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """The arguments it was built with."""
 
     def check(self, key: str = "instances.dataset") -> None:
         """Refuse missing local files before anything is rendered or trained; nothing to check by default."""
@@ -58,6 +67,9 @@ class SyntheticInstances(InstanceSource):
     def load(self, progress: bool = True) -> RevisitedDataset:
         return load_instances(self.config, progress)
 
+    def settings(self) -> dict[str, Any]:
+        return asdict(self.config)
+
     def cache_key(self) -> dict:
         return {k: v for k, v in asdict(self.config).items() if k != "root"}  # where it is cached is not what it is
 
@@ -83,6 +95,9 @@ class Revisited(InstanceSource):
                             f"set --{key}.init_args.root to the folder holding gnd_{self.name}.pkl and jpg/")
         require_path(root / f"gnd_{self.name}.pkl", f"{key}.init_args.root", "ground-truth file",
                      f"download gnd_{self.name}.pkl into {root}")
+
+    def settings(self) -> dict[str, Any]:
+        return {"root": self.root, "name": self.name}
 
     def load(self) -> RevisitedDataset:
         return load_revisited(self.root, self.name)

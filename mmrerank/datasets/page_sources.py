@@ -12,7 +12,9 @@ pages:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from mmrerank.core.io import require_path
 from mmrerank.datasets.mmdocir import MMDocIRDataset, load_mmdocir
@@ -29,6 +31,14 @@ class PageSource(ABC):
     @abstractmethod
     def title(self) -> str:
         """The name a report gives it."""
+
+    def describe(self) -> dict[str, Any]:
+        """What it is, for a report's config: the class and its settings."""
+        return {"class": type(self).__name__, **self.settings()}
+
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """The arguments it was built with."""
 
     def check(self, key: str = "pages.dataset") -> None:
         """Refuse missing local files (naming `<key>.init_args.<attribute>`) before anything is rendered or trained;
@@ -56,6 +66,9 @@ class SyntheticPages(PageSource):
         folder = ensure_pages(self.config)
         return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
 
+    def settings(self) -> dict[str, Any]:
+        return asdict(self.config)
+
     def title(self) -> str:
         return f"synthetic pages (seed {self.config.seed}, {self.config.documents} documents)"
 
@@ -81,6 +94,9 @@ class MMDocIR(PageSource):
 
     def load(self) -> MMDocIRDataset:
         return load_mmdocir(Path(self.annotations), Path(self.pages_parquet))
+
+    def settings(self) -> dict[str, Any]:
+        return {"annotations": self.annotations, "pages_parquet": self.pages_parquet}
 
     def title(self) -> str:
         return "MMDocIR pages"
