@@ -79,12 +79,14 @@ def naive_micro_recall(data, scores: list[torch.Tensor], k: int) -> float:
 ])
 def test_repro_page_config_reranks_every_page_of_a_document_by_its_image(tmp_path, config, preset, build):
     raw = yaml.safe_load((REPRO / config).read_text())
-    assert raw["pages"]["depth"] >= 100 and raw["pages"]["page_text"] is False and "paper" not in raw
+    assert raw["pages"]["rerank_depth"] >= 100 and raw["pages"]["page_text"] is False and "paper" not in raw
+    assert raw["pages"]["dataset"]["class_path"] == "MMDocIR"
     folder = build(tmp_path / preset.split("/")[1], seed=7)
     # the real data and checkpoint swapped for the synthetic pages and a tiny model in the hub's layout
-    pages = {key: value for key, value in raw["pages"].items() if key not in ("annotations", "pages_parquet")}
-    pages["pages"] = {"seed": TINY.seed, "documents": TINY.documents, "pages": list(TINY.pages),
-                      "questions": TINY.questions, "root": str(tmp_path / "pages")}
+    pages = dict(raw["pages"])
+    pages["dataset"] = {"class_path": "SyntheticPages", "init_args": {
+        "seed": TINY.seed, "documents": TINY.documents, "pages": list(TINY.pages), "questions": TINY.questions,
+        "root": str(tmp_path / "pages")}}
     pages["rerankers"][0]["init_args"].update(path=str(folder), options={"batch_size": 4, "device": "cpu"})
     path = tmp_path / config
     path.write_text(yaml.safe_dump({**raw, "pages": pages, "output_dir": str(tmp_path / "out")}))
