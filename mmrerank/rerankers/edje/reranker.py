@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
@@ -32,7 +33,8 @@ from mmrerank.rerankers.edje.writer import TokenStoreWriter, write_token_store
 from mmrerank.retrieval.clip import resolve_device
 
 
-def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype: str = "bfloat16",
+@renamed_arguments(dtype="store_dtype")
+def precompute_images(model: EDJE, images: Items, store_path: str | Path, store_dtype: str = "bfloat16",
                       shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
                       progress: bool = True, on_mismatch: str = "rebuild") -> TokenStore:
     """Encode `images` with the model's frozen vision source and adapter into a token store `[N, m, d]`.
@@ -68,7 +70,7 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
         return model.compress(patches)
 
     fill = write_token_store if distributed.world()[1] == 1 else _precompute_on_ranks
-    return fill(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=dtype,
+    return fill(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=store_dtype,
                 shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite,
                 provenance=provenance, on_mismatch=on_mismatch)
 
