@@ -14,11 +14,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mmrerank.core.io import require_path
-from mmrerank.datasets.mmdocir import MMDocIRDataset, load_mmdocir
-from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
+from mmrerank.datasets.synthetic.pages import PagesConfig
+
+if TYPE_CHECKING:  # the readers (pyarrow) load with the data, not with the config
+    from mmrerank.datasets.mmdocir import MMDocIRDataset
 
 
 class PageSource(ABC):
@@ -63,6 +65,9 @@ class SyntheticPages(PageSource):
         self.config = PagesConfig(seed, documents, tuple(pages), questions, root)
 
     def load(self) -> MMDocIRDataset:
+        from mmrerank.datasets.mmdocir import load_mmdocir
+        from mmrerank.datasets.synthetic.pages import ensure_pages
+
         folder = ensure_pages(self.config)
         return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
 
@@ -93,6 +98,8 @@ class MMDocIR(PageSource):
                          f"set --{key}.init_args.{name} to MMDocIR's {file}, or choose --{key}=SyntheticPages")
 
     def load(self) -> MMDocIRDataset:
+        from mmrerank.datasets.mmdocir import load_mmdocir
+
         return load_mmdocir(Path(self.annotations), Path(self.pages_parquet))
 
     def settings(self) -> dict[str, Any]:
