@@ -78,7 +78,8 @@ class MLLMRows(RerankerRows):
         if self.model:
             require_path(self.model, "MLLMRows.model", "saved reranker",
                          "name an MLLMReranker.save_pretrained folder or an MLLMRerankerModule checkpoint, or give a "
-                         "fit recipe instead")
+                         "fit recipe instead (a base model to start from is `base_model`, called `model` before "
+                         "mmrerank 0.2)")
         for key in ("base_model", "adapter"):
             value = getattr(self, key)
             if value and looks_local(value):
