@@ -120,7 +120,7 @@ def test_a_resumed_rerank_scores_only_the_missing_shards(tmp_path):
     data = user_data(tmp_path, n_images=10, depth=5)  # 20 queries: 4 shards of 5
     out, calls = tmp_path / "out.trec", tmp_path / "calls.txt"
     common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]), output=str(out),
-                  depth=5, batch_size=5, shard_size=5, progress=False)
+                  rerank_depth=5, batch_size=5, shard_size=5, progress=False)
     # batch_size 5 at depth 5: one query per scoring call, so the oracle fails in the third shard
     with pytest.raises(KeyboardInterrupt):
         rerank(reranker=QrelsOracle(str(data["qrels"]), str(calls), fail_after=12), **common)
@@ -142,13 +142,13 @@ def test_a_work_folder_of_other_settings_is_not_reused(tmp_path):
     common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]),
                   output=str(tmp_path / "out.trec"), batch_size=4, shard_size=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=5), depth=4, **common)  # after shard 0
+        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=5), rerank_depth=4, **common)  # after shard 0
     with pytest.raises(ValueError, match="another rerank_depth"):
-        rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
+        rerank(reranker=QrelsOracle(str(data["qrels"])), rerank_depth=3, **common)
     shutil.rmtree(tmp_path / "out.trec.work")
     with pytest.raises(KeyboardInterrupt):  # stopped before its first shard: nothing to keep, the next run starts
-        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=0), depth=4, **common)
-    rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
+        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=0), rerank_depth=4, **common)
+    rerank(reranker=QrelsOracle(str(data["qrels"])), rerank_depth=3, **common)
     assert (tmp_path / "out.trec").is_file()
 
 
