@@ -188,7 +188,7 @@ def test_fusion_with_the_first_stage(tmp_path):
     from tests.helpers.oracle import QrelsOracle
 
     data = user_data(tmp_path, n_images=6, depth=4)
-    common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]), depth=4,
+    common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]), rerank_depth=4,
                   progress=False)
     # a weight far above the oracle's 0/1 scores: the first stage's order comes back
     fused = rerank(reranker=QrelsOracle(str(data["qrels"])), alpha=100.0, output=str(tmp_path / "f.trec"), **common)

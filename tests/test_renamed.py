@@ -97,8 +97,10 @@ def test_old_real_benchmark_files_become_mmdocir_and_revisited(tmp_path):
 
 
 def test_old_flags_are_renamed_with_a_warning(tmp_path):
-    with pytest.warns(FutureWarning, match="--pages.rerank_depth"):
+    with pytest.warns(FutureWarning) as record:
         kwargs = parse(tmp_path, "output_dir: out\n", "--pages.depth=7", "--instances.top_m", "60")
+    said = " | ".join(messages(record))
+    assert "use '--pages.rerank_depth'" in said and "use '--instances.rerank_depth'" in said
     assert kwargs["pages"].rerank_depth == 7 and kwargs["instances"].rerank_depth == 60
     with pytest.warns(FutureWarning, match="--rerank_depth"):
         assert migrate_argv(["--depth=4", "--run=r.trec"], "mmrerank rerank") == ["--rerank_depth=4", "--run=r.trec"]
