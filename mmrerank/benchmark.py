@@ -18,7 +18,7 @@ from mmrerank.core import distributed
 from mmrerank.evaluation.report import Paper, Report
 from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage, page_columns
 from mmrerank.fitting import train_missing
-from mmrerank.rerankers import specs  # noqa: F401  (configs name the families' specs by short class_path)
+from mmrerank.rerankers import family_rows  # noqa: F401  (configs name the families' specs by short class_path)
 from mmrerank.retrieval.clip import resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
 
@@ -90,7 +90,7 @@ FIXED_ROWS = {"t2i": ["first stage"], "i2t": ["first stage"], "pages": ["BM25"],
 def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instances: Instances | None) -> None:
     """Refuse a paper's column whose direction the config does not run or whose measure its rows lack (image-text:
     the config's measures; pages: MMDocIR's `macro/R@k`, `micro/R@k`), and, when every reranker names its rows in
-    advance (`RerankerSpec.row_names`), a row the config does not produce.
+    advance (`RerankerRows.row_names`), a row the config does not produce.
 
     Raises:
         ValueError: listing the known directions, columns or rows.

@@ -18,6 +18,7 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 
 from mmrerank.benchmark import benchmark
 from mmrerank.commands import rerank, search
+from mmrerank.commands.renamed import migrate_argv
 from mmrerank.core import distributed
 from mmrerank.fitting import MMRerankCLI, packaged_config
 from mmrerank.rerankers.edje.benchmark import precompute
@@ -27,10 +28,14 @@ from mmrerank.retrieval.clip import resolve_device
 def known_class_paths() -> str:
     """The short `class_path` names a config may use, by kind (for an unknown one's error)."""
     import mmrerank.datasets as sources
-    from mmrerank.rerankers import specs
+    from mmrerank.rerankers import family_rows
 
-    return (f"reranker specs: {', '.join(specs.__all__)}; image-text datasets: "
-            f"{', '.join(n for n in sources.__all__ if n not in ('ImageTextDataset', 'ImageTextSource'))} "
+    def names(base) -> str:
+        return ", ".join(n for n in sources.__all__ if n != base.__name__ and isinstance(getattr(sources, n), type)
+                         and issubclass(getattr(sources, n), base))
+
+    return (f"reranker rows: {', '.join(family_rows.__all__)}; image-text datasets: {names(sources.ImageTextSource)}; "
+            f"page datasets: {names(sources.PageSource)}; image-to-image datasets: {names(sources.InstanceSource)} "
             "(or a full import path, e.g. mymodule.MyRows)")
 
 
@@ -55,7 +60,7 @@ def parse_function_args(function, prog: str, argv: list[str]) -> dict:
     """The function's arguments, built; a bad value (an unknown split, measure or device, a negative depth) stops
     here with the reason, before anything is rendered or trained."""
     parser = function_parser(function, prog)
-    config = parser.parse_args(argv)
+    config = parser.parse_args(migrate_argv(argv, prog))
     try:
         # `instantiate` since jsonargparse 4.49 (which warns on the old name); older releases have only the old one
         instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes
@@ -119,7 +124,7 @@ def run_rerank(argv: list[str]) -> None:
     """`mmrerank rerank`: the reranker is built only after the run's ids are checked against the files, so its
     `--reranker` value (a class path with init args) is parsed here but not instantiated."""
     parser = function_parser(rerank.rerank, "mmrerank rerank")
-    kwargs = parser.parse_args(argv).as_dict()
+    kwargs = parser.parse_args(migrate_argv(argv, "mmrerank rerank")).as_dict()
     kwargs.pop("config", None)
     try:
         resolve_device(kwargs["device"])

@@ -8,6 +8,7 @@ come from; `retrain` replaces it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 import warnings
@@ -28,18 +29,52 @@ from mmrerank.core.io import (
     write_checksums,
 )
 from mmrerank.core.progress import ProgressLines, SeedAfterCaches, on_terminal
-from mmrerank.rerankers.spec import RerankerSpec
+from mmrerank.rerankers.rows import RerankerRows
 from mmrerank.retrieval.first_stage import FirstStage
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data; the repository's configs/ links here
 DONE = "fit.json"  # written last into a trained folder: the folder is whole
 
 
+# The LightningModules and LightningDataModules a config names by short `class_path`, and the module holding each:
+# only the ones a command names are imported (the MLLM's pull in transformers), before jsonargparse resolves them.
+LIGHTNING_CLASSES = {
+    "CLIPModule": "mmrerank.retrieval.module", "SyntheticDataModule": "mmrerank.retrieval.module",
+    "EDJEModule": "mmrerank.rerankers.edje.module", "EDJEDataModule": "mmrerank.rerankers.edje.data",
+    "MLLMRerankerModule": "mmrerank.rerankers.mllm.module", "ImageGroupsDataModule": "mmrerank.rerankers.mllm.data",
+    "PageGroupsDataModule": "mmrerank.rerankers.mllm.data",
+}
+
+
+def import_named_classes(args: list[str] | None) -> None:
+    """Import the modules of the `LIGHTNING_CLASSES` that `args` name (in a `--config` file or a flag), so their
+    short `class_path` resolves."""
+    import importlib
+    import sys
+
+    args = sys.argv[1:] if args is None else args
+    text = []
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        value = arg if i and args[i - 1] == "--config" else value
+        if value is not None and Path(value).is_file():
+            text.append(Path(value).read_text())
+        elif value is not None:  # a config given as YAML text
+            text.append(value)
+        text.append(arg)
+    for name, module in LIGHTNING_CLASSES.items():
+        if any(re.search(rf"\b{name}\b", t) for t in text):
+            importlib.import_module(module)
+
+
 class MMRerankCLI(LightningCLI):
-    """Lightning's CLI over every mmrerank `LightningModule` and `LightningDataModule` (by `class_path`)."""
+    """Lightning's CLI over every mmrerank `LightningModule` and `LightningDataModule` (by `class_path`: a short
+    name of `LIGHTNING_CLASSES`, or a full import path)."""
 
     def __init__(self, *args, announce_saved: bool = True, **kwargs) -> None:
         """`announce_saved`: print where the model went at the end (off where the caller moves it, and says so)."""
+        given = kwargs.get("args")  # None: sys.argv; a dict of settings names its classes by full path
+        import_named_classes(given if isinstance(given, list) else None if given is None else [])
         self.announce_saved = announce_saved  # read by `after_fit`, which runs inside `super().__init__`
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         with warnings.catch_warnings():  # `args` given while sys.argv holds the console script's (or a benchmark's)
@@ -128,7 +163,7 @@ def packaged_config(path: str) -> str:
     return str(CONFIG_DIR / name) if (CONFIG_DIR / name).is_file() else path
 
 
-def trained_folder(spec: RerankerSpec, first_stage: FirstStage) -> Path:
+def trained_folder(spec: RerankerRows, first_stage: FirstStage) -> Path:
     """Where `spec.fit` trains to: keyed by the config's text, the recipe's arguments and the first stage."""
     config = Path(packaged_config(spec.fit.config))
     if not config.is_file():
@@ -138,7 +173,7 @@ def trained_folder(spec: RerankerSpec, first_stage: FirstStage) -> Path:
     return cache_root() / "trained" / f"{config.parent.name}-{config.stem}-{key_digest(key)}"
 
 
-def train_missing(specs: list[RerankerSpec], first_stage: FirstStage, retrain: bool = False, progress: bool = True,
+def train_missing(specs: list[RerankerRows], first_stage: FirstStage, retrain: bool = False, progress: bool = True,
                   timings: dict[str, float] | None = None) -> None:
     """Run every spec's `fit` recipe whose folder is not trained yet (all of them with `retrain`), then point the
     spec at its folder. `first_stage` must be built already (its folder is what the recipes read)."""
@@ -157,7 +192,7 @@ def train_missing(specs: list[RerankerSpec], first_stage: FirstStage, retrain: b
         spec.use_trained(str(folder / "model"))
 
 
-def train_once(spec: RerankerSpec, folder: Path, first_stage: FirstStage, retrain: bool, progress: bool) -> None:
+def train_once(spec: RerankerRows, folder: Path, first_stage: FirstStage, retrain: bool, progress: bool) -> None:
     """Fill `folder` by `fit` unless it is whole (rank 0 trains, in a process of its own under `torch.distributed`:
     a Trainer finding the process group would wait for the other ranks; they find the folder whole)."""
     # a folder of an older version, without checksums, is taken as it is
@@ -178,7 +213,7 @@ def train_once(spec: RerankerSpec, folder: Path, first_stage: FirstStage, retrai
     generate_folder_once(folder, DONE, generate)
 
 
-def fit(spec: RerankerSpec, folder: Path, first_stage: FirstStage, progress: bool) -> None:
+def fit(spec: RerankerRows, folder: Path, first_stage: FirstStage, progress: bool) -> None:
     """`mmrerank fit --config <recipe> <args> <the spec's own args>`, in this process: the model is saved to
     `folder/model`, Lightning's own files (the resolved `config.yaml`) go to `folder/fit`."""
     args = ["fit", "--config", packaged_config(spec.fit.config), *spec.fit.args,

@@ -116,6 +116,13 @@ def evaluate(run: RunLike, qrels: QrelsLike, measures: Sequence[str] | str, *,
 
     Returns:
         `{name: mean}`; NaN for a measure no query counts for.
+
+    Examples:
+        >>> from mmrerank import evaluate
+        >>> run = {"q1": {"d1": 0.9, "d2": 0.5}, "q2": {"d3": 0.8, "d4": 0.7}}
+        >>> qrels = {"q1": {"d2": 1}, "q2": {"d3": 1}}
+        >>> evaluate(run, qrels, ["Success@1", "R@2", "RR@10"])  # q1: relevant at rank 2, q2: at rank 1
+        {'Success@1': 0.5, 'R@2': 1.0, 'RR@10': 0.75}
     """
     values, n_missing = _evaluate_rows(run, qrels, measures)
     _warn_on_overlap(run, qrels, count_missing)

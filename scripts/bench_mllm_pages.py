@@ -19,7 +19,7 @@ import torch
 
 from mmrerank.datasets.mmdocir import load_mmdocir
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-from mmrerank.evaluation import Report, evaluate
+from mmrerank.evaluation import Report, evaluate_rows
 from mmrerank.evaluation.suites import PageTask
 from mmrerank.rerankers.fusion import Fused, Memoized
 from mmrerank.rerankers.mllm.data import PageGroupsDataModule
@@ -78,14 +78,14 @@ def main() -> None:
     data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
     report = Report(f"synthetic pages (val: {args.val_docs} documents, {len(data.questions)} questions)")
     run, task = data.per_document_run(bm25_page_scores(data)), PageTask(data)
-    evaluate(report, task, run, first_stage="BM25")
+    evaluate_rows(report, task, run, first_stage="BM25")
     for loss in args.losses:
         module = train(args, loss, report)
         reranker = Memoized(module.reranker.eval())  # the fused rows reuse its scores: no second model pass
         rows = {f"BM25 + MLLM ({loss}, top {args.depth})": reranker}
         rows.update({f"BM25 + MLLM ({loss}, top {args.depth}, alpha {alpha:g})": Fused(reranker, alpha, "minmax")
                      for alpha in args.alphas})
-        evaluate(report, task, run, rows, args.depth, progress=False, first_stage="BM25")  # timings: pages <row>
+        evaluate_rows(report, task, run, rows, args.depth, progress=False, first_stage="BM25")  # timings: pages <row>
         print(report.to_markdown(), file=sys.stderr, flush=True)  # partial results while the next loss trains
     print(f"- command: `python {shlex.join(sys.argv)}`")
     print(f"- machine: 2 CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ref-queries", type=int, default=100, help="queries reranked by `reference_rerank`")
     parser.add_argument("--n", type=int, default=10_000, help="database size")
     parser.add_argument("--dim", type=int, default=2048)
-    parser.add_argument("--top-m", type=int, default=400)
+    parser.add_argument("--rerank-depth", "--top-m", type=int, default=400, dest="rerank_depth")
     parser.add_argument("--k", type=int, default=9)
     parser.add_argument("--beta", type=float, default=0.15)
     parser.add_argument("--clusters", type=int, default=500)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     database, queries = clustered_corpus(args.n, args.dim, args.clusters, args.queries, args.noise,
                                        args.query_noise, args.seed)
-    settings = {"top_m": args.top_m, "k": args.k, "beta": args.beta}
+    settings = {"rerank_depth": args.rerank_depth, "k": args.k, "beta": args.beta}
     load_before = os.getloadavg()
 
     rerank(queries[:8], database, **settings)  # warm-up: library initialisation, thread pools
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
         ref_times.append(seconds)
     load_after = os.getloadavg()
 
-    m = min(args.top_m, args.n)
+    m = min(args.rerank_depth, args.n)
     same32 = (fast[:n_ref] == ref).all(dim=1)
     same_head32 = (fast[:n_ref, :m] == ref[:, :m]).all(dim=1)
     positions32 = (fast[:n_ref] == ref).float().mean().item()

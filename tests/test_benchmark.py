@@ -37,13 +37,13 @@ def shrunk_default(tiny_config, tmp_path: Path) -> Path:
                        (f"--data.init_args.{split}=Synthetic", f"--data.init_args.{split}.init_args.split={split}",
                         *synthetic_args(f"data.init_args.{split}.init_args", tiny_config))]]
     pages = config["pages"]
-    pages["pages"].update(documents=4, root=str(tmp_path / "pages"))
+    pages["dataset"]["init_args"].update(documents=4, root=str(tmp_path / "pages"))
     mllm = pages["rerankers"][0]["init_args"]["fit"]
     mllm["args"] += ["--trainer.max_steps=2", "--data.init_args.batch_size=2", "--model.init_args.warmup_steps=1",
                      f"--data.init_args.train.root={tmp_path / 'pages'}", "--data.init_args.train.documents=4"]
-    config["instances"]["instances"] = {"queries": 3, "easy": 2, "hard": 2, "junk": 1, "distractors": 12,
-                                        "image_size": 64, "root": str(tmp_path / "i2i")}
-    config["instances"]["top_m"] = 10
+    config["instances"]["dataset"]["init_args"] = {"queries": 3, "easy": 2, "hard": 2, "junk": 1, "distractors": 12,
+                                                   "image_size": 64, "root": str(tmp_path / "i2i")}
+    config["instances"]["rerank_depth"] = 10
     path = tmp_path / "default.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

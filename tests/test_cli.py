@@ -14,8 +14,8 @@ import torch
 
 from mmrerank.benchmark import check_paper
 from mmrerank.cli import MMRerankCLI, benchmark_parser, main
-from mmrerank.datasets import ImageTextSource
-from mmrerank.rerankers import RerankerSpec
+from mmrerank.datasets import ImageTextSource, InstanceSource
+from mmrerank.rerankers import RerankerRows
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml")
@@ -52,12 +52,12 @@ def test_benchmark_config_parses(path):
     image_text = config.image_text
     assert image_text.dataset is None or isinstance(image_text.dataset, ImageTextSource)
     assert image_text.depth >= image_text.rerank_depth
-    assert all(isinstance(spec, RerankerSpec) for suite in (image_text, config.pages, config.instances)
+    assert all(isinstance(spec, RerankerRows) for suite in (image_text, config.pages, config.instances)
                if suite is not None for spec in suite.rerankers or [])
     if config.paper is not None:  # its rows and columns are ones the config produces
         check_paper(config.paper, image_text, config.pages, config.instances)
     if path.parent.name == "superglobal":
-        assert image_text.directions == [] and config.instances.dataset in {"synthetic", "roxford5k", "rparis6k"}
+        assert image_text.directions == [] and isinstance(config.instances.dataset, InstanceSource)
 
 
 def fit_args(tiny_config, root: Path, *extra: str) -> list[str]:

@@ -61,8 +61,8 @@ def user_data(root: Path, n_images: int = 60, captions_per_image: int = 2, depth
 
 def rerank_args(data: dict, out: Path, *extra: str) -> list[str]:
     return ["rerank", f"--run={data['run']}", f"--queries={data['captions']}", f"--corpus={data['images']}",
-            f"--reranker={ORACLE}", f"--reranker.init_args.qrels={data['qrels']}", f"--output={out}", "--depth=20",
-            "--progress=false", *extra]
+            f"--reranker={ORACLE}", f"--reranker.init_args.qrels={data['qrels']}", f"--output={out}",
+            "--rerank_depth=20", "--progress=false", *extra]
 
 
 def test_held_out_check(tmp_path, capsys):
@@ -120,7 +120,7 @@ def test_a_resumed_rerank_scores_only_the_missing_shards(tmp_path):
     data = user_data(tmp_path, n_images=10, depth=5)  # 20 queries: 4 shards of 5
     out, calls = tmp_path / "out.trec", tmp_path / "calls.txt"
     common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]), output=str(out),
-                  depth=5, batch_size=5, shard_size=5, progress=False)
+                  rerank_depth=5, batch_size=5, shard_size=5, progress=False)
     # batch_size 5 at depth 5: one query per scoring call, so the oracle fails in the third shard
     with pytest.raises(KeyboardInterrupt):
         rerank(reranker=QrelsOracle(str(data["qrels"]), str(calls), fail_after=12), **common)
@@ -142,13 +142,13 @@ def test_a_work_folder_of_other_settings_is_not_reused(tmp_path):
     common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]),
                   output=str(tmp_path / "out.trec"), batch_size=4, shard_size=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=5), depth=4, **common)  # after shard 0
-    with pytest.raises(ValueError, match="another depth"):
-        rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
+        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=5), rerank_depth=4, **common)  # after shard 0
+    with pytest.raises(ValueError, match="another rerank_depth"):
+        rerank(reranker=QrelsOracle(str(data["qrels"])), rerank_depth=3, **common)
     shutil.rmtree(tmp_path / "out.trec.work")
     with pytest.raises(KeyboardInterrupt):  # stopped before its first shard: nothing to keep, the next run starts
-        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=0), depth=4, **common)
-    rerank(reranker=QrelsOracle(str(data["qrels"])), depth=3, **common)
+        rerank(reranker=QrelsOracle(str(data["qrels"]), fail_after=0), rerank_depth=4, **common)
+    rerank(reranker=QrelsOracle(str(data["qrels"])), rerank_depth=3, **common)
     assert (tmp_path / "out.trec").is_file()
 
 
@@ -188,7 +188,7 @@ def test_fusion_with_the_first_stage(tmp_path):
     from tests.helpers.oracle import QrelsOracle
 
     data = user_data(tmp_path, n_images=6, depth=4)
-    common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]), depth=4,
+    common = dict(run=str(data["run"]), queries=str(data["captions"]), corpus=str(data["images"]), rerank_depth=4,
                   progress=False)
     # a weight far above the oracle's 0/1 scores: the first stage's order comes back
     fused = rerank(reranker=QrelsOracle(str(data["qrels"])), alpha=100.0, output=str(tmp_path / "f.trec"), **common)
@@ -373,7 +373,7 @@ def test_a_real_reranker_by_class_path_scores_the_items_the_ids_name(tmp_path):
     data = user_data(tmp_path, n_images=8, captions_per_image=1, depth=5)
     main(["rerank", f"--run={data['run']}", f"--queries={data['captions']}", f"--corpus={data['images']}",
           "--reranker=mmrerank.rerankers.edje.EDJEReranker", f"--reranker.model={tmp_path / 'edje'}",
-          "--reranker.device=cpu", "--depth=5", f"--output={tmp_path / 'out.trec'}", "--progress=false"])
+          "--reranker.device=cpu", "--rerank_depth=5", f"--output={tmp_path / 'out.trec'}", "--progress=false"])
     reranked = Run.read_trec(tmp_path / "out.trec").to_dict()
     texts = dict(line.split("\t") for line in data["captions"].read_text().splitlines())
     model = EDJEReranker(str(tmp_path / "edje"), device="cpu")

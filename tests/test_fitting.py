@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mmrerank.fitting import CONFIG_DIR, packaged_config, trained_folder
 from mmrerank.rerankers.edje.benchmark import EDJERows
-from mmrerank.rerankers.spec import FitRecipe
+from mmrerank.rerankers.rows import FitRecipe
 from mmrerank.retrieval.first_stage import FirstStage
 
 

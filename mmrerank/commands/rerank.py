@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.io import atomic_write_json
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.core.progress import format_seconds, on_terminal
@@ -35,11 +36,12 @@ WORK_SUFFIX = ".work"  # OUT.trec -> OUT.trec.work/, the finished shards of an i
 MANIFEST = "manifest.json"
 
 
-def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output: str, depth: int = 20,
+@renamed_arguments(depth="rerank_depth")
+def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output: str, rerank_depth: int = 20,
            qrels: str | None = None, measures: list[str] | None = None, alpha: float = 0.0,
            normalize: str = "none", device: str = "auto", batch_size: int = 64, shard_size: int = 1000,
            progress: bool = True) -> Run:
-    """Rerank the top `depth` candidates of each query of a TREC run file and write the reranked run.
+    """Rerank the top `rerank_depth` candidates of each query of a TREC run file and write the reranked run.
 
     Args:
         run: the first stage's run: a TREC run file (`qid Q0 docid rank score tag`) or a JSONL file of
@@ -51,7 +53,8 @@ def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output
         reranker: a preset's hub id, a folder mmrerank saved a reranker to, or a `Reranker` subclass by import
             path with its init args (`--reranker my.module.MyReranker --reranker.init_args.x 1`).
         output: the reranked TREC run to write; finished shards wait in `<output>.work/` until it is written.
-        depth: candidates reranked per query (the others keep their first-stage order below them).
+        rerank_depth: candidates reranked per query (the others keep their first-stage order below them); `--depth`
+            is its deprecated name.
         qrels: TREC qrels: then the first stage and the reranked run are scored and both rows printed.
         measures: what to score with `qrels` (default: Success@1, Success@5, Success@10, nDCG@10).
         alpha: fuse `reranker score + alpha * first-stage score` (0: the reranker alone).
@@ -66,10 +69,10 @@ def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output
         The reranked run (on every rank).
     """
     measures = list(measures or DEFAULT_MEASURES)
-    _check_arguments(depth, batch_size, shard_size, measures, normalize, output)
+    _check_arguments(rerank_depth, batch_size, shard_size, measures, normalize, output)
     task, first = load_task(run, queries, corpus, qrels)
     work = Path(str(output) + WORK_SUFFIX)
-    _claim_work_folder(work, _manifest(run, queries, corpus, reranker, depth, alpha, normalize, shard_size))
+    _claim_work_folder(work, _manifest(run, queries, corpus, reranker, rerank_depth, alpha, normalize, shard_size))
     model = build_reranker(reranker, device)
     if alpha:
         model = Fused(model, alpha, normalize)
@@ -77,7 +80,7 @@ def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output
     pending = distributed.from_rank_zero(lambda: [i for i in range(len(shards)) if not _shard_path(work, i).is_file()])
     error = None
     try:
-        _rerank_shards(model, first, task, depth, batch_size, shards, distributed.shard(pending), work, progress)
+        _rerank_shards(model, first, task, rerank_depth, batch_size, shards, distributed.shard(pending), work, progress)
     except Exception as err:  # every rank stops together: see fail_together
         error = err
     distributed.fail_together(error)
@@ -85,16 +88,17 @@ def rerank(run: str, queries: str, corpus: str, reranker: str | Reranker, output
     if distributed.is_rank_zero():
         reranked.write_trec(output)
         shutil.rmtree(work, ignore_errors=True)
-        print(f"Wrote {output} ({len(reranked)} queries, top {depth} reranked by {describe_reranker(reranker)}).")
+        print(f"Wrote {output} ({len(reranked)} queries, top {rerank_depth} reranked by "
+              f"{describe_reranker(reranker)}).")
         if qrels:
             print(score_table(Qrels.read_trec(qrels), {FIRST_STAGE: first, describe_reranker(reranker): reranked},
                               measures, f"rerank {task.name}"))
     return reranked
 
 
-def _check_arguments(depth: int, batch_size: int, shard_size: int, measures: Sequence[str], normalize: str,
+def _check_arguments(rerank_depth: int, batch_size: int, shard_size: int, measures: Sequence[str], normalize: str,
                      output: str) -> None:
-    for name, value in (("depth", depth), ("batch_size", batch_size), ("shard_size", shard_size)):
+    for name, value in (("rerank_depth", rerank_depth), ("batch_size", batch_size), ("shard_size", shard_size)):
         if value < 1:
             raise ValueError(f"--{name} must be >= 1, got {value}")
     for measure in measures:
@@ -209,14 +213,14 @@ def describe_reranker(spec: str | Reranker | Mapping[str, Any]) -> str:
 # --- shards: the resumable part -------------------------------------------------------------------------------------
 
 
-def _manifest(run: str, queries: str, corpus: str, reranker: Any, depth: int, alpha: float, normalize: str,
+def _manifest(run: str, queries: str, corpus: str, reranker: Any, rerank_depth: int, alpha: float, normalize: str,
               shard_size: int) -> dict:
     """What the shards in a work folder were computed from (a work folder of other inputs is never reused)."""
     stat = Path(run).stat()
     spec = describe_reranker(reranker) if isinstance(reranker, Reranker) else reranker
     return {"run": str(Path(run).resolve()), "run_size": stat.st_size, "run_mtime_ns": stat.st_mtime_ns,
             "queries": str(Path(queries).resolve()), "corpus": str(Path(corpus).resolve()),
-            "reranker": json.loads(json.dumps(spec, default=str)), "depth": depth, "alpha": alpha,
+            "reranker": json.loads(json.dumps(spec, default=str)), "rerank_depth": rerank_depth, "alpha": alpha,
             "normalize": normalize, "shard_size": shard_size}
 
 
@@ -245,7 +249,7 @@ def _shard_path(work: Path, i: int) -> Path:
     return work / f"shard-{i:05d}.trec"
 
 
-def _rerank_shards(model: Reranker, first: Run, task: RetrievalTask, depth: int, batch_size: int,
+def _rerank_shards(model: Reranker, first: Run, task: RetrievalTask, rerank_depth: int, batch_size: int,
                    shards: Sequence[list[int]], mine: Sequence[int], work: Path, progress: bool) -> None:
     """Rerank this rank's pending shards, writing each one's run to its file when it is done."""
     rank, size = distributed.world()
@@ -254,7 +258,7 @@ def _rerank_shards(model: Reranker, first: Run, task: RetrievalTask, depth: int,
     done, start = 0, time.perf_counter()
     for n, i in enumerate(mine, 1):
         rows = shards[i]
-        reranked = model.rerank(first.select(rows), task, depth, batch_size, progress=progress and on_terminal())
+        reranked = model.rerank(first.select(rows), task, rerank_depth, batch_size, progress=progress and on_terminal())
         reranked.write_trec(_shard_path(work, i))
         done += len(rows)
         if progress:

@@ -1,10 +1,14 @@
 """Benchmarks: the built-in synthetic ones and loaders of the real ones (with their own metrics).
 
 The image-text sources are exported here by their short `class_path` names (`Synthetic`, `Flickr30k`, `COCO`,
-`Karpathy`, `CaptionTable`).
+`Karpathy`, `CaptionTable`), the document-page ones (`SyntheticPages`, `MMDocIR`) and the image-to-image ones
+(`SyntheticInstances`, `Revisited`).
 """
 
 from mmrerank.datasets.imagetext import ImageTextDataset
+from mmrerank.datasets.instance_sources import InstanceSource, Revisited, SyntheticInstances
+from mmrerank.datasets.page_sources import MMDocIR, PageSource, SyntheticPages
 from mmrerank.datasets.sources import COCO, CaptionTable, Flickr30k, ImageTextSource, Karpathy, Synthetic
 
-__all__ = ["COCO", "CaptionTable", "Flickr30k", "ImageTextDataset", "ImageTextSource", "Karpathy", "Synthetic"]
+__all__ = ["COCO", "CaptionTable", "Flickr30k", "ImageTextDataset", "ImageTextSource", "InstanceSource", "Karpathy",
+           "MMDocIR", "PageSource", "Revisited", "Synthetic", "SyntheticInstances", "SyntheticPages"]

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import renamed_arguments, renamed_function
 from mmrerank.core.items import RetrievalTask
 from mmrerank.core.run import PAD, Run
 from mmrerank.evaluation.report import Report
@@ -22,7 +23,7 @@ DEFAULT_MEASURES = ("Success@1", "Success@5", "Success@10", "nDCG@10")
 FIRST_STAGE = "first stage"
 
 
-def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, depth: int, batch_size: int,
+def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, rerank_depth: int, batch_size: int,
                    progress: bool = True) -> Run:
     """`reranker.rerank` with the queries split over distributed ranks (a block of rows each), then gathered.
 
@@ -32,21 +33,22 @@ def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, depth: int
     """
     _, size = distributed.world()
     if size == 1 or type(reranker).rerank is not Reranker.rerank:
-        return reranker.rerank(run, task, depth, batch_size, progress)
+        return reranker.rerank(run, task, rerank_depth, batch_size, progress)
     mine = distributed.block(len(run))
     others = torch.ones(len(run), 1, dtype=torch.bool, device=run.indices.device)
     others[mine] = False
     part = reranker.rerank(Run(run.indices.masked_fill(others, PAD), run.scores, run.query_ids, run.doc_ids), task,
-                           depth, batch_size, progress)
+                           rerank_depth, batch_size, progress)
     indices = distributed.gather_blocks(part.indices[mine])
     scores = distributed.gather_blocks(part.scores[mine])
     return Run(indices, scores, run.query_ids, run.doc_ids)
 
 
-def evaluate(report: Report, task: RetrievalTask, run: Run, rerankers: Mapping[str, Reranker] | None = None,
-             depth: int = 16, measures: Sequence[str] = DEFAULT_MEASURES, batch_size: int = 256,
-             progress: bool = True, first_stage: str = FIRST_STAGE) -> dict[str, Run]:
-    """Rerank `run`'s top `depth` with each reranker and add one report row per system (the first stage first).
+@renamed_arguments(depth="rerank_depth")
+def evaluate_rows(report: Report, task: RetrievalTask, run: Run, rerankers: Mapping[str, Reranker] | None = None,
+                  rerank_depth: int = 16, measures: Sequence[str] = DEFAULT_MEASURES, batch_size: int = 256,
+                  progress: bool = True, first_stage: str = FIRST_STAGE) -> dict[str, Run]:
+    """Rerank `run`'s top `rerank_depth` with each reranker and add one report row per system (the first stage first).
 
     Args:
         task: the queries, corpus and judgements `run` indexes; it scores every run.
@@ -60,9 +62,13 @@ def evaluate(report: Report, task: RetrievalTask, run: Run, rerankers: Mapping[s
     systems = {first_stage: run}
     for name, reranker in (rerankers or {}).items():
         start = time.perf_counter()
-        systems[name] = rerank_sharded(reranker, run, task, depth, batch_size, progress)
+        systems[name] = rerank_sharded(reranker, run, task, rerank_depth, batch_size, progress)
         report.timings[f"{task.direction} {name}"] = time.perf_counter() - start
         report.baselines[name] = first_stage
     for name, system_run in systems.items():
         report.add(name, task.direction, task.measure(system_run, measures), task.curve(system_run))
     return systems
+
+
+# The loop's name before it was told apart from the metrics function `mmrerank.evaluate` (removed in 0.2).
+evaluate = renamed_function(evaluate_rows, "mmrerank.evaluation.loop.evaluate")

@@ -1,5 +1,8 @@
-"""The benchmark suites: each loads its data, builds its first-stage run(s) and its task, asks each reranker spec for
-its rows and hands everything to the one loop (`evaluate`).
+"""The benchmark suites: each loads its data, builds its first-stage run(s) and its task, asks each reranker's rows
+(`RerankerRows`) for its rerankers and hands everything to the one loop (`evaluate_rows`).
+
+One vocabulary in all three: `dataset` is chosen by `class_path`, `depth` is the first stage's K (where the first
+stage has one), `rerank_depth` how many of its candidates each reranker rescores.
 
 - `ImageText`: t2i / i2t over an image-text dataset (any `ImageTextSource`), first stage a dual encoder.
 - `Pages`: document pages in MMDocIR's form, first stages BM25 over each document's pages and/or VLM embedders.
@@ -18,16 +21,16 @@ from mmrerank.core import distributed
 from mmrerank.core.io import require_path
 from mmrerank.core.items import ImageLoadError, RetrievalTask
 from mmrerank.core.run import PAD, Run
-from mmrerank.datasets.mmdocir import MMDocIRDataset, load_mmdocir, mmdocir_page_metrics
-from mmrerank.datasets.revisited import RevisitedTask, load_revisited
+from mmrerank.datasets.instance_sources import InstanceSource, SyntheticInstances
+from mmrerank.datasets.mmdocir import MMDocIRDataset, mmdocir_page_metrics
+from mmrerank.datasets.page_sources import PageSource, SyntheticPages
+from mmrerank.datasets.revisited import RevisitedTask
 from mmrerank.datasets.sources import ImageTextSource, Synthetic
-from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
-from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate
+from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate_rows
 from mmrerank.evaluation.report import Report
 from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
-from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import RerankContext, RerankerRows
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
 from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
 from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
@@ -95,11 +98,11 @@ def cached_descriptors(key: dict, extract) -> tuple[torch.Tensor, torch.Tensor]:
     return queries, database
 
 
-def rows(specs: list[RerankerSpec], context: RerankContext) -> dict[str, Reranker]:
-    """Every spec's rows for one task, in spec order."""
+def rows(rerankers: list[RerankerRows], context: RerankContext) -> dict[str, Reranker]:
+    """Every family's rows for one task, in config order."""
     out: dict[str, Reranker] = {}
-    for spec in specs:
-        out.update(spec.rows(context))
+    for family in rerankers:
+        out.update(family.rows(context))
     return out
 
 
@@ -123,7 +126,7 @@ class ImageText:
     rerank_depth: int = 16
     measures: list[str] = field(default_factory=lambda: list(DEFAULT_MEASURES))
     batch_size: int = 256
-    rerankers: list[RerankerSpec] = field(default_factory=list)
+    rerankers: list[RerankerRows] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.dataset = self.dataset or Synthetic()
@@ -141,8 +144,8 @@ class ImageText:
     def check(self) -> None:
         """Before anything is rendered or trained: the rerankers' paths, the dataset's files, and a user's own
         data (anything but the synthetic benchmark) loaded, so an empty table or an unreadable image stops here."""
-        for spec in self.rerankers:
-            spec.check()
+        for family in self.rerankers:
+            family.check()
         if not self.directions:
             return
         check_source(self.dataset)
@@ -168,7 +171,7 @@ class ImageText:
             report.timings[f"{direction} retrieval"] = time.perf_counter() - start
             context = RerankContext("image-text", direction, data, self.dataset.describe(), device, progress,
                                     timings=report.timings)
-            evaluate(report, task, run, rows(self.rerankers, context), self.rerank_depth, self.measures,
+            evaluate_rows(report, task, run, rows(self.rerankers, context), self.rerank_depth, self.measures,
                      self.batch_size, progress)
 
 
@@ -238,12 +241,13 @@ class PageTask(RetrievalTask):
 
 @dataclass
 class Pages:
-    """Document-page rows: BM25 over each document's pages (OCR text), then each reranker over its top `depth`.
+    """Document-page rows: BM25 over each document's pages (OCR text), then each reranker over its top
+    `rerank_depth` (the first stage ranks every page of the question's document: it has no `depth`).
 
     Attributes:
-        pages: the synthetic document pages (MMDocIR form); unused when `annotations` is set.
-        annotations, pages_parquet: MMDocIR's own files (`MMDocIR_annotations.jsonl`, `MMDocIR_pages.parquet`).
-        depth: BM25 pages reranked per question.
+        dataset: the pages, by `class_path`: `SyntheticPages` (default: seed 1, 100 documents) or `MMDocIR` (the
+            benchmark's `MMDocIR_annotations.jsonl` and `MMDocIR_pages.parquet`).
+        rerank_depth: BM25 pages reranked per question.
         batch_size: pairs per reranker batch.
         rerankers: the families' rows (`MLLMRows`, ...).
         dual_encoder: also report the benchmark's first-stage dual encoder over page images (row `CLIP`), a first
@@ -258,12 +262,10 @@ class Pages:
             as a string, ...), the same for every VLM first stage.
     """
 
-    pages: PagesConfig | None = None
-    annotations: str | None = None
-    pages_parquet: str | None = None
-    depth: int = 5
+    dataset: PageSource | None = None
+    rerank_depth: int = 5
     batch_size: int = 16
-    rerankers: list[RerankerSpec] = field(default_factory=list)
+    rerankers: list[RerankerRows] = field(default_factory=list)
     dual_encoder: bool = False
     page_text: bool = True
     first_stages: list[str] = field(default_factory=lambda: ["BM25"])
@@ -271,38 +273,26 @@ class Pages:
     embedder_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.pages = self.pages or PagesConfig(seed=1, documents=100)
+        self.dataset = self.dataset or SyntheticPages(seed=1, documents=100)
         from mmrerank.retrieval.vlm.presets import PRESETS
 
         unknown = [name for name in self.first_stages if name != "BM25" and name not in PRESETS]
         if unknown or not self.first_stages:
             raise ValueError(f"pages.first_stages {self.first_stages}: each must be 'BM25' or one of {sorted(PRESETS)}")
-        if self.annotations and not self.pages_parquet:
-            raise ValueError("pages.annotations needs pages.pages_parquet (MMDocIR_pages.parquet)")
-        if self.depth < 1:
-            raise ValueError(f"pages.depth must be >= 1, got {self.depth}")
+        if self.rerank_depth < 1:
+            raise ValueError(f"pages.rerank_depth must be >= 1, got {self.rerank_depth}")
 
     def check(self) -> None:
-        """MMDocIR's files exist (before anything is rendered or trained), and the rerankers' paths."""
-        for key in ("annotations", "pages_parquet"):
-            value = getattr(self, key)
-            if value:
-                require_path(value, f"pages.{key}", "file", f"set --pages.{key} to MMDocIR's "
-                             f"{'MMDocIR_annotations.jsonl' if key == 'annotations' else 'MMDocIR_pages.parquet'}, "
-                             "or leave pages.annotations unset for the synthetic pages")
-        for spec in self.rerankers:
-            spec.check()
+        """The dataset's files exist (before anything is rendered or trained), and the rerankers' paths."""
+        self.dataset.check("pages.dataset")
+        for family in self.rerankers:
+            family.check()
 
     def title(self) -> str:
-        if self.annotations:
-            return "MMDocIR pages"
-        return f"synthetic pages (seed {self.pages.seed}, {self.pages.documents} documents)"
+        return self.dataset.title()
 
     def load(self) -> MMDocIRDataset:
-        if self.annotations:
-            return load_mmdocir(self.annotations, self.pages_parquet)
-        folder = ensure_pages(self.pages)
-        return load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
+        return self.dataset.load()
 
     def run(self, report: Report, device: str = "auto", progress: bool = True,
             encoder: CLIPEncoder | None = None) -> None:
@@ -313,17 +303,17 @@ class Pages:
             start = time.perf_counter()
             scores = clip_page_scores(data, encoder.to(resolve_device(device)), progress=progress)
             report.timings["pages CLIP"] = time.perf_counter() - start
-            evaluate(report, task, data.per_document_run(scores), {}, self.depth, (), first_stage="CLIP")
+            evaluate_rows(report, task, data.per_document_run(scores), {}, self.rerank_depth, (), first_stage="CLIP")
         for name in self.first_stages:
             start = time.perf_counter()
             run = data.per_document_run(self._first_stage_scores(name, data, device))
             report.timings[f"pages {name}"] = time.perf_counter() - start
             context = RerankContext("pages", "pages", data, {"name": self.title()}, device, progress,
-                                    timings=report.timings, first_stage=name, depth=self.depth)
+                                    timings=report.timings, first_stage=name, rerank_depth=self.rerank_depth)
             built = rows(self.rerankers, context)
             if name != "BM25":  # BM25's rows keep their names; others say what they rerank
                 built = {f"{row} over {name}": reranker for row, reranker in built.items()}
-            evaluate(report, task, run, built, self.depth, (), self.batch_size, progress, first_stage=name)
+            evaluate_rows(report, task, run, built, self.rerank_depth, (), self.batch_size, progress, first_stage=name)
 
     def _first_stage_scores(self, name: str, data: MMDocIRDataset, device: str) -> list:
         """Per question, its document's pages' scores from the first stage `name` (BM25 or a VLM embedder)."""
@@ -340,73 +330,64 @@ class Pages:
 @dataclass
 class Instances:
     """Image-to-image rows under the revisited protocol (mAP Medium / Hard): GeM, SuperGlobal pooling, and each
-    reranker over the SuperGlobal-pooling ranking's top `top_m`.
+    reranker over the SuperGlobal-pooling ranking's top `rerank_depth` (the first stage ranks the whole database).
 
     Attributes:
-        dataset: `synthetic` (built in, see `InstanceConfig`), `roxford5k` or `rparis6k` (files under `root`).
-        root: the folder holding `gnd_<dataset>.pkl` and `jpg/` (real benchmarks).
-        instances: size and seed of the synthetic image-to-image benchmark.
+        dataset: the images, by `class_path`: `SyntheticInstances` (built in; the default) or `Revisited`
+            (`name: roxford5k` or `rparis6k`, `root`: the folder holding `gnd_<name>.pkl` and `jpg/`).
         backbone: `first_stage` (the benchmark's first-stage CNN image tower) or a timm model name.
         pretrained: timm pretrained weights for a named backbone (needs the network once).
         head_dim, cvnet_checkpoint: a linear head per scale and CVNet-style global-model weights from a local file
             (the paper's R101 setting: `backbone: resnet101`, `head_dim: 2048`).
         pooling: SuperGlobal's pooling; the `GeM` row uses single-scale GeM (p = 3) on the same backbone.
-        top_m: the shortlist the rerankers reorder.
+        rerank_depth: the shortlist the rerankers reorder.
         rerankers: default `[SuperGlobalRows()]` (k = 9, beta = 0.15).
     """
 
-    dataset: str = "synthetic"
-    root: str | None = None
-    instances: InstanceConfig = field(default_factory=InstanceConfig)
+    dataset: InstanceSource | None = None
     backbone: str = "first_stage"
     pretrained: bool = False
     head_dim: int | None = None
     cvnet_checkpoint: str | None = None
     pooling: PoolingConfig = field(default_factory=PoolingConfig)
-    top_m: int = 400
-    rerankers: list[RerankerSpec] | None = None
+    rerank_depth: int = 400
+    rerankers: list[RerankerRows] | None = None
 
     def __post_init__(self) -> None:
-        if self.dataset not in ("synthetic", "roxford5k", "rparis6k"):
-            raise ValueError(f"instances.dataset must be synthetic, roxford5k or rparis6k, got {self.dataset!r}")
-        if self.dataset != "synthetic" and not self.root:
-            raise ValueError(f"instances.dataset={self.dataset} needs instances.root")
+        self.dataset = self.dataset or SyntheticInstances()
+        if self.rerank_depth < 1:
+            raise ValueError(f"instances.rerank_depth must be >= 1, got {self.rerank_depth}")
         if self.rerankers is None:
             self.rerankers = [SuperGlobalRows()]
 
     def check(self) -> None:
         """The real benchmark's folder and ground truth, the CVNet weights, and the rerankers' paths exist."""
-        if self.root and self.dataset != "synthetic":
-            root = require_path(self.root, "instances.root", "folder", f"set --instances.root to the folder holding "
-                                f"gnd_{self.dataset}.pkl and jpg/")
-            require_path(root / f"gnd_{self.dataset}.pkl", "instances.root", "ground-truth file",
-                         f"download gnd_{self.dataset}.pkl into {root}")
+        self.dataset.check("instances.dataset")
         if self.cvnet_checkpoint:
             require_path(self.cvnet_checkpoint, "instances.cvnet_checkpoint", "file",
                          "name CVNet's weights file (.pth), or leave it unset")
-        for spec in self.rerankers:
-            spec.check()
+        for family in self.rerankers:
+            family.check()
 
     def title(self) -> str:
-        return f"{self.dataset} image-to-image"
+        return f"{self.dataset.name} image-to-image"
 
     def descriptor_key(self, backbone: str, checkpoint: str | None, pooling: PoolingConfig,
                        relu_plus: bool | None) -> dict | None:
         """What the descriptors depend on, for the built-in benchmark on the first stage's tower (its images are a
         function of `instances`, its weights of the checkpoint's bytes); None (no caching) for anything else."""
-        if self.dataset != "synthetic" or self.backbone != "first_stage" or self.cvnet_checkpoint:
+        instances = self.dataset.cache_key()
+        if instances is None or self.backbone != "first_stage" or self.cvnet_checkpoint:
             return None
         from dataclasses import asdict
 
         from mmrerank.retrieval.negatives import file_stamp
 
-        instances = {k: v for k, v in asdict(self.instances).items() if k != "root"}
         return {"instances": instances, "backbone": backbone, "weights": file_stamp(checkpoint),
                 "pooling": asdict(pooling), "relu_plus": relu_plus, "head_dim": self.head_dim}
 
     def run(self, report: Report, first_stage: FirstStage, device: str = "auto", progress: bool = True) -> None:
-        data = distributed.on_rank_zero_first(lambda: load_instances(self.instances) if self.dataset == "synthetic"
-                                              else load_revisited(self.root, self.dataset))
+        data = distributed.on_rank_zero_first(self.dataset.load)
         queries = [data.query_image(i) for i in range(data.num_queries)]
         database = [data.db_image(j) for j in range(data.num_db)]
         backbone, checkpoint = self.backbone, None
@@ -429,11 +410,13 @@ class Instances:
             query_desc, db_desc = cached_descriptors(key, extract) if key else extract()
             report.timings[f"i2i {system} descriptors"] = time.perf_counter() - start
             run = retrieve(query_desc, db_desc, data.query_names, data.db_names, data.num_db)
-            specs = self.rerankers if system == "SuperGlobal pooling" else []
-            context = RerankContext("image-to-image", "i2i", data, {"name": self.dataset}, device, progress,
-                                    {"queries": query_desc, "database": db_desc}, report.timings, system, self.top_m)
-            evaluate(report, task, run, rows(specs, context), min(self.top_m, data.num_db), (), progress=progress,
-                     first_stage=system)
+            rerankers = self.rerankers if system == "SuperGlobal pooling" else []
+            rerank_depth = min(self.rerank_depth, data.num_db)
+            context = RerankContext("image-to-image", "i2i", data, {"name": self.dataset.name}, device, progress,
+                                    {"queries": query_desc, "database": db_desc}, report.timings, system,
+                                    rerank_depth)
+            evaluate_rows(report, task, run, rows(rerankers, context), rerank_depth, (), progress=progress,
+                          first_stage=system)
 
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.items import ImageFiles, RetrievalTask
 from mmrerank.core.run import PAD, Run, id_rows
 
@@ -92,6 +93,19 @@ class Reranker(ABC):
             query, candidates: what `score` takes (texts, PIL images, ...); a path (`str` or `Path`) of an existing
                 image file (`.jpg`, `.png`, ...) is read as that image, in every family.
             ids: one id per candidate, returned in `RankedResults.ids` (default: positions `"0"`, `"1"`, ...).
+
+        Examples:
+            >>> import torch
+            >>> class WordOverlap(Reranker):  # a family only writes `score`
+            ...     def score(self, queries, candidates):
+            ...         return torch.tensor([float(len(set(q.split()) & set(c.split())))
+            ...                              for q, c in zip(queries, candidates)])
+            >>> ranked = WordOverlap().rank("a red circle", ["a blue square", "a red circle", "a red square"],
+            ...                             ids=["blue", "circle", "square"])
+            >>> ranked.ids, ranked.scores
+            (['circle', 'square', 'blue'], [3.0, 2.0, 1.0])
+            >>> ranked.top_k(1).ids
+            ['circle']
         """
         if ids is not None and len(ids) != len(candidates):
             raise ValueError(f"{len(ids)} ids for {len(candidates)} candidates")
@@ -112,12 +126,13 @@ class Reranker(ABC):
         """
         return self.score([task.queries[int(i)] for i in query_rows], [task.corpus[int(d)] for d in candidate_rows])
 
-    def rerank(self, run: Run, task: RetrievalTask, depth: int, batch_size: int = 256, progress: bool = True,
+    @renamed_arguments(depth="rerank_depth")
+    def rerank(self, run: Run, task: RetrievalTask, rerank_depth: int, batch_size: int = 256, progress: bool = True,
                nonfinite: str = "error") -> Run:
-        """Rescore each query's top `depth` candidates and sort them by the new scores.
+        """Rescore each query's top `rerank_depth` candidates and sort them by the new scores.
 
         Each batch holds whole candidate lists (at least one query), so a query is never split. Candidates
-        below `depth` keep their first-stage order after the reranked ones; their scores are placeholders
+        below `rerank_depth` keep their first-stage order after the reranked ones; their scores are placeholders
         strictly below the reranked scores (like LAVIS's sentinel), so the run stays sorted by score.
 
         The run is matched to the task by id: each row's query id is looked up among `task.queries.ids` and each
@@ -127,12 +142,12 @@ class Reranker(ABC):
         Args:
             run: first-stage run `[Q, K]` whose query and doc ids the task has.
             task: gives the query and candidate items.
-            depth: how many top candidates to rescore.
+            rerank_depth: how many top candidates to rescore (`depth=` is its deprecated name).
             batch_size: pairs per `score` call (rounded to whole queries).
             progress: show a progress bar.
             nonfinite: what a NaN or infinite reranker score does. `"error"` (the default): raise. `"demote"`:
                 the candidate goes below every finite reranked score of its query but stays above the un-reranked
-                tail (the first stage did put it in the top `depth`), candidates demoted together keeping their
+                tail (the first stage did put it in the top `rerank_depth`), candidates demoted together keeping their
                 first-stage order; their scores become placeholders between the two.
 
         Returns:
@@ -142,13 +157,29 @@ class Reranker(ABC):
             ValueError: a query or candidate id of the run that the task lacks (naming the first ones and the side);
                 a non-finite score with `nonfinite="error"` (the message names the query and candidate ids), or an
                 unknown `nonfinite`.
+
+        Examples:
+            >>> import torch
+            >>> from mmrerank import Qrels, Run
+            >>> from mmrerank.core.items import RetrievalTask, Texts
+            >>> class WordOverlap(Reranker):
+            ...     def score(self, queries, candidates):
+            ...         return torch.tensor([float(len(set(q.split()) & set(c.split())))
+            ...                              for q, c in zip(queries, candidates)])
+            >>> corpus = Texts(["d1", "d2", "d3"], ["a blue square", "a red circle", "a red square"])
+            >>> task = RetrievalTask("toy/t2t", Texts(["q"], ["a red circle"]), corpus,
+            ...                      Qrels.from_dict({"q": {"d2": 1}}))
+            >>> first_stage = Run.from_dict({"q": {"d1": 0.9, "d3": 0.8, "d2": 0.7}})
+            >>> reranked = WordOverlap().rerank(first_stage, task, rerank_depth=2, progress=False)
+            >>> [reranked.doc_ids[i] for i in reranked.indices[0].tolist()]  # d1, d3 rescored; d2 stays below them
+            ['d3', 'd1', 'd2']
         """
         if nonfinite not in NONFINITE_MODES:
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
         query_rows = None if run.query_ids == task.queries.ids else id_rows(
             run.query_ids, task.queries.ids, "the run's query ids", f"the queries of task {task.name!r}")
         run = run.align(doc_ids=task.corpus.ids, name="the run").sorted()
-        head, tail = run.indices[:, :depth].cpu(), run.indices[:, depth:].cpu()
+        head, tail = run.indices[:, :rerank_depth].cpu(), run.indices[:, rerank_depth:].cpu()
         new_scores = self.head_scores(run, task, head, batch_size, progress, query_rows)
         bad = ~torch.isfinite(new_scores) & (head != PAD)
         if nonfinite == "error" and bad.any():

@@ -15,7 +15,7 @@ from typing import Any
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.preset import Preset
-from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import RerankContext, RerankerRows
 
 # Each family's presets module: a `PRESETS` dict of `Preset`s (a module that does not exist yet is skipped).
 FAMILY_MODULES = ("mmrerank.rerankers.edje.official", "mmrerank.rerankers.blip.presets",
@@ -37,6 +37,29 @@ def presets() -> dict[str, Preset]:
     return out
 
 
+# The first stage's packaged model configs (open_clip JSON files), read without importing open_clip.
+FIRST_STAGE_CONFIGS = Path(__file__).resolve().parents[1] / "retrieval" / "model_configs"
+
+
+def list_presets() -> dict[str, list[str]]:
+    """Every preset name mmrerank knows, by family: the rerankers' hub ids (`load_reranker` builds them) and the
+    first stage's packaged model configs (`first_stage`: `FirstStage.model_name` values).
+
+    Examples:
+        >>> from mmrerank import list_presets
+        >>> names = list_presets()
+        >>> names["first_stage"]
+        ['mmrerank-tiny-resnet', 'mmrerank-tiny-vit']
+        >>> "Salesforce/blip-itm-base-coco" in names["blip"]
+        True
+    """
+    out: dict[str, list[str]] = {}
+    for name, preset in presets().items():
+        out.setdefault(preset.family, []).append(name)
+    out["first_stage"] = [path.stem for path in FIRST_STAGE_CONFIGS.glob("*.json")]
+    return {family: sorted(names) for family, names in sorted(out.items())}
+
+
 def load_reranker(name_or_path: str | Path, preset: str | None = None, **options: Any) -> Reranker:
     """The reranker a preset names, built from its hub id or from a local copy; or a folder mmrerank saved.
 
@@ -54,6 +77,22 @@ def load_reranker(name_or_path: str | Path, preset: str | None = None, **options
             copy of a preset named by `preset`, or that `preset`'s loader cannot read, saying what the folder is
             (what its config says, or its files) and which loader it needs.
         ImportError: a missing optional dependency, naming the extra to install.
+
+    Examples:
+        A folder mmrerank saved loads without a preset name (here a tiny, untrained first stage, which then
+        reranks by cosine similarity; a hub id such as `"jinaai/jina-reranker-m0"` needs the network once):
+
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from mmrerank import load_reranker
+        >>> from mmrerank.retrieval.clip import CLIPEncoder
+        >>> folder = CLIPEncoder("mmrerank-tiny-resnet").save_pretrained(tempfile.mkdtemp())
+        >>> reranker = load_reranker(folder, device="cpu")
+        >>> type(reranker).__name__
+        'DualEncoderReranker'
+        >>> images = [Image.new("RGB", (64, 64), colour) for colour in ("red", "blue")]
+        >>> sorted(reranker.rank("a red square", images).order)
+        [0, 1]
     """
     known = presets()
     path = Path(name_or_path)
@@ -104,7 +143,7 @@ def _load_saved(folder: Path, model_type: str, options: dict[str, Any]) -> Reran
 
 
 @dataclass
-class PresetRows(RerankerSpec):
+class PresetRows(RerankerRows):
     """A published reranker's benchmark row, on the tasks its preset supports (a config names it by hub id).
 
     Attributes:

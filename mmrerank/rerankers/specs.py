@@ -1,8 +1,5 @@
-"""Every family's benchmark spec, imported so that configs can name them by short `class_path`."""
+"""Deprecated module (removed in mmrerank 0.2): every family's rows are in `mmrerank.rerankers.family_rows`."""
 
-from mmrerank.rerankers.edje.benchmark import EDJERows
-from mmrerank.rerankers.mllm.benchmark import MLLMRows
-from mmrerank.rerankers.presets import PresetRows
-from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
+from mmrerank.rerankers.family_rows import EDJERows, MLLMRows, PresetRows, SuperGlobalRows
 
 __all__ = ["EDJERows", "MLLMRows", "PresetRows", "SuperGlobalRows"]

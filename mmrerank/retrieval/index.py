@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.io import atomic_write_json
 from mmrerank.core.run import PAD, Run
 
@@ -86,6 +87,14 @@ class RetrievalIndex:
 
     Row `i` of the corpus (in order of `add` calls) has id `ids[i]`; a search's `Run.doc_ids` is that list, so
     `run.indices` are corpus rows.
+
+    Examples:
+        >>> import torch
+        >>> index = RetrievalIndex(dim=2, device="cpu")
+        >>> index.add(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]), ids=["red", "blue", "purple"])
+        >>> run = index.search(torch.tensor([[0.0, 1.0]]), depth=2, query_ids=["sky"])
+        >>> [run.doc_ids[i] for i in run.indices[0].tolist()]
+        ['blue', 'purple']
     """
 
     def __init__(self, dim: int, kind: str = "flat", *, nlist: int | None = None, nprobe: int = 32, m: int = 32,
@@ -209,29 +218,31 @@ class RetrievalIndex:
         """The corpus ids in row order (a copy)."""
         return list(self._ids)
 
-    def search(self, queries: Tensor | np.ndarray, k: int, query_ids: Sequence[str] | None = None,
+    @renamed_arguments(k="depth")
+    def search(self, queries: Tensor | np.ndarray, depth: int, query_ids: Sequence[str] | None = None,
                batch_size: int = 4096) -> Run:
-        """Top-`k` corpus rows by inner product for each query.
+        """Top-`depth` corpus rows by inner product for each query.
 
         Args:
             queries: `[Q, d]` tensor (any device/dtype) or array.
-            k: candidates per query; clipped to the corpus size, so the run's depth is `min(k, len(self))`.
+            depth: candidates per query (the first stage's K; `k=` is its deprecated name); clipped to the corpus
+                size, so the run holds `min(depth, len(self))` per query.
             query_ids: `Q` ids for the run's rows; by default `str(row)`.
             batch_size: queries per faiss call; a progress bar is shown when there is more than one batch.
 
         Returns:
-            A `Run` with `[Q, min(k, N)]` CPU `indices`/`scores`, each row sorted by score descending, and
+            A `Run` with `[Q, min(depth, N)]` CPU `indices`/`scores`, each row sorted by score descending, and
             `doc_ids = self.ids`. Slots an approximate index could not fill (e.g. IVF cells with too few
             vectors) are `PAD` with score `-inf`.
 
         Raises:
             RuntimeError: the index is empty.
-            ValueError: bad `k`, dimension mismatch, non-finite queries, or wrong number of query ids.
+            ValueError: bad `depth`, dimension mismatch, non-finite queries, or wrong number of query ids.
         """
         if len(self) == 0:
             raise RuntimeError("cannot search an empty RetrievalIndex; add vectors first")
-        if k < 1:
-            raise ValueError(f"k must be positive; got {k}")
+        if depth < 1:
+            raise ValueError(f"depth must be positive; got {depth}")
         q = _as_matrix(queries, "queries")
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]} but the index was built for dimension {self.dim}")
@@ -239,7 +250,7 @@ class RetrievalIndex:
         qids = [str(i) for i in range(n_queries)] if query_ids is None else [str(i) for i in query_ids]
         if len(qids) != n_queries:
             raise ValueError(f"got {n_queries} queries but {len(qids)} query ids")
-        depth = min(k, len(self))
+        depth = min(depth, len(self))
         scores = np.empty((n_queries, depth), dtype=np.float32)
         indices = np.empty((n_queries, depth), dtype=np.int64)
         starts = range(0, n_queries, batch_size)

@@ -244,9 +244,9 @@ def test_interrupted_tiny_rebuild_keeps_the_old_folder(tiny, tmp_path, monkeypat
     assert MLLMReranker(folder, device="cpu").score(QUERIES, _images()).isfinite().all()
 
 
-def test_interrupted_save_reranker_keeps_the_previous_save(tiny, tmp_path, monkeypatch):
+def test_interrupted_save_pretrained_keeps_the_previous_save(tiny, tmp_path, monkeypatch):
     module = MLLMRerankerModule(str(tiny), head="mlp")
-    saved = module.save_reranker(tmp_path / "saved")
+    saved = module.save_pretrained(tmp_path / "saved")
     expected = MLLMReranker.from_pretrained(saved, device="cpu").score(QUERIES, _images())
     before = _digests(saved)
     with torch.no_grad():
@@ -254,11 +254,11 @@ def test_interrupted_save_reranker_keeps_the_previous_save(tiny, tmp_path, monke
             p.add_(0.1)
     monkeypatch.setattr(type(module.reranker.processor), "save_pretrained", _crash)
     with pytest.raises(Crash):
-        module.save_reranker(saved)
+        module.save_pretrained(saved)
     assert _digests(saved) == before and _siblings(saved) == []
     again = MLLMReranker.from_pretrained(saved, device="cpu")
     torch.testing.assert_close(again.score(QUERIES, _images()), expected)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="no saved reranker"):
-        module.save_reranker(tmp_path / "other")
+        module.save_pretrained(tmp_path / "other")

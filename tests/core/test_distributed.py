@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from mmrerank.core import distributed
 from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
-from mmrerank.evaluation import Report, evaluate
+from mmrerank.evaluation import Report, evaluate_rows
 from mmrerank.rerankers.base import Reranker
 from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.index import retrieve
@@ -52,7 +52,7 @@ def evaluate_once(config: SyntheticConfig) -> dict:
     for direction, queries, corpus, depth, rerankers in setups:
         task = data.task(direction)
         run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, depth)
-        evaluate(report, task, run, rerankers, 6, ["Success@1", "nDCG@10", "AP@12"], progress=False)
+        evaluate_rows(report, task, run, rerankers, 6, ["Success@1", "nDCG@10", "AP@12"], progress=False)
     return {"rows": report.rows, "image_emb": image_emb, "text_emb": text_emb}
 
 

@@ -10,7 +10,7 @@ import torch
 
 from mmrerank.core.items import RetrievalTask, Texts
 from mmrerank.core.run import PAD
-from mmrerank.evaluation import FIRST_STAGE, Report, evaluate
+from mmrerank.evaluation import FIRST_STAGE, Report, evaluate_rows
 from mmrerank.metrics import evaluate as measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.retrieval.clip import CLIPEncoder
@@ -70,7 +70,7 @@ def test_rerank_reverses_head_keeps_tail_and_whole_queries(tiny_test_split, embe
     task = tiny_test_split.task("t2i")
     run = retrieve(text_emb, image_emb, task.queries.ids, task.corpus.ids, depth=10)
     reranker = ReverseReranker()
-    out = reranker.rerank(run, task, depth=4, batch_size=9, progress=False)
+    out = reranker.rerank(run, task, rerank_depth=4, batch_size=9, progress=False)
     assert all(n % 4 == 0 for n in reranker.calls)  # 9 pairs a batch -> two whole queries of 4
     # within each query's 4-candidate head the counter rises, so the head comes back reversed
     assert torch.equal(out.indices[:, :4], run.indices[:, :4].flip(1))
@@ -85,7 +85,7 @@ def test_oracle_reranker_reaches_first_stage_success_at_depth(tiny_test_split, e
         task = id_task(tiny_test_split.task(direction))
         queries, corpus = (text_emb, image_emb) if direction == "t2i" else (image_emb, text_emb)
         run = retrieve(queries, corpus, task.queries.ids, task.corpus.ids, 20)
-        evaluate(report, task, run, {"oracle": OracleReranker(task)}, depth=8,
+        evaluate_rows(report, task, run, {"oracle": OracleReranker(task)}, rerank_depth=8,
                  measures=["Success@1", "Success@8", "nDCG@10"], progress=False)
         first, oracle = report.rows[FIRST_STAGE], report.rows["oracle"]
         assert oracle[f"{direction}/Success@1"] == pytest.approx(first[f"{direction}/Success@8"])
@@ -116,6 +116,6 @@ def test_pad_rows_survive_reranking(tiny_test_split, embeddings):
     run = retrieve(text_emb, image_emb, task.queries.ids, task.corpus.ids, depth=5)
     run.indices[0, 2:] = PAD
     run.scores[0, 2:] = float("-inf")
-    out = ReverseReranker().rerank(run, task, depth=4, progress=False)
+    out = ReverseReranker().rerank(run, task, rerank_depth=4, progress=False)
     assert out.indices[0, :2].tolist() == run.indices[0, :2].flip(0).tolist()
     assert (out.indices[0, 2:] == PAD).all()

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mmrerank.benchmark import benchmark
-from mmrerank.datasets import Synthetic
+from mmrerank.datasets import Synthetic, SyntheticPages
 from mmrerank.datasets.mmdocir import load_mmdocir
-from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
+from mmrerank.datasets.synthetic.pages import ensure_pages
 from mmrerank.evaluation.suites import ImageText, Pages
 from mmrerank.rerankers.mllm import MLLMReranker, Page, build_tiny_vlm
 from mmrerank.rerankers.mllm.benchmark import MLLMRows
@@ -34,14 +34,14 @@ def _recall_at_1(data, scores) -> float:
 
 
 def test_pages_only_rows_match_a_plain_loop(tiny_model, tmp_path):
-    pages = PagesConfig(seed=5, documents=4, root=str(tmp_path / "pages"))
-    mllm = MLLMRows(model=tiny_model, alpha=[2.0], batch_size=8)
+    pages = SyntheticPages(seed=5, documents=4, root=str(tmp_path / "pages"))
+    mllm = MLLMRows(base_model=tiny_model, alpha=[2.0], batch_size=8)
     checkpoint = tmp_path / "never"
     report = benchmark(first_stage=FirstStage(save_to=str(checkpoint)), image_text=ImageText(directions=[]),
-                       pages=Pages(pages, depth=3, batch_size=8, rerankers=[mllm]), output_dir=str(tmp_path / "out"),
-                       progress=False)
+                       pages=Pages(pages, rerank_depth=3, batch_size=8, rerankers=[mllm]),
+                       output_dir=str(tmp_path / "out"), progress=False)
     assert not checkpoint.exists()  # no image-text directions, no SuperGlobal: the first stage was never built
-    folder = ensure_pages(pages)
+    folder = ensure_pages(pages.config)
     data = load_mmdocir(folder / "MMDocIR_annotations.jsonl", folder / "MMDocIR_pages.parquet")
     bm25 = bm25_page_scores(data)
     reranker = MLLMReranker(tiny_model, use_ocr=True, device="cpu")
@@ -66,7 +66,7 @@ def test_pages_only_rows_match_a_plain_loop(tiny_model, tmp_path):
 
 
 def test_image_text_row_reorders_only_the_head(tiny_model, tiny_config, tmp_path):
-    mllm = MLLMRows(model=tiny_model, directions=["t2i"], image_size=56, batch_size=16)
+    mllm = MLLMRows(base_model=tiny_model, directions=["t2i"], image_size=56, batch_size=16)
     first_stage = FirstStage(save_to=str(tmp_path / "fs"), train_steps=2, batch_size=8)
     image_text = ImageText(Synthetic(synthetic=tiny_config), ["t2i"], depth=10, rerank_depth=2,
                            measures=["Success@1", "Success@2", "Success@5"], rerankers=[mllm])

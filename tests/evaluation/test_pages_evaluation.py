@@ -10,7 +10,7 @@ pytest.importorskip("bm25s")
 
 from mmrerank.datasets.mmdocir import load_mmdocir  # noqa: E402
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages  # noqa: E402
-from mmrerank.evaluation import Report, evaluate  # noqa: E402
+from mmrerank.evaluation import Report, evaluate_rows  # noqa: E402
 from mmrerank.evaluation.suites import PageTask  # noqa: E402
 from mmrerank.rerankers.base import Reranker  # noqa: E402
 from mmrerank.rerankers.fusion import Fused  # noqa: E402
@@ -35,7 +35,7 @@ def test_bm25_rows_match_a_per_question_loop(pages):
         best = int(torch.sort(alone, descending=True, stable=True).indices[0])  # ties: lower page first
         hits.append(best in question.gold_pages)
     report = Report("pages")
-    evaluate(report, PageTask(pages), pages.per_document_run(scores), first_stage="BM25")
+    evaluate_rows(report, PageTask(pages), pages.per_document_run(scores), first_stage="BM25")
     assert report.rows["BM25"]["pages/micro/R@1"] == pytest.approx(sum(hits) / len(hits))
 
 
@@ -46,7 +46,7 @@ def test_oracle_scores_reach_full_recall(pages):
         row[question.gold_pages] = 1.0
         oracle.append(row)
     report = Report("pages")
-    evaluate(report, PageTask(pages), pages.per_document_run(oracle), first_stage="oracle")
+    evaluate_rows(report, PageTask(pages), pages.per_document_run(oracle), first_stage="oracle")
     assert all(v == pytest.approx(1.0) for v in report.rows["oracle"].values())
 
 

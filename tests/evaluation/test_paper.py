@@ -12,11 +12,11 @@ import yaml
 from mmrerank import benchmark as benchmark_module
 from mmrerank.benchmark import benchmark
 from mmrerank.cli import benchmark_parser
-from mmrerank.datasets.synthetic.pages import PagesConfig
+from mmrerank.datasets import SyntheticPages
 from mmrerank.evaluation.report import Paper, Report
 from mmrerank.evaluation.suites import ImageText, Pages
 from mmrerank.rerankers.presets import PresetRows
-from mmrerank.rerankers.spec import RerankerSpec
+from mmrerank.rerankers.rows import RerankerRows
 from mmrerank.retrieval.first_stage import FirstStage
 
 BLIP_ROW = "Salesforce/blip-itm-base-coco (LAVIS ITM + ITC)"
@@ -48,7 +48,7 @@ def test_a_malformed_paper_block_is_refused_at_parse_time(tmp_path, capsys, pape
 
 
 @dataclass
-class NamelessRows(RerankerSpec):
+class NamelessRows(RerankerRows):
     """A spec that cannot name its rows before it builds them (and builds none)."""
 
     def rows(self, context):
@@ -76,7 +76,8 @@ def test_unknown_rows_and_columns_are_refused_before_any_work(tmp_path, monkeypa
 
 def pages_benchmark(tmp_path, paper: Paper, rerankers=()) -> Report:
     """BM25 over 4 synthetic documents: no model, no first stage (seconds)."""
-    pages = Pages(PagesConfig(seed=5, documents=4, root=str(tmp_path / "pages")), depth=3, rerankers=list(rerankers))
+    pages = Pages(SyntheticPages(seed=5, documents=4, root=str(tmp_path / "pages")), rerank_depth=3,
+                  rerankers=list(rerankers))
     return benchmark(FirstStage(save_to=str(tmp_path / "never")), ImageText(directions=[]), pages=pages,
                      output_dir=str(tmp_path / "out"), progress=False, paper=paper)
 

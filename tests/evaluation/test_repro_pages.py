@@ -13,8 +13,9 @@ pytest.importorskip("bm25s")
 
 from mmrerank.benchmark import benchmark  # noqa: E402
 from mmrerank.cli import benchmark_parser  # noqa: E402
+from mmrerank.datasets import SyntheticPages  # noqa: E402
 from mmrerank.datasets.synthetic.pages import PagesConfig  # noqa: E402
-from mmrerank.evaluation import Report, evaluate  # noqa: E402
+from mmrerank.evaluation import Report, evaluate_rows  # noqa: E402
 from mmrerank.evaluation.report import Paper  # noqa: E402
 from mmrerank.evaluation.suites import ImageText, Pages, PageTask, page_columns  # noqa: E402
 from mmrerank.rerankers.mllm import Page  # noqa: E402
@@ -29,13 +30,13 @@ TINY = PagesConfig(seed=6, documents=3, pages=(4, 6), questions=2)
 
 
 def tiny_pages(root: Path) -> Pages:
-    return Pages(PagesConfig(TINY.seed, TINY.documents, TINY.pages, TINY.questions, root=str(root)), depth=3)
+    return Pages(SyntheticPages(TINY.seed, TINY.documents, TINY.pages, TINY.questions, root=str(root)), rerank_depth=3)
 
 
 def test_page_columns_name_what_a_pages_row_holds(tmp_path):
     data = tiny_pages(tmp_path).load()
     report = Report("pages")
-    evaluate(report, PageTask(data), data.per_document_run(bm25_page_scores(data)), first_stage="BM25")
+    evaluate_rows(report, PageTask(data), data.per_document_run(bm25_page_scores(data)), first_stage="BM25")
     assert list(report.rows["BM25"]) == [f"pages/{c}" for c in page_columns()]
 
 
@@ -78,12 +79,14 @@ def naive_micro_recall(data, scores: list[torch.Tensor], k: int) -> float:
 ])
 def test_repro_page_config_reranks_every_page_of_a_document_by_its_image(tmp_path, config, preset, build):
     raw = yaml.safe_load((REPRO / config).read_text())
-    assert raw["pages"]["depth"] >= 100 and raw["pages"]["page_text"] is False and "paper" not in raw
+    assert raw["pages"]["rerank_depth"] >= 100 and raw["pages"]["page_text"] is False and "paper" not in raw
+    assert raw["pages"]["dataset"]["class_path"] == "MMDocIR"
     folder = build(tmp_path / preset.split("/")[1], seed=7)
     # the real data and checkpoint swapped for the synthetic pages and a tiny model in the hub's layout
-    pages = {key: value for key, value in raw["pages"].items() if key not in ("annotations", "pages_parquet")}
-    pages["pages"] = {"seed": TINY.seed, "documents": TINY.documents, "pages": list(TINY.pages),
-                      "questions": TINY.questions, "root": str(tmp_path / "pages")}
+    pages = dict(raw["pages"])
+    pages["dataset"] = {"class_path": "SyntheticPages", "init_args": {
+        "seed": TINY.seed, "documents": TINY.documents, "pages": list(TINY.pages), "questions": TINY.questions,
+        "root": str(tmp_path / "pages")}}
     pages["rerankers"][0]["init_args"].update(path=str(folder), options={"batch_size": 4, "device": "cpu"})
     path = tmp_path / config
     path.write_text(yaml.safe_dump({**raw, "pages": pages, "output_dir": str(tmp_path / "out")}))

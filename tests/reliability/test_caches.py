@@ -19,7 +19,7 @@ from mmrerank import fitting
 from mmrerank.core import io
 from mmrerank.core.io import CHECKSUMS, atomic_write_text, damaged_files, generate_folder_once
 from mmrerank.rerankers.edje.benchmark import EDJERows
-from mmrerank.rerankers.spec import FitRecipe
+from mmrerank.rerankers.rows import FitRecipe
 from mmrerank.retrieval.first_stage import FirstStage
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -47,12 +47,12 @@ def test_a_mistyped_first_stage_checkpoint_is_refused_and_nothing_written(cache,
 
 @pytest.mark.parametrize("spec, key", [
     (["--image_text.rerankers+=EDJERows", "--image_text.rerankers.model={missing}"], "EDJERows.model"),
-    (["--image_text.rerankers+=MLLMRows", "--image_text.rerankers.checkpoint={missing}",
-      "--image_text.rerankers.directions=[t2i]"], "MLLMRows.checkpoint"),
     (["--image_text.rerankers+=MLLMRows", "--image_text.rerankers.model={missing}",
       "--image_text.rerankers.directions=[t2i]"], "MLLMRows.model"),
-    (["--image_text.rerankers+=MLLMRows", "--image_text.rerankers.model={missing}/base",
-      "--image_text.rerankers.adapter={missing}", "--image_text.rerankers.directions=[t2i]"], "MLLMRows.model"),
+    (["--image_text.rerankers+=MLLMRows", "--image_text.rerankers.base_model={missing}",
+      "--image_text.rerankers.directions=[t2i]"], "MLLMRows.base_model"),
+    (["--image_text.rerankers+=MLLMRows", "--image_text.rerankers.base_model={missing}/base",
+      "--image_text.rerankers.adapter={missing}", "--image_text.rerankers.directions=[t2i]"], "MLLMRows.base_model"),
 ])
 def test_missing_model_paths_are_refused_before_training(spec, key, cache, tmp_path):
     missing = str(tmp_path / "nothing")
@@ -62,9 +62,11 @@ def test_missing_model_paths_are_refused_before_training(spec, key, cache, tmp_p
 
 
 def test_missing_mmdocir_files_are_refused_before_any_model_is_trained(cache, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"pages.annotations: no file at .*MMDocIR_annotations.jsonl"):
-        benchmark(tmp_path, f"--pages.annotations={tmp_path / 'MMDocIR_annotations.jsonl'}",
-                  f"--pages.pages_parquet={tmp_path / 'MMDocIR_pages.parquet'}")
+    with pytest.raises(FileNotFoundError,
+                       match=r"pages.dataset.init_args.annotations: no file at .*MMDocIR_annotations.jsonl"):
+        benchmark(tmp_path, "--pages.dataset=MMDocIR",
+                  f"--pages.dataset.annotations={tmp_path / 'MMDocIR_annotations.jsonl'}",
+                  f"--pages.dataset.pages_parquet={tmp_path / 'MMDocIR_pages.parquet'}")
     assert not cache.exists()  # no first stage trained, no page rendered
 
 

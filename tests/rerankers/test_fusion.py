@@ -37,14 +37,14 @@ def test_fused_minmax_by_hand():
     first = torch.tensor([[5.0, 3.0, 3.0, 1.0, 0.0]])
     run = Run(torch.tensor([[1, 2, 3, 0, 4]]), first, ["q"], docs)  # first stage: b 5, c 3, d 3, a 1, e 0
     reranker = Table({"a": -9.0, "b": -2.0, "c": -1.0, "d": -3.0, "e": 99.0})
-    out = Fused(reranker, 4.0, "minmax").rerank(run, task, depth=3, progress=False)
+    out = Fused(reranker, 4.0, "minmax").rerank(run, task, rerank_depth=3, progress=False)
     # head b, c, d: min-max over (5, 3, 3) -> 1, 0, 0; fused = -2 + 4, -1 + 0, -3 + 0 = 2, -1, -3
     assert out.indices[0].tolist() == [1, 2, 3, 0, 4]
     assert out.scores[0, :3].tolist() == [2.0, -1.0, -3.0]
     assert (out.scores[0, 3:] < -3.0).all() and out.scores[0, 3] > out.scores[0, 4]  # tail below, in order
-    alone = Fused(reranker, 0.0, "minmax").rerank(run, task, depth=3, progress=False)
+    alone = Fused(reranker, 0.0, "minmax").rerank(run, task, rerank_depth=3, progress=False)
     assert alone.indices[0, :3].tolist() == [2, 1, 3]  # c -1, b -2, d -3
-    raw = Fused(reranker, 0.5).rerank(run, task, depth=3, progress=False)  # none: + 0.5 x the raw score
+    raw = Fused(reranker, 0.5).rerank(run, task, rerank_depth=3, progress=False)  # none: + 0.5 x the raw score
     assert raw.indices[0, :3].tolist() == [1, 2, 3] and raw.scores[0, :3].tolist() == [0.5, 0.5, -1.5]  # b, c tie
 
 
@@ -62,12 +62,13 @@ def test_memoized_scores_each_pair_once_for_every_row():
     run = Run(torch.arange(6)[None], torch.linspace(1, 0, 6)[None], ["q"], docs)
     table = Table({d: float(i % 3) for i, d in enumerate(docs)})
     memo = Memoized(table)
-    plain = memo.rerank(run, task, depth=4, progress=False)
-    fused = Fused(memo, 2.0).rerank(run, task, depth=4, progress=False)
+    plain = memo.rerank(run, task, rerank_depth=4, progress=False)
+    fused = Fused(memo, 2.0).rerank(run, task, rerank_depth=4, progress=False)
     assert table.pairs == 4  # the fused row reused the plain row's scores
-    assert torch.equal(plain.indices, Table(table.table).rerank(run, task, depth=4, progress=False).indices)
-    assert torch.equal(fused.indices, Fused(Table(table.table), 2.0).rerank(run, task, depth=4, progress=False).indices)
-    memo.rerank(run, one_query_task(docs), depth=4, progress=False)  # another task: scored afresh
+    assert torch.equal(plain.indices, Table(table.table).rerank(run, task, rerank_depth=4, progress=False).indices)
+    alone = Fused(Table(table.table), 2.0).rerank(run, task, rerank_depth=4, progress=False)
+    assert torch.equal(fused.indices, alone.indices)
+    memo.rerank(run, one_query_task(docs), rerank_depth=4, progress=False)  # another task: scored afresh
     assert table.pairs == 8
 
 
@@ -80,7 +81,7 @@ def test_superglobal_reranker_reorders_the_head_as_rerank_candidates():
     run = Run(order, torch.sort(queries @ database.T, dim=1, descending=True).values, ["a", "b", "c"], ids)
     task = RetrievalTask("toy/i2i", Texts(["a", "b", "c"], ["a", "b", "c"]), Texts(ids, ids),
                          Qrels.from_pairs(["a"], ids, torch.tensor([0]), torch.tensor([0])))
-    out = SuperGlobalReranker(queries, database, k=3, beta=0.15).rerank(run, task, depth=8)
+    out = SuperGlobalReranker(queries, database, k=3, beta=0.15).rerank(run, task, rerank_depth=8)
     expected = torch.cat([rerank_candidates(queries, database, order[:, :8], 3, 0.15), order[:, 8:]], dim=1)
     assert torch.equal(out.indices, expected)
     assert (out.scores[:, :-1] > out.scores[:, 1:]).all()  # the run stays sorted by score

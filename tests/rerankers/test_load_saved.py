@@ -63,7 +63,7 @@ def test_load_reranker_reranks_with_a_saved_edje(saved, tmp_path):
                          ImageFiles(["img0", "img1", "img2"], paths), Qrels.from_dict({"c0": {"img0": 1}}))
     (tmp_path / "run.trec").write_text("c1 Q0 img2 1 3.0 x\nc1 Q0 img0 2 2.0 x\nc0 Q0 img1 1 5.0 x\n"
                                        "c0 Q0 img2 2 4.0 x\nc0 Q0 img0 3 1.0 x\n")
-    out = reranker.rerank(Run.read_trec(tmp_path / "run.trec"), task, depth=3, progress=False).to_dict()
+    out = reranker.rerank(Run.read_trec(tmp_path / "run.trec"), task, rerank_depth=3, progress=False).to_dict()
     expected = {d: float(s) for d, s in zip(["img1", "img2", "img0"],
                                             reranker.score([CAPTIONS[0]] * 3, [images[1], images[2], images[0]]))}
     assert list(out) == ["c1", "c0"]

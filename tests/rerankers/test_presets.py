@@ -9,7 +9,7 @@ import pytest
 
 from mmrerank.rerankers import presets as registry
 from mmrerank.rerankers.presets import PresetRows, load_reranker, presets
-from mmrerank.rerankers.spec import RerankContext
+from mmrerank.rerankers.rows import RerankContext
 
 EXPECTED = {"shahafw/edje-vl-image-retrieval-reranker", "Salesforce/blip-itm-base-coco",
             "Salesforce/blip-itm-large-coco", "Salesforce/blip-itm-base-flickr", "Salesforce/blip-itm-large-flickr",

@@ -63,7 +63,7 @@ def test_oracle_rerank_of_a_shuffled_run_file(tmp_path):
     assert run.query_ids != task.queries.ids and run.doc_ids != task.corpus.ids
     first = task.measure(run, ["nDCG@10", "Success@1"])
     assert first["Success@1"] == 0.0  # the fixture never puts the relevant doc first
-    reranked = oracle.rerank(run, task, depth=DEPTH, progress=False)
+    reranked = oracle.rerank(run, task, rerank_depth=DEPTH, progress=False)
     scores = task.measure(reranked, ["nDCG@10", "Success@1"])
     assert scores == {"nDCG@10": 1.0, "Success@1": 1.0}
     # the output names the run's own candidates, best first
@@ -76,7 +76,7 @@ def test_read_trec_aligns_to_the_task(tmp_path):
     run = Run.read_trec(path, task=task)
     assert run.query_ids == task.queries.ids and run.doc_ids == task.corpus.ids
     assert run.to_dict() == Run.read_trec(path).to_dict()  # the same pairs and scores
-    reranked = oracle.rerank(run, task, depth=DEPTH, progress=False)
+    reranked = oracle.rerank(run, task, rerank_depth=DEPTH, progress=False)
     assert task.measure(reranked, ["Success@1"]) == {"Success@1": 1.0}
     by_ids = Run.read_trec(path, query_ids=list(reversed(task.queries.ids)), doc_ids=task.corpus.ids)
     assert by_ids.query_ids == list(reversed(task.queries.ids))
@@ -89,10 +89,10 @@ def test_rerank_refuses_ids_the_task_lacks(tmp_path):
     text = path.read_text()
     (tmp_path / "bad_query.trec").write_text(text.replace("q05 ", "q5 "))
     with pytest.raises(ValueError, match=r"1 of 32 of the run's query ids are not in the queries.*'q5'"):
-        oracle.rerank(Run.read_trec(tmp_path / "bad_query.trec"), task, depth=DEPTH, progress=False)
+        oracle.rerank(Run.read_trec(tmp_path / "bad_query.trec"), task, rerank_depth=DEPTH, progress=False)
     (tmp_path / "bad_doc.trec").write_text(text.replace(" img_07 ", " img_07.jpg "))
     with pytest.raises(ValueError, match=r"candidate ids are not in the corpus.*'img_07.jpg'"):
-        oracle.rerank(Run.read_trec(tmp_path / "bad_doc.trec"), task, depth=DEPTH, progress=False)
+        oracle.rerank(Run.read_trec(tmp_path / "bad_doc.trec"), task, rerank_depth=DEPTH, progress=False)
     with pytest.raises(ValueError, match=r"bad_doc.trec's candidate ids are not in the corpus"):
         Run.read_trec(tmp_path / "bad_doc.trec", task=task)
 

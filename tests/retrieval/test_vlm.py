@@ -172,12 +172,12 @@ def test_pages_suite_runs_a_vlm_first_stage_by_name(tmp_path):
     """Pages with first_stages [BM25, ColQwen2]: one row each, the ColQwen2 row's micro R@1 equal to a naive count
     over `page_scores` (MaxSim over each question's own document's pages)."""
     pytest.importorskip("bm25s")
-    from mmrerank.datasets.synthetic.pages import PagesConfig
+    from mmrerank.datasets import SyntheticPages
     from mmrerank.evaluation import Report
     from mmrerank.evaluation.suites import Pages
 
     preset = "vidore/colqwen2-v1.0-merged"
-    suite = Pages(PagesConfig(seed=6, documents=3, pages=(4, 6), questions=2, root=str(tmp_path)), depth=3,
+    suite = Pages(SyntheticPages(seed=6, documents=3, pages=(4, 6), questions=2, root=str(tmp_path)), rerank_depth=3,
                   first_stages=["BM25", preset], embedder_folders={preset: str(FIXTURES / "colqwen2" / "model")})
     report = Report("pages")
     suite.run(report, device="cpu", progress=False)

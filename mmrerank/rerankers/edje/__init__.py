@@ -1,7 +1,7 @@
 """EDJE (Taraday et al. 2025): offline token compression, a memory-mapped token store, an online joint encoder.
 
 - `TokenCompressionAdapter`: patch tokens `[B, P, D_v]` -> m compressed tokens `[B, m, d]` (offline, once per image).
-- `TokenStore` / `TokenStoreWriter` / `precompute`: the compressed tokens on disk, `m * d * 2` bytes per image.
+- `TokenStore` / `TokenStoreWriter` / `write_token_store`: the compressed tokens on disk, `m * d * 2` bytes per image.
 - `JointEncoder`: a compact BERT over `[CLS] caption [SEP] <image> x m [SEP]` -> one logit per pair (online).
 - `VisionTokenSource`: the frozen vision tower giving patch tokens; `EDJE`: adapter + joint encoder + tokenizer, saved
   as a folder; `EDJEModule` (in `module.py`): its Lightning training; `EDJEReranker`: reranking from a token store.
@@ -28,7 +28,7 @@ from mmrerank.rerankers.edje.store import (
     footprint,
 )
 from mmrerank.rerankers.edje.vision import VisionTokenSource
-from mmrerank.rerankers.edje.writer import TokenStoreWriter, precompute
+from mmrerank.rerankers.edje.writer import TokenStoreWriter, write_token_store
 
 __all__ = [
     "EDJE",
@@ -51,6 +51,6 @@ __all__ = [
     "canonical_dtype",
     "footprint",
     "minilm_config",
-    "precompute",
+    "write_token_store",
     "tokenize",
 ]

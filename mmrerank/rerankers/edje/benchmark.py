@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import renamed_arguments, warn_renamed
 from mmrerank.datasets.sources import ImageTextSource, Synthetic
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.reranker import EDJEReranker, precompute_images
 from mmrerank.rerankers.fusion import Fused, Memoized
-from mmrerank.rerankers.spec import FitRecipe, RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import FitRecipe, RerankContext, RerankerRows
 
 
 def default_store(model: str | Path, source: dict) -> str:
@@ -26,7 +27,7 @@ TRAIN_ONE = ("train one first (mmrerank fit --config configs/edje/synthetic.yaml
 
 
 @dataclass
-class EDJERows(RerankerSpec):
+class EDJERows(RerankerRows):
     """Rerank image-text tasks (both directions) with an exported EDJE model.
 
     Attributes:
@@ -34,20 +35,25 @@ class EDJERows(RerankerSpec):
         fit: or the training that makes it (a `FitRecipe`), run by the benchmark into the cache the first time.
         store: the corpus's token store; default `<model>/tokens/<dataset>-<split>`, written by `precompute` first
             when missing (and resumed when a run was interrupted).
-        alpha: also report `logit + alpha * first-stage score` (row `edje + <alpha> x first stage`); 0: not.
-        dtype, shard_size: of the token store.
+        alpha: also report `logit + alpha * first-stage score` per value (row `edje + <alpha> x first stage`);
+            empty: no fused row. (A single number is read as a one-value list, with a warning.)
+        store_dtype, shard_size: of the token store (`store_dtype`: how the tokens are kept on disk, `bfloat16` or
+            `float16`; `bf16` is the compute's). (Was `dtype`.)
         bf16: score under bfloat16 autocast (`EDJEReranker.bf16`).
     """
 
     model: str | None = None
     fit: FitRecipe | None = None
     store: str | None = None
-    alpha: float = 0.0
-    dtype: str = "bfloat16"
+    alpha: list[float] = field(default_factory=list)
+    store_dtype: str = "bfloat16"
     shard_size: int = 1024
     bf16: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.alpha, (int, float)):  # the float of before: one fused row, or none for 0
+            warn_renamed("EDJERows.alpha: <number>", "EDJERows.alpha: [<number>] (a list, as MLLMRows.alpha)")
+            self.alpha = [float(self.alpha)] if self.alpha else []
         if (self.model is None) == (self.fit is None):
             raise ValueError("EDJERows needs exactly one of model (an exported EDJE folder) and fit (a recipe)")
         self._built: tuple[int, dict[str, Reranker]] | None = None
@@ -83,26 +89,28 @@ class EDJERows(RerankerSpec):
         start = time.perf_counter()
         model = EDJE.from_pretrained(self.model)
         store = self.store or default_store(self.model, context.source)
-        tokens = precompute_images(model, context.data.images, store, self.dtype, self.shard_size,
+        tokens = precompute_images(model, context.data.images, store, self.store_dtype, self.shard_size,
                                    device=context.device, progress=context.progress)
         context.timings["edje token store"] = time.perf_counter() - start
         reranker = Memoized(EDJEReranker(model, tokens, context.device, self.bf16))
         rows: dict[str, Reranker] = {"edje": reranker}
-        if self.alpha:
-            rows[f"edje + {self.alpha:g} x first stage"] = Fused(reranker, self.alpha)
+        for alpha in self.alpha:  # Memoized: the fused rows reuse the reranker's scores
+            rows[f"edje + {alpha:g} x first stage"] = Fused(reranker, alpha)
         return rows
 
 
-def precompute(model: str, dataset: ImageTextSource | None = None, store: str | None = None, dtype: str = "bfloat16",
-               shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
-               progress: bool = True) -> str:
+@renamed_arguments(dtype="store_dtype")
+def precompute(model: str, dataset: ImageTextSource | None = None, store: str | None = None,
+               store_dtype: str = "bfloat16", shard_size: int = 1024, batch_size: int = 128, device: str = "auto",
+               overwrite: bool = False, progress: bool = True) -> str:
     """Write an EDJE token store: every image of a dataset through the frozen vision source and the adapter.
 
     Args:
         model: the exported EDJE folder.
         dataset: whose images (default: the synthetic test split).
         store: the store's folder (default `<model>/tokens/<dataset>-<split>`).
-        dtype: `bfloat16` or `float16` (2 bytes per value: m x d x 2 bytes per image).
+        store_dtype: how the tokens are kept, `bfloat16` or `float16` (2 bytes per value: m x d x 2 bytes per
+            image). (Was `dtype`: `--dtype` still works, with a warning.)
         shard_size: images per shard, the unit of resumption: an interrupted run continues from the last
             finished shard.
         batch_size: images per forward pass.
@@ -114,7 +122,7 @@ def precompute(model: str, dataset: ImageTextSource | None = None, store: str | 
     dataset = dataset or Synthetic()
     store = store or default_store(model, {"name": dataset.name, "split": dataset.split})
     images = distributed.on_rank_zero_first(dataset.load).images  # one rank renders a missing synthetic split
-    tokens = precompute_images(EDJE.from_pretrained(model), images, store, dtype, shard_size, batch_size, device,
+    tokens = precompute_images(EDJE.from_pretrained(model), images, store, store_dtype, shard_size, batch_size, device,
                                overwrite, progress)
     if not distributed.is_rank_zero():
         return store

@@ -178,7 +178,7 @@ def _part_provenance(key: dict[str, Any], shape: tuple[int, int, int], start: in
 def _fill_part(folder: Path, start: int, stop: int, encode: Encode, shape: tuple[int, int, int],
                provenance: dict[str, Any], fsync: bool, progress: bool) -> None:
     """Write (or resume, or check and keep) the part store of rows `[start, stop)`, waiting for another writer."""
-    from mmrerank.rerankers.edje.writer import precompute
+    from mmrerank.rerankers.edje.writer import write_token_store
 
     _, p, d = shape
     kwargs = dict(m=p, d=d, dtype="float16", shard_size=SHARD_ROWS, progress=progress, fsync=fsync,
@@ -187,7 +187,7 @@ def _fill_part(folder: Path, start: int, stop: int, encode: Encode, shape: tuple
     waited = False
     while True:
         try:
-            precompute(folder, ids, rows, on_mismatch="rebuild", **kwargs)
+            write_token_store(folder, ids, rows, on_mismatch="rebuild", **kwargs)
             return
         except TokenStoreLockedError as err:  # another fit fills the same part: wait, then reuse what it wrote
             if not waited:
@@ -196,7 +196,7 @@ def _fill_part(folder: Path, start: int, stop: int, encode: Encode, shape: tuple
             time.sleep(LOCK_POLL_S)
         except UnicodeDecodeError as err:  # a header or ids file that is not text is no store: start afresh
             warnings.warn(f"rebuilding patch cache part {folder}: a JSON file is not UTF-8 text ({err})", stacklevel=2)
-            precompute(folder, ids, rows, overwrite=True, **kwargs)
+            write_token_store(folder, ids, rows, overwrite=True, **kwargs)
             return
 
 
@@ -227,7 +227,7 @@ def write_patch_tokens(root: str | Path, key: dict[str, Any], shape: tuple[int, 
         rank, world: this process's place among those sharing `root` (e.g. the ranks of one node).
         barrier: waits until every process has filled its parts (e.g. the trainer strategy's `barrier`); needed
             when `world > 1`.
-        fsync, progress: passed to `precompute`.
+        fsync, progress: passed to `write_token_store`.
 
     Raises:
         ValueError: `encode` gave NaN or values beyond float16's range (naming the images).

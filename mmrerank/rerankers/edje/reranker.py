@@ -23,16 +23,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.provenance import images_digest, state_digest
 from mmrerank.rerankers.edje.store import TokenStore, TokenStoreError, TokenStoreLockedError, canonical_dtype
-from mmrerank.rerankers.edje.writer import TokenStoreWriter, precompute
+from mmrerank.rerankers.edje.writer import TokenStoreWriter, write_token_store
 from mmrerank.retrieval.clip import resolve_device
 
 
-def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype: str = "bfloat16",
+@renamed_arguments(dtype="store_dtype")
+def precompute_images(model: EDJE, images: Items, store_path: str | Path, store_dtype: str = "bfloat16",
                       shard_size: int = 1024, batch_size: int = 128, device: str = "auto", overwrite: bool = False,
                       progress: bool = True, on_mismatch: str = "rebuild") -> TokenStore:
     """Encode `images` with the model's frozen vision source and adapter into a token store `[N, m, d]`.
@@ -67,8 +69,8 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
         patches = source.encode([images[int(i)] for i in rows])
         return model.compress(patches)
 
-    fill = precompute if distributed.world()[1] == 1 else _precompute_on_ranks
-    return fill(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=dtype,
+    fill = write_token_store if distributed.world()[1] == 1 else _precompute_on_ranks
+    return fill(store_path, list(images.ids), encode, m=model.num_image_tokens, d=model.dim, dtype=store_dtype,
                 shard_size=shard_size, batch_size=batch_size, progress=progress, overwrite=overwrite,
                 provenance=provenance, on_mismatch=on_mismatch)
 
@@ -76,10 +78,10 @@ def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype:
 def _precompute_on_ranks(store_path: str | Path, ids: list[Any], encode_fn: Callable[[Tensor], Tensor], *, m: int,
                          d: int, dtype: str, shard_size: int, batch_size: int | None, progress: bool, overwrite: bool,
                          provenance: dict[str, Any], on_mismatch: str) -> TokenStore:
-    """`writer.precompute` over the `torch.distributed` ranks (collective; the same arguments).
+    """`write_token_store` over the `torch.distributed` ranks (collective; the same arguments).
 
     A store has one writer, so rank 0 alone holds it (lock, resume or rebuild, checksums, `finalize`). Shard `k` of
-    the unwritten ones is encoded on rank `k % world_size`, in the batches `precompute` makes (so the bytes are
+    the unwritten ones is encoded on rank `k % world_size`, in the batches `write_token_store` makes (so the bytes are
     those one process writes), and gathered to rank 0, which writes the shards in order.
     """
     writer: TokenStoreWriter | None = None
@@ -93,7 +95,7 @@ def _precompute_on_ranks(store_path: str | Path, ids: list[Any], encode_fn: Call
             writer = TokenStoreWriter(*args, overwrite=overwrite, provenance=provenance)
         except TokenStoreLockedError:
             raise
-        except TokenStoreError as err:  # stale or malformed: as `precompute` does
+        except TokenStoreError as err:  # stale or malformed: as `write_token_store` does
             if on_mismatch != "rebuild":
                 raise
             warnings.warn(f"rebuilding token store {store_path}: {err}", stacklevel=4)

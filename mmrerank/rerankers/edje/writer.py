@@ -1,4 +1,4 @@
-"""Writing a token store (`TokenStoreWriter`, `precompute`): one locked writer, shard by shard, resumable, each
+"""Writing a token store (`TokenStoreWriter`, `write_token_store`): one locked writer, shard by shard, resumable, each
 shard checksummed and its values checked; the format is described in `mmrerank.rerankers.edje.store`."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from mmrerank.core.deprecation import renamed_function
 from mmrerank.core.io import atomic_path, atomic_write_json
 from mmrerank.rerankers.edje.store import (
     _DTYPES,
@@ -314,10 +315,10 @@ class TokenStoreWriter:
         self.close()
 
 
-def precompute(store_path: str | Path, ids: Sequence[str | int], encode_fn: Callable[[Tensor], Tensor], *, m: int,
-               d: int, dtype: Any = "float16", shard_size: int = 1024, batch_size: int | None = None,
-               progress: bool = True, overwrite: bool = False, fsync: bool = True,
-               provenance: dict[str, Any] | str | None = None, on_mismatch: str = "error") -> TokenStore:
+def write_token_store(store_path: str | Path, ids: Sequence[str | int], encode_fn: Callable[[Tensor], Tensor], *,
+                      m: int, d: int, dtype: Any = "float16", shard_size: int = 1024, batch_size: int | None = None,
+                      progress: bool = True, overwrite: bool = False, fsync: bool = True,
+                      provenance: dict[str, Any] | str | None = None, on_mismatch: str = "error") -> TokenStore:
     """Fill a token store with `encode_fn`, shard by shard, skipping shards an earlier (interrupted) run finished.
 
     An existing store at `store_path` is resumed (or, when complete, reused as it is) only if its ids, shape, dtype,
@@ -397,3 +398,7 @@ def _fill(writer: TokenStoreWriter, encode_fn: Callable[[Tensor], Tensor], batch
                 parts.append(stored)
                 bar.update(len(idx))
             writer.write_shard(k, torch.cat(parts))
+
+
+# The writer's name before it was told apart from the `mmrerank precompute` command's function (removed in 0.2).
+precompute = renamed_function(write_token_store, "mmrerank.rerankers.edje.writer.precompute")

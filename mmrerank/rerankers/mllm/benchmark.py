@@ -13,25 +13,25 @@ from mmrerank.core.io import cache_root
 from mmrerank.core.items import RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.fusion import Fused, Memoized
-from mmrerank.rerankers.spec import FitRecipe, RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import FitRecipe, RerankContext, RerankerRows
 
 
 @dataclass
-class MLLMRows(RerankerSpec):
-    """An MLLM yes/no reranker's rows: `<first stage> + MLLM (top <depth>)` on pages, fused rows per `alpha`, and
+class MLLMRows(RerankerRows):
+    """An MLLM yes/no reranker's rows: `<first stage> + MLLM (top <rerank_depth>)` on pages, fused rows per `alpha`, and
     `mllm` on `t2i` image-text tasks.
 
     Attributes:
-        checkpoint: a saved reranker (`MLLMReranker.save_pretrained` folder) or a Lightning checkpoint of
-            `MLLMRerankerModule` (what `mmrerank fit` with a `configs/mllm/` file writes); either brings the base
-            model, prompt, OCR setting and the score its loss trains. When set, `model`, `adapter`, `score` and
-            `use_ocr` are not used.
-        fit: or the training that makes `checkpoint` (a `FitRecipe`), run by the benchmark into the cache the first
+        model: the trained reranker: a saved one (`MLLMReranker.save_pretrained` folder) or a Lightning checkpoint
+            of `MLLMRerankerModule` (what `mmrerank fit` with a `configs/mllm/` file writes); either brings the base
+            model, prompt, OCR setting and the score its loss trains. When set, `base_model`, `adapter`, `score`
+            and `use_ocr` are not used. (Was `checkpoint`.)
+        fit: or the training that makes `model` (a `FitRecipe`), run by the benchmark into the cache the first
             time.
-        model: otherwise, the base model (hub name or an existing folder). Default: the tiny offline Qwen2-VL under
-            the cache (`$MMRERANK_CACHE/tiny-qwen2-vl`), built there when `build_tiny` and missing: an untrained
-            reranker, for smoke tests only.
-        adapter: a LoRA adapter folder on `model` (e.g. `lightonai/MonoQwen2-VL-v0.1`).
+        base_model: otherwise, the base model (hub name or an existing folder). Default: the tiny offline Qwen2-VL
+            under the cache (`$MMRERANK_CACHE/tiny-qwen2-vl`), built there when `build_tiny` and missing: an
+            untrained reranker, for smoke tests only. (Was `model`.)
+        adapter: a LoRA adapter folder on `base_model` (e.g. `lightonai/MonoQwen2-VL-v0.1`).
         score, use_ocr: as for `MLLMReranker` (`"logit"` after contrastive or pairwise training).
         alpha: on pages, also report `reranker score + alpha * min-max normalised first-stage score` per value.
         directions: the image-text directions to rerank (`t2i`: a caption against candidate images).
@@ -39,9 +39,9 @@ class MLLMRows(RerankerSpec):
         batch_size: pairs per forward pass.
     """
 
-    checkpoint: str | None = None
-    fit: FitRecipe | None = None
     model: str | None = None
+    fit: FitRecipe | None = None
+    base_model: str | None = None
     build_tiny: bool = True
     adapter: str | None = None
     score: str = "logprob"
@@ -55,8 +55,8 @@ class MLLMRows(RerankerSpec):
         if set(self.directions) - {"t2i"}:
             raise ValueError(f"MLLMRows reranks images for text queries: directions may hold only 't2i', got "
                              f"{self.directions}")
-        if self.checkpoint and self.fit:
-            raise ValueError("MLLMRows takes a checkpoint or a fit recipe, not both")
+        if self.model and self.fit:
+            raise ValueError("MLLMRows takes a trained model or a fit recipe, not both")
         self._reranker = None
 
     fit_reads_first_stage = False  # it trains on pages: BM25 groups, no dual encoder
@@ -68,24 +68,25 @@ class MLLMRows(RerankerSpec):
                 f"--model.init_args.model_name_or_path={Path(export_dir).parent / 'base'}"]
 
     def use_trained(self, export_dir: str) -> None:
-        self.checkpoint, self._reranker = export_dir, None
+        self.model, self._reranker = export_dir, None
 
     def check(self) -> None:
-        """`checkpoint` is always local; `model` and `adapter` when they look like paths (`looks_local`: a hub id
+        """`model` is always local; `base_model` and `adapter` when they look like paths (`looks_local`: a hub id
         is left to the loader). The tiny model is built only at the default place, never at a named path."""
         from mmrerank.core.io import looks_local, require_path
 
-        if self.checkpoint:
-            require_path(self.checkpoint, "MLLMRows.checkpoint", "saved reranker",
+        if self.model:
+            require_path(self.model, "MLLMRows.model", "saved reranker",
                          "name an MLLMReranker.save_pretrained folder or an MLLMRerankerModule checkpoint, or give a "
-                         "fit recipe instead")
-        for key in ("model", "adapter"):
+                         "fit recipe instead (a base model to start from is `base_model`, called `model` before "
+                         "mmrerank 0.2)")
+        for key in ("base_model", "adapter"):
             value = getattr(self, key)
             if value and looks_local(value):
                 require_path(value, f"MLLMRows.{key}", "folder", "name an existing folder or a hub id (org/name)")
 
     def reranker(self, device: str = "auto"):
-        """The `MLLMReranker`, from `checkpoint` or from `model` (+ `adapter`), built once."""
+        """The `MLLMReranker`, from `model` or from `base_model` (+ `adapter`), built once."""
         if self._reranker is None:
             self._reranker = self._build(device)
         return self._reranker
@@ -96,25 +97,25 @@ class MLLMRows(RerankerSpec):
         from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
         from mmrerank.retrieval.clip import resolve_device
 
-        if self.checkpoint and Path(self.checkpoint).is_dir():
-            return MLLMReranker.from_pretrained(self.checkpoint, device=device, batch_size=self.batch_size)
-        if self.checkpoint:
-            reranker = load_reranker_checkpoint(self.checkpoint).to(resolve_device(device)).eval()
+        if self.model and Path(self.model).is_dir():
+            return MLLMReranker.from_pretrained(self.model, device=device, batch_size=self.batch_size)
+        if self.model:
+            reranker = load_reranker_checkpoint(self.model).to(resolve_device(device)).eval()
             reranker.batch_size = self.batch_size
             return reranker
-        model = self.model or str(cache_root() / "tiny-qwen2-vl")
-        if self.build_tiny and not self.model:  # a named model is the user's: never built at a (mistyped) path
-            ensure_tiny_vlm(model)
-        return MLLMReranker(model, adapter=self.adapter, score=self.score, use_ocr=self.use_ocr,
+        base_model = self.base_model or str(cache_root() / "tiny-qwen2-vl")
+        if self.build_tiny and not self.base_model:  # a named model is the user's: never built at a (mistyped) path
+            ensure_tiny_vlm(base_model)
+        return MLLMReranker(base_model, adapter=self.adapter, score=self.score, use_ocr=self.use_ocr,
                             batch_size=self.batch_size, device=device)
 
     def rows(self, context: RerankContext) -> dict[str, Reranker]:
         if context.kind == "pages":
             reranker = Memoized(self.reranker(context.device))
-            name = f"{context.first_stage} + MLLM (top {context.depth})"
+            name = f"{context.first_stage} + MLLM (top {context.rerank_depth})"
             rows: dict[str, Reranker] = {name: reranker}
             for alpha in self.alpha:  # Memoized: the fused rows reuse the reranker's scores
-                rows[f"{context.first_stage} + MLLM (top {context.depth}, alpha {alpha:g})"] = Fused(
+                rows[f"{context.first_stage} + MLLM (top {context.rerank_depth}, alpha {alpha:g})"] = Fused(
                     reranker, alpha, "minmax")
             return rows
         if context.kind == "image-text" and context.direction in self.directions:

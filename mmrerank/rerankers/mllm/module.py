@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmrerank.core.deprecation import warn_renamed
 from mmrerank.datasets.mmdocir import load_mmdocir
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.losses import listwise_softmax, pairwise_ranknet, pointwise_bce
@@ -30,7 +31,7 @@ from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
 from mmrerank.rerankers.mllm.weights import load_lora
 
 LOSS_NAMES = ("sft", "contrastive", "pairwise")
-# Files that mark a folder as an earlier `save_reranker` (a full model's config, or a LoRA adapter's).
+# Files that mark a folder as an earlier `save_pretrained` (a full model's config, or a LoRA adapter's).
 _SAVE_MARKS = ("config.json", "adapter_config.json")
 SCHEDULES = ("constant", "cosine")
 
@@ -99,7 +100,7 @@ class MLLMRerankerModule(L.LightningModule):
         tiny_vocab_pages, tiny_vocab: train that tiny model's byte-level BPE tokenizer (vocabulary `tiny_vocab`) on
             these synthetic pages' OCR text and questions (the training documents), so that words are tokens as in
             a real model's vocabulary: shorter sequences, and about 5 points of R@1 (BENCHMARKS.md, run B).
-        export_dir: where the trained reranker is saved at the end of `fit` (`save_reranker`), if set.
+        export_dir: where the trained reranker is saved at the end of `fit` (`save_pretrained`), if set.
 
     The reranker scores with what the loss trains: `log P(positive label)` after SFT, the positive label's raw
     logit after the group losses (`MLLMReranker(score="logit")`; the negative label's logit gets no training).
@@ -194,12 +195,13 @@ class MLLMRerankerModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_train_end(self) -> None:
-        """Save the trained reranker to `export_dir` (rank 0), the folder `MLLMRows(checkpoint=...)` reads."""
+        """Save the trained reranker to `export_dir` (rank 0), the folder `MLLMRows(model=...)` reads."""
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            self.save_reranker(self.hparams.export_dir)
+            self.save_pretrained(self.hparams.export_dir)
 
-    def save_reranker(self, folder: str | Path) -> Path:
-        """Save the trained reranker as a folder `MLLMReranker.from_pretrained` loads (see `save_pretrained`).
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Save the trained reranker as a folder `MLLMReranker.from_pretrained` loads (`MLLMReranker.save_pretrained`;
+        the one name every saved model uses: `EDJE`, `CLIPEncoder`, `MLLMReranker`).
 
         Raises:
             FileExistsError: `folder` is neither empty nor an earlier save (no `config.json`, `adapter_config.json`).
@@ -209,6 +211,11 @@ class MLLMRerankerModule(L.LightningModule):
             raise FileExistsError(f"{folder} is not empty and holds no saved reranker (none of {list(_SAVE_MARKS)}); "
                                   "refusing to replace it")
         return self.reranker.save_pretrained(folder)
+
+    def save_reranker(self, folder: str | Path) -> Path:
+        """Deprecated name of `save_pretrained` (removed in mmrerank 0.2)."""
+        warn_renamed("MLLMRerankerModule.save_reranker", "MLLMRerankerModule.save_pretrained")
+        return self.save_pretrained(folder)
 
 
 def page_text(config: PagesConfig) -> list[str]:

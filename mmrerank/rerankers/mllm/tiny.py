@@ -158,7 +158,7 @@ def ensure_tiny_vlm(folder: str | Path, seed: int = 0, hidden: int = 64, layers:
     """`folder` as it is when it holds a whole model, else first `build_tiny_vlm` there (same arguments).
 
     A whole model is a folder with `TINY_MARKER`, or (a tiny model built before the marker existed, or a model of
-    one's own, e.g. from `MLLMRerankerModule.save_reranker`) with its config, weights, tokenizer and processor
+    one's own, e.g. from `MLLMRerankerModule.save_pretrained`) with its config, weights, tokenizer and processor
     files; such a folder is never rebuilt, whatever the arguments. A folder with only part of a tiny build (one
     interrupted before builds were atomic) is rebuilt. If another process finishes the same folder first, its copy
     is kept.

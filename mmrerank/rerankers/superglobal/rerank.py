@@ -36,6 +36,8 @@ import faiss
 import torch
 from torch import Tensor
 
+from mmrerank.core.deprecation import renamed_arguments
+
 # Bytes of working memory `rerank` may use for one batch of queries when `batch_size` is not given.
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 # Queries that go through the `[M, M]` stage together on a CPU: few enough that their similarities (640 KB per
@@ -43,12 +45,12 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20
 CPU_CHUNK = 4
 
 
-def _check_inputs(queries: Tensor, database: Tensor, top_m: int, k: int) -> int:
+def _check_inputs(queries: Tensor, database: Tensor, rerank_depth: int, k: int) -> int:
     """Validate the arguments shared by `rerank` and `reference_rerank`; return the effective `M`.
 
     Raises:
-        ValueError: on wrong shapes, an empty database, `top_m < 1`, `k < 0` or `k >= min(top_m, N)` (an item
-            needs `k` other items among the `M` to average with).
+        ValueError: on wrong shapes, an empty database, `rerank_depth < 1`, `k < 0` or `k >= min(rerank_depth, N)`
+            (an item needs `k` other items among the `M` to average with).
     """
     if queries.dim() != 2 or database.dim() != 2:
         raise ValueError(f"expected queries [Q, d] and database [N, d], got {tuple(queries.shape)} and "
@@ -62,18 +64,20 @@ def _check_inputs(queries: Tensor, database: Tensor, top_m: int, k: int) -> int:
         raise ValueError(f"queries are on {queries.device} but the database on {database.device}")
     if database.shape[0] == 0:
         raise ValueError("the database is empty")
-    if top_m < 1:
-        raise ValueError(f"top_m must be at least 1, got {top_m}")
+    if rerank_depth < 1:
+        raise ValueError(f"rerank_depth must be at least 1, got {rerank_depth}")
     if k < 0:
         raise ValueError(f"k must be non-negative, got {k}")
-    m = min(top_m, database.shape[0])
+    m = min(rerank_depth, database.shape[0])
     if k >= m:
-        raise ValueError(f"k={k} needs at least k + 1 = {k + 1} items to rerank, but top_m={top_m} and the database "
-                         f"holds {database.shape[0]}: use k < min(top_m, N)")
+        raise ValueError(f"k={k} needs at least k + 1 = {k + 1} items to rerank, but rerank_depth={rerank_depth} and "
+                         f"the database holds {database.shape[0]}: use k < min(rerank_depth, N)")
     return m
 
 
-def reference_rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta: float = 0.15) -> Tensor:
+@renamed_arguments(top_m="rerank_depth")
+def reference_rerank(queries: Tensor, database: Tensor, rerank_depth: int = 400, k: int = 9,
+                     beta: float = 0.15) -> Tensor:
     """SuperGlobal reranking, one query at a time, written step by step from the method's description.
 
     It forms every refined descriptor explicitly (gathering `[M, K + 1, d]` members per query) and scores them
@@ -83,7 +87,7 @@ def reference_rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int
     Args:
         queries: unit-norm query descriptors `[Q, d]`.
         database: unit-norm database descriptors `[N, d]`, same dtype and device.
-        top_m: how many of the top items by cosine are reranked (`M`; `min(top_m, N)` is used).
+        rerank_depth: how many of the top items by cosine are reranked (`M`; `min(rerank_depth, N)` is used).
         k: neighbours per item in the refinement, and `k + 1` items form the expanded query.
         beta: weight factor of a neighbour's similarity.
 
@@ -93,7 +97,7 @@ def reference_rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int
     Raises:
         ValueError: see `rerank`.
     """
-    m = _check_inputs(queries, database, top_m, k)
+    m = _check_inputs(queries, database, rerank_depth, k)
     n = database.shape[0]
     device = database.device
     ranking = torch.empty(queries.shape[0], n, dtype=torch.long, device=device)
@@ -339,9 +343,10 @@ def _rerank_batch(queries: Tensor, database: Tensor, m: int, k: int, beta: float
     out[:, :m] = _rerank_shortlists(queries, database, out[:, :m], s0, k, beta, work)
 
 
-def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta: float = 0.15,
+@renamed_arguments(top_m="rerank_depth")
+def rerank(queries: Tensor, database: Tensor, rerank_depth: int = 400, k: int = 9, beta: float = 0.15,
            batch_size: int | None = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> Tensor:
-    """SuperGlobal reranking of every query's top `top_m` database items, batched over queries.
+    """SuperGlobal reranking of every query's top `rerank_depth` database items, batched over queries.
 
     Gives the same ranking as `reference_rerank` (see the module docstring for the tie rule) with batched matrix
     products, selections, `sort` and `gather`, and a Python loop over chunks of a few queries only. Runs on the
@@ -350,7 +355,7 @@ def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta
     Args:
         queries: unit-norm query descriptors `[Q, d]`.
         database: unit-norm database descriptors `[N, d]`, same dtype and device.
-        top_m: how many of the top items by cosine are reranked (`M`; `min(top_m, N)` is used).
+        rerank_depth: how many of the top items by cosine are reranked (`M`; `min(rerank_depth, N)` is used).
         k: neighbours per item in the refinement, and `k + 1` items form the expanded query.
         beta: weight factor of a neighbour's similarity.
         batch_size: queries per batch; by default as many as fit in `memory_budget`. A batch of `b` queries holds
@@ -364,10 +369,10 @@ def rerank(queries: Tensor, database: Tensor, top_m: int = 400, k: int = 9, beta
         `(s1 + s2) / 2`, then the rest in cosine order.
 
     Raises:
-        ValueError: on mismatched shapes, dtypes or devices, an empty database, `top_m < 1`, `k < 0`, or
-            `k >= min(top_m, N)`.
+        ValueError: on mismatched shapes, dtypes or devices, an empty database, `rerank_depth < 1`, `k < 0`, or
+            `k >= min(rerank_depth, N)`.
     """
-    m = _check_inputs(queries, database, top_m, k)
+    m = _check_inputs(queries, database, rerank_depth, k)
     num_queries, d = queries.shape
     n = database.shape[0]
     device = database.device

@@ -13,15 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.items import RetrievalTask
 from mmrerank.core.run import PAD, Run
 from mmrerank.rerankers.base import Reranker
-from mmrerank.rerankers.spec import RerankContext, RerankerSpec
+from mmrerank.rerankers.rows import RerankContext, RerankerRows
 from mmrerank.rerankers.superglobal.rerank import rerank_candidates
 
 
 class SuperGlobalReranker(Reranker):
-    """Reorders the top `depth` of a run over `database` descriptors (the run's corpus rows index them).
+    """Reorders the top `rerank_depth` of a run over `database` descriptors (the run's corpus rows index them).
 
     Args:
         queries: `[Q, d]`, database: `[N, d]` unit-norm descriptors (the run's query and corpus rows).
@@ -34,13 +35,15 @@ class SuperGlobalReranker(Reranker):
     def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
         raise TypeError("SuperGlobal reorders whole shortlists from descriptors; rerank a Run (`rerank`) instead")
 
-    def rerank(self, run: Run, task: RetrievalTask, depth: int, batch_size: int = 256,
+    @renamed_arguments(depth="rerank_depth")
+    def rerank(self, run: Run, task: RetrievalTask, rerank_depth: int, batch_size: int = 256,
                progress: bool = True) -> Run:
-        """The run with each query's top `depth` reordered; the rest keep their first-stage order below."""
+        """The run with each query's top `rerank_depth` reordered; the rest keep their first-stage order below."""
         run = run.sorted()
-        head, tail = run.indices[:, :depth], run.indices[:, depth:]
+        head, tail = run.indices[:, :rerank_depth], run.indices[:, rerank_depth:]
         if bool((head == PAD).any()):
-            raise ValueError("SuperGlobal needs full shortlists: every query's run must hold `depth` candidates")
+            raise ValueError("SuperGlobal needs full shortlists: every query's run must hold `rerank_depth` "
+                             "candidates")
         new_head = rerank_candidates(self.queries, self.database, head.to(self.database.device), self.k,
                                      self.beta).to(run.indices.device)
         indices = torch.cat([new_head, tail], dim=1)
@@ -50,7 +53,7 @@ class SuperGlobalReranker(Reranker):
 
 
 @dataclass
-class SuperGlobalRows(RerankerSpec):
+class SuperGlobalRows(RerankerRows):
     """The `+ rerank` row of an image-to-image benchmark (descriptors come from the task's features).
 
     Attributes:

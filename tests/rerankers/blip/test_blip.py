@@ -235,7 +235,7 @@ def test_blip_reranks_both_directions(blip):
         qrels = Qrels(queries.ids, corpus.ids, torch.arange(4), torch.arange(4), torch.ones(4))
         task = RetrievalTask(name, queries, corpus, qrels)
         run = Run(torch.tensor([[0, 1, 2, 3]] * 4), torch.tensor([[4.0, 3.0, 2.0, 1.0]] * 4), queries.ids, corpus.ids)
-        out = reranker.rerank(run, task, depth=4, progress=False)
+        out = reranker.rerank(run, task, rerank_depth=4, progress=False)
         for q in range(4):
             expected = reranker.score([queries[q]] * 4, [corpus[d] for d in range(4)])
             assert out.indices[q].tolist() == torch.sort(expected, descending=True, stable=True).indices.tolist()

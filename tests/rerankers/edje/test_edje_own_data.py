@@ -122,7 +122,7 @@ def test_fit_on_own_data_then_load_and_rerank_a_run(layout, tmp_path, monkeypatc
         lines += [f"{q} Q0 {d} {r + 1} {4 - r} mine\n" for r, d in enumerate(rng.sample(task.corpus.ids, 4))]
     (tmp_path / "run.trec").write_text("".join(lines))
     run = Run.read_trec(tmp_path / "run.trec", task=task)
-    out = reranker.rerank(run, task, depth=4, progress=False).to_dict()
+    out = reranker.rerank(run, task, rerank_depth=4, progress=False).to_dict()
     assert set(out) == set(task.queries.ids)
     for q, ranked in out.items():
         text = task.queries[task.queries.ids.index(q)]
@@ -138,7 +138,7 @@ def test_fit_on_own_data_then_load_and_rerank_a_run(layout, tmp_path, monkeypatc
         queries, corpus = tmp_path / "captions.tsv", tmp_path
         queries.write_text("".join(f"{i}\t{t}\n" for i, t in zip(task.queries.ids, task.queries)))
     main(["rerank", f"--run={tmp_path / 'run.trec'}", f"--queries={queries}", f"--corpus={corpus}",
-          f"--reranker={tmp_path / 'model'}", "--device=cpu", "--depth=4", f"--output={tmp_path / 'cli.trec'}",
+          f"--reranker={tmp_path / 'model'}", "--device=cpu", "--rerank_depth=4", f"--output={tmp_path / 'cli.trec'}",
           "--progress=false"])
     cli = Run.read_trec(tmp_path / "cli.trec").to_dict()
     assert list(cli) == list(Run.read_trec(tmp_path / "run.trec").query_ids)  # the run file's order

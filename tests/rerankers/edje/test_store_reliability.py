@@ -24,7 +24,7 @@ from mmrerank.rerankers.edje.store import (
     TokenStoreError,
     TokenStoreLockedError,
 )
-from mmrerank.rerankers.edje.writer import TokenStoreWriter, precompute
+from mmrerank.rerankers.edje.writer import TokenStoreWriter, write_token_store
 from mmrerank.retrieval.negatives import file_stamp
 
 
@@ -111,7 +111,7 @@ def test_a_killed_writer_frees_the_lock(tmp_path):
         seen.extend(indices.tolist())
         return rows_of(indices)
 
-    resumed = precompute(store, list(range(8)), recording, m=3, d=5, shard_size=4, progress=False)
+    resumed = write_token_store(store, list(range(8)), recording, m=3, d=5, shard_size=4, progress=False)
     assert seen == [4, 5, 6, 7]  # the killed writer's shard 0 was kept
     assert torch.equal(resumed.tensor, rows_of(torch.arange(8)).half())
 
@@ -137,12 +137,13 @@ def test_precompute_with_other_provenance_is_refused_or_rebuilt(tmp_path):
         calls.append(indices.tolist())
         return rows_of(indices)
 
-    precompute(store, ids, rows_of, m=3, d=5, shard_size=4, progress=False, provenance={"model": "a", "images": "i"})
-    reused = precompute(store, ids, recording, m=3, d=5, shard_size=4, progress=False,
+    write_token_store(store, ids, rows_of, m=3, d=5, shard_size=4, progress=False,
+                      provenance={"model": "a", "images": "i"})
+    reused = write_token_store(store, ids, recording, m=3, d=5, shard_size=4, progress=False,
                         provenance={"model": "a", "images": "i"})
     assert calls == [] and reused.provenance == {"model": "a", "images": "i"}
     with pytest.raises(StaleTokenStoreError, match=r"provenance\.model: has 'a', asked for 'b'.*overwrite=True"):
-        precompute(store, ids, recording, m=3, d=5, shard_size=4, progress=False,
+        write_token_store(store, ids, recording, m=3, d=5, shard_size=4, progress=False,
                    provenance={"model": "b", "images": "i"})
     assert calls == []
 
@@ -150,7 +151,7 @@ def test_precompute_with_other_provenance_is_refused_or_rebuilt(tmp_path):
         return rows_of(indices) + 1
 
     with pytest.warns(UserWarning, match="rebuilding token store"):
-        rebuilt = precompute(store, ids, other, m=3, d=5, shard_size=4, progress=False,
+        rebuilt = write_token_store(store, ids, other, m=3, d=5, shard_size=4, progress=False,
                              provenance={"model": "b", "images": "i"}, on_mismatch="rebuild")
     assert torch.equal(rebuilt.tensor, (rows_of(torch.arange(6)) + 1).half())
     assert TokenStore(store).provenance == {"model": "b", "images": "i"}
@@ -158,7 +159,7 @@ def test_precompute_with_other_provenance_is_refused_or_rebuilt(tmp_path):
 
 def test_a_format_1_store_is_readable_but_stale(tmp_path):
     store, ids = tmp_path / "s", list(range(4))
-    precompute(store, ids, rows_of, m=3, d=5, progress=False)
+    write_token_store(store, ids, rows_of, m=3, d=5, progress=False)
     header = json.loads((store / "header.json").read_text())
     header["version"] = 1
     del header["shard_crc32"], header["provenance"]  # what the format-1 writer wrote
@@ -168,9 +169,9 @@ def test_a_format_1_store_is_readable_but_stale(tmp_path):
     with pytest.raises(TokenStoreError, match="version 1 has no checksums"):
         old.verify()
     with pytest.raises(StaleTokenStoreError, match="format version 1.*overwrite=True"):
-        precompute(store, ids, rows_of, m=3, d=5, progress=False)
+        write_token_store(store, ids, rows_of, m=3, d=5, progress=False)
     with pytest.warns(UserWarning, match="rebuilding"):
-        precompute(store, ids, rows_of, m=3, d=5, progress=False, on_mismatch="rebuild")
+        write_token_store(store, ids, rows_of, m=3, d=5, progress=False, on_mismatch="rebuild")
     TokenStore(store).verify()
 
 
@@ -298,18 +299,18 @@ def test_precompute_refuses_overflow_and_nan_before_writing_the_shard(tmp_path):
 
     store = tmp_path / "s"
     with pytest.raises(ValueError, match=r"float16's range.*70000.*'x3'"):
-        precompute(store, ids, spiking(70000.0, 3), m=3, d=5, shard_size=2, progress=False)
+        write_token_store(store, ids, spiking(70000.0, 3), m=3, d=5, shard_size=2, progress=False)
     header = json.loads((store / "header.json").read_text())
     assert header["shards_done"] == [0]  # shard 1 (x2, x3) was never written
     assert not np.fromfile(store / "tokens.bin", dtype=np.uint8)[2 * 30:4 * 30].any()
     with pytest.raises(ValueError, match=r"NaN.*'x4'"):
-        precompute(store, ids, spiking(float("nan"), 4), m=3, d=5, shard_size=2, progress=False)
+        write_token_store(store, ids, spiking(float("nan"), 4), m=3, d=5, shard_size=2, progress=False)
     with pytest.raises(ValueError, match=r"'x5'"):
-        precompute(store, ids, spiking(float("-inf"), 5), m=3, d=5, shard_size=2, progress=False)
+        write_token_store(store, ids, spiking(float("-inf"), 5), m=3, d=5, shard_size=2, progress=False)
     # The largest float16 is stored as it is; bfloat16 holds 70000 (float32's range, coarser steps).
-    fine = precompute(store, ids, spiking(65504.0, 3), m=3, d=5, shard_size=2, progress=False, overwrite=True)
+    fine = write_token_store(store, ids, spiking(65504.0, 3), m=3, d=5, shard_size=2, progress=False, overwrite=True)
     assert fine["x3"].max().item() == 65504.0
-    wide = precompute(tmp_path / "bf", ids, spiking(70000.0, 3), m=3, d=5, dtype="bfloat16", progress=False)
+    wide = write_token_store(tmp_path / "bf", ids, spiking(70000.0, 3), m=3, d=5, dtype="bfloat16", progress=False)
     assert torch.isfinite(wide.tensor).all()
     with TokenStoreWriter(tmp_path / "w", ["a", "b"], m=3, d=5, shard_size=2) as w:  # the writer refuses too
         bad = rows_of(torch.arange(2)).half()
@@ -322,7 +323,7 @@ def test_precompute_refuses_overflow_and_nan_before_writing_the_shard(tmp_path):
 
 def test_checksums_catch_a_flipped_byte_and_a_resume_rewrites_the_shard(tmp_path):
     store, ids = tmp_path / "s", [f"x{i}" for i in range(10)]
-    written = precompute(store, ids, rows_of, m=3, d=5, shard_size=4, progress=False)
+    written = write_token_store(store, ids, rows_of, m=3, d=5, shard_size=4, progress=False)
     written.verify()
     raw = (store / "tokens.bin").read_bytes()
     header = json.loads((store / "header.json").read_text())
@@ -345,14 +346,14 @@ def test_checksums_catch_a_flipped_byte_and_a_resume_rewrites_the_shard(tmp_path
         return rows_of(indices)
 
     with pytest.warns(UserWarning, match=r"shards \[1\] fail"):
-        healed = precompute(store, ids, recording, m=3, d=5, shard_size=4, progress=False)
+        healed = write_token_store(store, ids, recording, m=3, d=5, shard_size=4, progress=False)
     assert seen == [4, 5, 6, 7]
     healed.verify()
     assert torch.equal(healed.tensor, rows_of(torch.arange(10)).half())
 
 
 def test_rows_refuses_negative_and_out_of_range_rows(tmp_path):
-    store = precompute(tmp_path / "s", list(range(4)), rows_of, m=3, d=5, progress=False)
+    store = write_token_store(tmp_path / "s", list(range(4)), rows_of, m=3, d=5, progress=False)
     expected = rows_of(torch.arange(4)).half()
     assert torch.equal(store.rows(3), expected[3])
     assert torch.equal(store.rows([3, 0]), expected[[3, 0]])

@@ -198,7 +198,7 @@ def test_lora_adapter_saves_and_loads(tiny_folder, images, tmp_path):
     trained = module.reranker.score(QUERIES, images)
     base = MLLMReranker(tiny_folder, device="cpu").score(QUERIES, images)
     assert (trained - base).abs().max() > 1e-3
-    module.save_reranker(tmp_path / "adapter")
+    module.save_pretrained(tmp_path / "adapter")
     loaded = MLLMReranker(tiny_folder, adapter=tmp_path / "adapter", device="cpu")
     torch.testing.assert_close(loaded.score(QUERIES, images), trained, atol=1e-5, rtol=0)
     again = MLLMReranker.from_pretrained(tmp_path / "adapter", device="cpu")  # the folder names its base model

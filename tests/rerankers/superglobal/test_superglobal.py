@@ -141,11 +141,11 @@ def test_scale_gem_rejects_bad_input():
 # Reranking
 
 
-def naive_superglobal(queries: torch.Tensor, database: torch.Tensor, top_m: int, k: int, beta: float) -> list:
+def naive_superglobal(queries: torch.Tensor, database: torch.Tensor, rerank_depth: int, k: int, beta: float) -> list:
     """The method in plain Python floats, one query and one item at a time; ties go to the lower position."""
     q_rows, x_rows = queries.tolist(), database.tolist()
     n, d = len(x_rows), len(x_rows[0])
-    m = min(top_m, n)
+    m = min(rerank_depth, n)
 
     def dot(a, b):
         return sum(u * v for u, v in zip(a, b))
@@ -179,23 +179,23 @@ def test_reference_and_rerank_match_a_plain_python_oracle(unit_norm):
         # (With this seed, 18 of the 40 items are more similar to some other item than to themselves.)
         shuffle = torch.randperm(40, generator=torch.Generator().manual_seed(12))
         database = database * torch.linspace(0.5, 2.0, 40, dtype=torch.float64)[shuffle, None]
-    expected = naive_superglobal(queries, database, top_m=25, k=4, beta=0.3)
-    assert reference_rerank(queries, database, top_m=25, k=4, beta=0.3).tolist() == expected
-    assert rerank(queries, database, top_m=25, k=4, beta=0.3).tolist() == expected
+    expected = naive_superglobal(queries, database, rerank_depth=25, k=4, beta=0.3)
+    assert reference_rerank(queries, database, rerank_depth=25, k=4, beta=0.3).tolist() == expected
+    assert rerank(queries, database, rerank_depth=25, k=4, beta=0.3).tolist() == expected
 
 
-@pytest.mark.parametrize(("q", "n", "d", "top_m", "k", "batch_size"), [
+@pytest.mark.parametrize(("q", "n", "d", "rerank_depth", "k", "batch_size"), [
     (6, 50, 8, 20, 3, None),
     (7, 200, 32, 60, 9, 3),  # batches of 3: the last one holds a single query
-    (5, 30, 16, 400, 9, None),  # top_m > N: all N items are reranked
+    (5, 30, 16, 400, 9, None),  # rerank_depth > N: all N items are reranked
     (4, 15, 6, 10, 9, 1),  # k + 1 = M: every item averages the whole shortlist
     (3, 25, 5, 8, 0, 2),  # k = 0: no refinement, the expanded query is the best item itself
     (9, 120, 12, 1, 0, None),  # M = 1: nothing to reorder, the ranking is the cosine ranking
 ])
-def test_rerank_matches_reference(q, n, d, top_m, k, batch_size):
+def test_rerank_matches_reference(q, n, d, rerank_depth, k, batch_size):
     queries, database = unit_vectors(q, d, seed=q * n), unit_vectors(n, d, seed=q * n + 1)
-    expected = reference_rerank(queries, database, top_m=top_m, k=k)
-    got = rerank(queries, database, top_m=top_m, k=k, batch_size=batch_size)
+    expected = reference_rerank(queries, database, rerank_depth=rerank_depth, k=k)
+    got = rerank(queries, database, rerank_depth=rerank_depth, k=k, batch_size=batch_size)
     assert got.dtype == torch.long and got.shape == (q, n)
     assert torch.equal(got, expected)
     assert torch.equal(torch.sort(got, dim=1).values, torch.arange(n).expand(q, n))  # a permutation per query
@@ -208,10 +208,10 @@ def test_rerank_with_duplicate_database_vectors():
     g = torch.Generator().manual_seed(21)
     database = torch.cat([base, base[:40], base[:15]])[torch.randperm(205, generator=g)]
     queries = unit_vectors(8, 16, seed=22)
-    expected = reference_rerank(queries, database, top_m=80, k=9)
-    assert torch.equal(rerank(queries, database, top_m=80, k=9, batch_size=3), expected)
+    expected = reference_rerank(queries, database, rerank_depth=80, k=9)
+    assert torch.equal(rerank(queries, database, rerank_depth=80, k=9, batch_size=3), expected)
     # Tied copies stay adjacent, lower index first, inside the reranked head as in the tail (a group split by the
-    # top_m boundary is the exception: its head part is reranked, its tail part is not).
+    # rerank_depth boundary is the exception: its head part is reranked, its tail part is not).
     groups: dict[tuple, list[int]] = {}
     for i, row in enumerate(database.tolist()):
         groups.setdefault(tuple(row), []).append(i)
@@ -230,17 +230,17 @@ def test_rerank_with_duplicate_database_vectors():
 
 def test_items_below_top_m_keep_cosine_order():
     queries, database = unit_vectors(5, 10, seed=30), unit_vectors(90, 10, seed=31)
-    top_m = 30
-    got = rerank(queries, database, top_m=top_m, k=5)
+    rerank_depth = 30
+    got = rerank(queries, database, rerank_depth=rerank_depth, k=5)
     cosine_order = torch.sort(queries @ database.T, dim=1, descending=True, stable=True).indices
-    assert torch.equal(got[:, top_m:], cosine_order[:, top_m:])
-    assert torch.equal(got[:, :top_m].sort(dim=1).values, cosine_order[:, :top_m].sort(dim=1).values)
-    assert not torch.equal(got[:, :top_m], cosine_order[:, :top_m])  # the head really was reordered
+    assert torch.equal(got[:, rerank_depth:], cosine_order[:, rerank_depth:])
+    assert torch.equal(got[:, :rerank_depth].sort(dim=1).values, cosine_order[:, :rerank_depth].sort(dim=1).values)
+    assert not torch.equal(got[:, :rerank_depth], cosine_order[:, :rerank_depth])  # the head really was reordered
 
 
 def test_rerank_hand_computed_case():
     # q = (1, 0); database E=(0,-1), C=(0.28,0.96), A=(0.8,-0.6), D=(-1,0), B=(0.6,0.8) at indices 0..4.
-    # Cosines: A 0.8, B 0.6, C 0.28, E 0, D -1. With top_m = 3 the shortlist is A, B, C; E and D follow as is.
+    # Cosines: A 0.8, B 0.6, C 0.28, E 0, D -1. With rerank_depth = 3 the shortlist is A, B, C; E and D follow as is.
     # Similarities: A.B = 0, A.C = -0.352, B.C = 0.936. With k = 1, beta = 0.5 the single neighbours are
     # A -> B (0 > -0.352), B -> C, C -> B, so
     #   x'_A = (A + 0 * B) / 1 = A,
@@ -253,9 +253,9 @@ def test_rerank_hand_computed_case():
     database = torch.tensor([[0.0, -1.0], [0.28, 0.96], [0.8, -0.6], [-1.0, 0.0], [0.6, 0.8]], dtype=torch.float64)
     queries = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
     expected = [[4, 1, 2, 0, 3]]
-    assert reference_rerank(queries, database, top_m=3, k=1, beta=0.5).tolist() == expected
-    assert rerank(queries, database, top_m=3, k=1, beta=0.5).tolist() == expected
-    assert naive_superglobal(queries, database, top_m=3, k=1, beta=0.5) == expected
+    assert reference_rerank(queries, database, rerank_depth=3, k=1, beta=0.5).tolist() == expected
+    assert rerank(queries, database, rerank_depth=3, k=1, beta=0.5).tolist() == expected
+    assert naive_superglobal(queries, database, rerank_depth=3, k=1, beta=0.5) == expected
 
 
 def test_nearest_others_breaks_ties_by_lower_position():
@@ -289,10 +289,10 @@ def test_rerank_matches_reference_with_a_split_gram_and_duplicates():
     database = torch.cat([base, base[:50]])[perm]
     item = torch.cat([torch.arange(260), torch.arange(50)])[perm]  # a copy and its original: the same item
     queries = unit_vectors(5, 24, seed=73)
-    expected = reference_rerank(queries, database, top_m=200, k=9)
+    expected = reference_rerank(queries, database, rerank_depth=200, k=9)
     # Equal up to the order of a copy and its original: their scores tie exactly in exact arithmetic, and which
     # comes first then depends on how the BLAS kernel rounds x . y against y . x (it differs between CPUs).
-    assert torch.equal(item[rerank(queries, database, top_m=200, k=9, batch_size=2)], item[expected])
+    assert torch.equal(item[rerank(queries, database, rerank_depth=200, k=9, batch_size=2)], item[expected])
 
 
 def quantised_sims(b: int, m: int, seed: int, levels: int) -> torch.Tensor:
@@ -325,10 +325,10 @@ def test_top_entries_faiss_path_agrees_with_topk():
 
 def test_batching_does_not_change_the_ranking():
     queries, database = unit_vectors(11, 24, seed=40), unit_vectors(300, 24, seed=41)
-    full = rerank(queries, database, top_m=50, k=9)
+    full = rerank(queries, database, rerank_depth=50, k=9)
     for batch_size in (1, 4):
-        assert torch.equal(rerank(queries, database, top_m=50, k=9, batch_size=batch_size), full)
-    tiny = rerank(queries, database, top_m=50, k=9, memory_budget=1)  # the budget allows one query per batch
+        assert torch.equal(rerank(queries, database, rerank_depth=50, k=9, batch_size=batch_size), full)
+    tiny = rerank(queries, database, rerank_depth=50, k=9, memory_budget=1)  # the budget allows one query per batch
     assert torch.equal(tiny, full)
     assert auto_batch_size(11, 300, 50, 24, 9, 8, memory_budget=1) == 1
     assert auto_batch_size(11, 300, 50, 24, 9, 8, memory_budget=2**40) == 11
@@ -338,25 +338,25 @@ def test_batching_does_not_change_the_ranking():
 def test_rerank_rejects_bad_arguments(fn):
     queries, database = unit_vectors(2, 4, seed=50), unit_vectors(10, 4, seed=51)
     with pytest.raises(ValueError, match="k < min"):
-        fn(queries, database, top_m=5, k=5)
+        fn(queries, database, rerank_depth=5, k=5)
     with pytest.raises(ValueError, match="k < min"):
-        fn(queries, database, top_m=400, k=10)  # top_m > N: the database size is the limit
-    with pytest.raises(ValueError, match="top_m"):
-        fn(queries, database, top_m=0, k=0)
+        fn(queries, database, rerank_depth=400, k=10)  # rerank_depth > N: the database size is the limit
+    with pytest.raises(ValueError, match="rerank_depth"):
+        fn(queries, database, rerank_depth=0, k=0)
     with pytest.raises(ValueError, match="non-negative"):
-        fn(queries, database, top_m=5, k=-1)
+        fn(queries, database, rerank_depth=5, k=-1)
     with pytest.raises(ValueError, match="dimension"):
         fn(queries[:, :3], database)
     with pytest.raises(ValueError, match="dtype"):
         fn(queries.float(), database)
-    assert fn(queries, database, top_m=10, k=9).shape == (2, 10)  # k = N - 1 is the largest allowed
+    assert fn(queries, database, rerank_depth=10, k=9).shape == (2, 10)  # k = N - 1 is the largest allowed
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_rerank_on_gpu_matches_cpu():
     queries, database = unit_vectors(20, 64, seed=60), unit_vectors(500, 64, seed=61)
-    expected = reference_rerank(queries, database, top_m=100, k=9)
-    got = rerank(queries.cuda(), database.cuda(), top_m=100, k=9, batch_size=8)
+    expected = reference_rerank(queries, database, rerank_depth=100, k=9)
+    got = rerank(queries.cuda(), database.cuda(), rerank_depth=100, k=9, batch_size=8)
     assert got.device.type == "cuda"
     assert torch.equal(got.cpu(), expected)
 
@@ -378,6 +378,6 @@ def test_rerank_candidates_equals_rerank_on_the_cosine_shortlist():
     shortlist = index.search(queries.float(), 30).indices
     assert torch.equal(shortlist, (queries @ database.T).argsort(dim=1, descending=True)[:, :30])
     got = rerank_candidates(queries, database, shortlist, k=4, beta=0.15, batch_size=3)
-    assert torch.equal(got, rerank(queries, database, top_m=30, k=4, beta=0.15)[:, :30])
+    assert torch.equal(got, rerank(queries, database, rerank_depth=30, k=4, beta=0.15)[:, :30])
     with pytest.raises(ValueError, match="without padding"):
         rerank_candidates(queries, database, torch.full((7, 30), -1), k=4)

@@ -4,12 +4,14 @@ operations, and the benchmark rows."""
 from __future__ import annotations
 
 import pickle
+from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mmrerank.benchmark import benchmark
+from mmrerank.datasets import SyntheticInstances
 from mmrerank.datasets.revisited import protocol_relevance
 from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
 from mmrerank.evaluation.suites import ImageText, Instances
@@ -67,7 +69,8 @@ def test_unknown_backbone():
 def test_benchmark_rows(tmp_path, tiny_config):
     report = benchmark(
         first_stage=FirstStage(save_to=str(tmp_path / "fs"), train_steps=1, batch_size=4, synthetic=tiny_config),
-        instances=Instances(instances=tiny(tmp_path / "i2i"), top_m=20, rerankers=[SuperGlobalRows(k=3)]),
+        instances=Instances(SyntheticInstances(**asdict(tiny(tmp_path / "i2i"))), rerank_depth=20,
+                            rerankers=[SuperGlobalRows(k=3)]),
         image_text=ImageText(directions=[]), output_dir=str(tmp_path / "out"), progress=False)
     assert list(report.rows) == ["GeM", "SuperGlobal pooling", "SuperGlobal pooling + rerank"]
     for row in report.rows.values():
