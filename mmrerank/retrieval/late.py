@@ -260,7 +260,9 @@ class LateInteractionIndex:
     # --- persistence ---------------------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        """Write `meta.json`, `tokens.f16` (`[T, d]` float16) and `offsets.i64` (`[N+1]`) to folder `path`, atomically."""
+        """Write `meta.json`, `tokens.f16` (`[T, d]` float16) and `offsets.i64` (`[N+1]`) to folder `path`.
+
+        The folder is written beside `path` and renamed into place, so a reader never sees half of it."""
         flat = self._flat()
         with atomic_folder(path) as tmp:
             flat.numpy().tofile(tmp / TOKENS_FILE)
@@ -290,7 +292,8 @@ class LateInteractionIndex:
             raise ValueError(f"{path / OFFSETS_FILE}: offsets do not match {len(ids)} documents of {n_tokens} tokens")
         tokens_path = path / TOKENS_FILE
         if tokens_path.stat().st_size != n_tokens * dim * 2:
-            raise ValueError(f"{tokens_path}: {tokens_path.stat().st_size} bytes, {meta_path} needs {n_tokens * dim * 2}")
+            raise ValueError(f"{tokens_path}: {tokens_path.stat().st_size} bytes, {meta_path} needs "
+                             f"{n_tokens * dim * 2}")
         index = cls(dim, int(meta["pool_factor"]), device=device, **kwargs)
         # Copy-on-write map: torch needs a writable buffer, and nothing here writes, so no page is ever copied.
         index._tokens = torch.from_numpy(np.memmap(tokens_path, dtype=np.float16, mode="c", shape=(n_tokens, dim)))

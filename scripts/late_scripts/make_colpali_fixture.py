@@ -20,7 +20,8 @@ def main() -> None:
     # Non-negative vectors: colpali-engine pads documents with zero vectors inside a batch, which adds a 0 to each
     # MaxSim's candidates; with non-negative similarities that 0 never wins, so its scores are the exact MaxSim.
     # Rounded to float16 values, which the index stores exactly, so both sides score the same numbers.
-    docs = [unit(torch.rand(int(n), dim, generator=gen)).half().float() for n in torch.randint(3, 40, (37,), generator=gen)]
+    lengths = torch.randint(3, 40, (37,), generator=gen)
+    docs = [unit(torch.rand(int(n), dim, generator=gen)).half().float() for n in lengths]
     queries = [unit(torch.rand(int(n), dim, generator=gen)) for n in torch.randint(1, 9, (11,), generator=gen)]
     docs.append(docs[5].clone())  # an exact tie between two documents
     scores = BaseVisualRetrieverProcessor.score_multi_vector(queries, docs, batch_size=8, device="cpu")

@@ -53,7 +53,8 @@ def test_exact_search_equals_naive_loop(block_tokens):
     assert run.indices.shape == (len(queries), len(docs))  # depth clipped to the corpus
     for row, expected in enumerate(naive_run(queries, docs, 50)):
         assert run.indices[row].tolist() == [i for _, i in expected]
-        torch.testing.assert_close(run.scores[row].double(), torch.tensor([s for s, _ in expected], dtype=torch.float64), atol=1e-5, rtol=0)
+        want = torch.tensor([s for s, _ in expected], dtype=torch.float64)
+        torch.testing.assert_close(run.scores[row].double(), want, atol=1e-5, rtol=0)
     assert run.doc_ids == [f"d{i}" for i in range(len(docs))] and run.query_ids[0] == "q0"
 
 
