@@ -16,7 +16,7 @@ from typing import Any
 
 from mmrerank.core import distributed
 from mmrerank.evaluation.report import Paper, Report
-from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage, page_columns
+from mmrerank.evaluation.suites import ImageText, Instances, Pages, ViDoRe, build_first_stage, page_columns
 from mmrerank.fitting import train_missing
 from mmrerank.rerankers import specs  # noqa: F401  (configs name the families' specs by short class_path)
 from mmrerank.retrieval.clip import resolve_device
@@ -25,7 +25,8 @@ from mmrerank.retrieval.first_stage import FirstStage
 
 def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | None = None, pages: Pages | None = None,
               instances: Instances | None = None, output_dir: str | None = None, device: str = "auto",
-              progress: bool = True, retrain: bool = False, paper: Paper | None = None) -> Report:
+              progress: bool = True, retrain: bool = False, paper: Paper | None = None,
+              vidore: ViDoRe | None = None) -> Report:
     """Run the benchmark and write `report.json`, `report.md` and `success_at_k.png` to `output_dir`.
 
     Args:
@@ -33,6 +34,7 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
         image_text: image-text rows (default: the synthetic test split, first stage only; `directions: []` skips).
         pages: document-page rows (off by default).
         instances: image-to-image rows (off by default).
+        vidore: visual-document retrieval rows over a whole page corpus (off by default; `ViDoRe`).
         output_dir: where the report goes (default `outputs/benchmark/<dataset name>`).
         device: `auto` (GPU when present), `cpu` or `cuda`.
         retrain: train the cached first stage and every reranker's `fit` recipe again, replacing their folders.
@@ -48,20 +50,21 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     first_stage = (first_stage or FirstStage()).trained_on(getattr(dataset, "synthetic", None))
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
     resolve_device(device)  # an unknown device fails here, before anything is built
-    suites = [s for s in (image_text if image_text.directions else None, instances, pages) if s is not None]
+    suites = [s for s in (image_text if image_text.directions else None, instances, pages, vidore) if s is not None]
     if paper is not None:
         check_paper(paper, image_text, pages, instances)
-    for suite in {id(s): s for s in (image_text, instances, pages) if s is not None}.values():
+    for suite in {id(s): s for s in (image_text, instances, pages, vidore) if s is not None}.values():
         suite.check()  # every input file and named model, before anything is rendered or trained
     title = ", ".join(s.title() for s in suites)
     if image_text.directions or instances is not None:
         title += f": first stage {first_stage.model_name}"
     report = Report(title, config=describe({"first_stage": first_stage, "image_text": image_text, "pages": pages,
-                                            "instances": instances}),
+                                            "instances": instances, "vidore": vidore}),
                     paper=None if paper is None else {"source": paper.source, "rows": paper.rows})
     reranker_specs = [spec for suite in suites for spec in suite.rerankers]
     encoder = None
     if image_text.directions or instances is not None or (pages is not None and pages.dual_encoder) \
+            or (vidore is not None and vidore.dense) \
             or any(spec.fit and spec.fit_reads_first_stage for spec in reranker_specs):
         start = time.perf_counter()
         encoder = build_first_stage(first_stage, progress, retrain)
@@ -73,6 +76,8 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
         instances.run(report, first_stage, device, progress)
     if pages is not None:
         pages.run(report, device, progress, encoder)
+    if vidore is not None:
+        vidore.run(report, device, progress, encoder)
     report.config["output_dir"] = output_dir
     if distributed.is_rank_zero():  # every rank holds the same rows; one writes them
         report.save(output_dir)
