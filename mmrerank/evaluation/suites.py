@@ -28,6 +28,7 @@ from mmrerank.datasets.synthetic.vidore import SyntheticViDoRe
 from mmrerank.datasets.vidore import ViDoReSource
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate
 from mmrerank.evaluation.report import Report
+from mmrerank.evaluation.vidore_task import ViDoReTask
 from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.spec import RerankContext, RerankerSpec
@@ -476,7 +477,7 @@ class ViDoRe:
     def run(self, report: Report, device: str = "auto", progress: bool = True,
             encoder: CLIPEncoder | None = None) -> None:
         data = distributed.on_rank_zero_first(self.dataset.load)
-        task = data.task(self.page_text)
+        task = ViDoReTask(data, self.page_text)
         for name, search in self.first_stages(encoder, device, progress).items():
             start = time.perf_counter()
             run = search.run(data.queries, task.corpus, self.depth)

@@ -10,6 +10,7 @@ from mmrerank.datasets.synthetic.vidore import SyntheticViDoRe
 from mmrerank.datasets.vidore import qrels_dict
 from mmrerank.evaluation.report import Report
 from mmrerank.evaluation.suites import ViDoRe
+from mmrerank.evaluation.vidore_task import ViDoReTask
 from mmrerank.retrieval.bm25 import bm25_scores
 from mmrerank.retrieval.page_search import BM25PageSearch, LatePageSearch
 from mmrerank.retrieval.tiny_colbert import TinyColBERT, TinyColBERTConfig, batch_maxsim, ensure_tiny_colbert
@@ -38,7 +39,7 @@ def test_synthetic_vidore_keeps_the_pages_gold(cache):
 
 def test_bm25_page_search_is_bm25_over_every_page(cache):
     data = SyntheticViDoRe(seed=3, documents=3).load()
-    task = data.task(page_text=True)
+    task = ViDoReTask(data, page_text=True)
     run = BM25PageSearch().run(data.queries, task.corpus, 1000)
     expected = bm25_scores(data.queries.texts, data.page_text.texts)
     assert run.depth == len(data.page_ids)
@@ -49,7 +50,7 @@ def test_bm25_page_search_is_bm25_over_every_page(cache):
 def test_late_page_search_equals_naive_maxsim(cache):
     data = SyntheticViDoRe(seed=3, documents=3).load()
     model = TinyColBERT(TINY)
-    run = LatePageSearch(model, device="cpu").run(data.queries, data.task(True).corpus, 5)
+    run = LatePageSearch(model, device="cpu").run(data.queries, ViDoReTask(data, True).corpus, 5)
     q_ids, q_mask = model.token_ids(data.queries.texts)
     d_ids, d_mask = model.token_ids(data.page_text.texts)
     with torch.no_grad():
