@@ -1,6 +1,7 @@
 """mmrerank: multimodal reranking research codebase (first stage, rerankers, metrics, evaluation).
 
 The names a script usually needs: `Run` / `Qrels` (ranking data), `RetrievalIndex` (the faiss first stage),
+`LateInteractionIndex` (multi-vector MaxSim),
 `evaluate` (metrics) and `load_reranker` (published rerankers by hub id).
 """
 
@@ -8,5 +9,6 @@ from mmrerank.core.run import Qrels, Run
 from mmrerank.metrics import evaluate
 from mmrerank.rerankers.presets import load_reranker
 from mmrerank.retrieval.index import RetrievalIndex
+from mmrerank.retrieval.late import LateInteractionIndex
 
-__all__ = ["Qrels", "RetrievalIndex", "Run", "evaluate", "load_reranker"]
+__all__ = ["LateInteractionIndex", "Qrels", "RetrievalIndex", "Run", "evaluate", "load_reranker"]

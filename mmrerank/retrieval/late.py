@@ -95,18 +95,20 @@ class LateInteractionIndex:
         device: where scoring runs: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`.
         block_tokens: document tokens scored per matmul; bounds memory at about `Q*M*block_tokens*8` bytes.
         query_batch: queries scored together.
+        token_index: the `RetrievalIndex` kind over all tokens for `"candidates"` search (`"flat"`, `"ivf"`,
+            `"hnsw"`: approximate and faster on large corpora).
 
     Row `i` of the corpus (in order of `add`) has id `ids[i]`; a search's `Run.doc_ids` is that list.
     """
 
     def __init__(self, dim: int, pool_factor: int = 1, *, device: str = "auto", block_tokens: int = 65536,
-                 query_batch: int = 32) -> None:
+                 query_batch: int = 32, token_index: str = "flat") -> None:
         if dim < 1 or pool_factor < 1 or block_tokens < 1 or query_batch < 1:
             raise ValueError(f"dim, pool_factor, block_tokens and query_batch must be positive; got {dim}, "
                              f"{pool_factor}, {block_tokens}, {query_batch}")
         self.dim, self.pool_factor = dim, pool_factor
         self.device = resolve_device(device)
-        self.block_tokens, self.query_batch = block_tokens, query_batch
+        self.block_tokens, self.query_batch, self.token_index = block_tokens, query_batch, token_index
         self._chunks: list[Tensor] = []  # float16 [n_i, d] of adds not yet joined into `_tokens`
         self._tokens = torch.empty(0, dim, dtype=torch.float16)
         self._offsets = [0]
@@ -249,11 +251,13 @@ class LateInteractionIndex:
         return scores, indices
 
     def _tokens_index(self):
-        """A flat `RetrievalIndex` over every stored token (built once per corpus state)."""
+        """A `RetrievalIndex` over every stored token (built once per corpus state)."""
         if self._token_index is None:
             from mmrerank.retrieval.index import RetrievalIndex  # faiss only when this mode is used
 
-            self._token_index = RetrievalIndex(self.dim, kind="flat", device="cpu")
+            # "auto": faiss's GPU when faiss-gpu sees one (a CUDA torch with faiss-cpu stays on the CPU)
+            self._token_index = RetrievalIndex(self.dim, kind=self.token_index,
+                                               device="auto" if self.device.type == "cuda" else "cpu")
             self._token_index.add(self._flat().float())
         return self._token_index
 
