@@ -62,22 +62,32 @@ def pad_queries(queries: Sequence[Tensor] | Tensor, dim: int) -> tuple[Tensor, T
     return padded, mask
 
 
-def maxsim_block(queries: Tensor, mask: Tensor, tokens: Tensor, owner: Tensor, n_docs: int) -> Tensor:
-    """Exact MaxSim of padded queries against a block of documents given as flat tokens.
+def padded_documents(flat: Tensor, starts: Tensor, lengths: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Documents `starts[i] : starts[i] + lengths[i]` of the flat `[T, d]` store as `[B, L, d]` float32 on `device`
+    (zero-padded to the longest) and their `[B, L]` bool mask."""
+    longest = int(lengths.max())
+    steps = torch.arange(longest)
+    mask = steps[None, :] < lengths[:, None]  # [B, L]
+    rows = (starts[:, None] + steps[None, :]).masked_fill(~mask, 0)  # padding reads row 0, then is masked
+    return flat[rows].to(device=device, dtype=torch.float32), mask.to(device)
+
+
+def maxsim_padded(queries: Tensor, mask: Tensor, docs: Tensor, doc_mask: Tensor) -> Tensor:
+    """Exact MaxSim: padding tokens of either side add nothing (unlike scoring zero-padded tensors, where a padded
+    document token's similarity 0 can beat every real one).
 
     Args:
-        queries: `[Q, M, d]` float32; mask: `[Q, M]` bool (padding tokens add nothing).
-        tokens: `[T, d]` the block's document tokens, any float dtype (upcast here).
-        owner: `[T]` long, the block-local document (0..n_docs-1) of each token; every document owns >= 1 token.
+        queries: `[Q, M, d]` float32; mask: `[Q, M]` bool.
+        docs: `[B, L, d]` float32; doc_mask: `[B, L]` bool, every document with at least one real token.
 
     Returns:
-        `[Q, n_docs]` float32 scores.
+        `[Q, B]` float32 scores.
     """
     q, m, d = queries.shape
-    sim = queries.reshape(q * m, d) @ tokens.to(queries.dtype).T  # [Q*M, T]
-    best = torch.full((q * m, n_docs), -math.inf, device=sim.device)
-    best.scatter_reduce_(1, owner.expand(q * m, -1), sim, reduce="amax", include_self=True)
-    return (best.reshape(q, m, n_docs) * mask.unsqueeze(-1)).sum(1)
+    b, length, _ = docs.shape
+    sim = (queries.reshape(q * m, d) @ docs.reshape(b * length, d).T).view(q * m, b, length)  # one matmul
+    best = sim.masked_fill_(~doc_mask, -math.inf).amax(-1)  # [Q*M, B]
+    return (best.view(q, m, b) * mask.unsqueeze(-1)).sum(1)
 
 
 def _stable_top(scores: Tensor, depth: int) -> tuple[Tensor, Tensor]:
@@ -93,7 +103,9 @@ class LateInteractionIndex:
         dim: the token vector dimension `d`.
         pool_factor: hierarchical token pooling at `add` (see `pooling.hierarchical_pool`); 1 keeps every token.
         device: where scoring runs: `"auto"` (CUDA when available), `"cpu"`, `"cuda"`.
-        block_tokens: document tokens scored per matmul; bounds memory at about `Q*M*block_tokens*8` bytes.
+        block_tokens: document tokens scored per matmul (documents padded to the block's longest); bounds the
+            similarity matrix at about `query_batch * M * block_tokens * 4` bytes. 2,048-8,192 were within 15 % of
+            each other on one CPU thread (scripts/bench_late_index.py); a GPU wants larger blocks.
         query_batch: queries scored together.
         token_index: the `RetrievalIndex` kind over all tokens for `"candidates"` search (`"flat"`, `"ivf"`,
             `"hnsw"`: approximate and faster on large corpora).
@@ -101,7 +113,7 @@ class LateInteractionIndex:
     Row `i` of the corpus (in order of `add`) has id `ids[i]`; a search's `Run.doc_ids` is that list.
     """
 
-    def __init__(self, dim: int, pool_factor: int = 1, *, device: str = "auto", block_tokens: int = 65536,
+    def __init__(self, dim: int, pool_factor: int = 1, *, device: str = "auto", block_tokens: int = 4096,
                  query_batch: int = 32, token_index: str = "flat") -> None:
         if dim < 1 or pool_factor < 1 or block_tokens < 1 or query_batch < 1:
             raise ValueError(f"dim, pool_factor, block_tokens and query_batch must be positive; got {dim}, "
@@ -178,24 +190,15 @@ class LateInteractionIndex:
 
     def score_all(self, queries: Tensor, mask: Tensor) -> Tensor:
         """`[Q, N]` exact MaxSim of padded `[Q, M, d]` queries against every document (in blocks)."""
-        flat, offsets = self._flat(), torch.tensor(self._offsets)
-        q, mask = queries.to(self.device), mask.to(self.device)
-        out = []
-        for a, b in self._blocks():
-            lengths = offsets[a + 1: b + 1] - offsets[a:b]
-            owner = torch.repeat_interleave(torch.arange(b - a), lengths).to(self.device)
-            block = flat[self._offsets[a]: self._offsets[b]].to(self.device)
-            out.append(maxsim_block(q, mask, block, owner, b - a))
-        return torch.cat(out, 1)
+        offsets = torch.tensor(self._offsets)
+        return torch.cat([self.score_rows(queries, mask, torch.arange(a, b), offsets) for a, b in self._blocks()], 1)
 
-    def score_rows(self, query: Tensor, mask: Tensor, rows: Tensor) -> Tensor:
-        """`[len(rows)]` exact MaxSim of one padded `[1, M, d]` query against the documents `rows`."""
-        flat, offsets = self._flat(), self._offsets
-        token_rows = torch.cat([torch.arange(offsets[r], offsets[r + 1]) for r in rows.tolist()])
-        lengths = torch.tensor([offsets[r + 1] - offsets[r] for r in rows.tolist()])
-        owner = torch.repeat_interleave(torch.arange(len(rows)), lengths)
-        block = flat[token_rows].to(self.device)
-        return maxsim_block(query.to(self.device), mask.to(self.device), block, owner.to(self.device), len(rows))[0]
+    def score_rows(self, queries: Tensor, mask: Tensor, rows: Tensor, offsets: Tensor | None = None) -> Tensor:
+        """`[Q, len(rows)]` exact MaxSim of padded `[Q, M, d]` queries against the documents `rows`."""
+        offsets = torch.tensor(self._offsets) if offsets is None else offsets
+        starts, lengths = offsets[rows], offsets[rows + 1] - offsets[rows]
+        docs, doc_mask = padded_documents(self._flat(), starts, lengths, self.device)
+        return maxsim_padded(queries.to(self.device), mask.to(self.device), docs, doc_mask)
 
     def search(self, query_vectors: Sequence[Tensor] | Tensor, depth: int, query_ids: Sequence[str] | None = None,
                mode: str = "exact", token_k: int = 64) -> Run:
@@ -245,7 +248,7 @@ class LateInteractionIndex:
         for i in range(len(queries)):
             found = hits[starts[i]: starts[i + 1]]
             rows = torch.unique(owner[found[found != PAD]])  # sorted, so ties keep the lower row first
-            s = self.score_rows(queries[i: i + 1], mask[i: i + 1], rows).cpu()
+            s = self.score_rows(queries[i: i + 1], mask[i: i + 1], rows)[0].cpu()
             top_s, top_c = _stable_top(s.unsqueeze(0), depth)
             scores[i, : top_s.shape[1]], indices[i, : top_s.shape[1]] = top_s[0], rows[top_c[0]]
         return scores, indices
