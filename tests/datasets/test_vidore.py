@@ -89,3 +89,22 @@ def test_missing_tables_are_named(tmp_path):
         ViDoReFiles(str(tmp_path), version=2).load()
     with pytest.raises(FileNotFoundError, match="source"):
         ViDoReFiles(str(tmp_path / "nope"), version=1).load()
+
+
+def test_hub_source_reads_what_load_dataset_returns(monkeypatch):
+    """ViDoReHub through a stand-in `datasets.load_dataset` (tests never download): the same dataset as the files."""
+    import datasets
+
+    def fake_load_dataset(repo_id, config, split, revision):
+        assert (repo_id, config, split, revision) == ("vidore/tiny", None, "test", "abc")
+        ds = datasets.Dataset.from_parquet(str(FIXTURES / "v1.parquet"))
+        return ds.cast_column("image", datasets.Image())
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    from mmrerank.datasets.vidore import ViDoReHub
+
+    hub = ViDoReHub("vidore/tiny", version=1, revision="abc").load()
+    files = ViDoReFiles(str(FIXTURES / "v1.parquet"), version=1).load()
+    assert hub.queries == files.queries and hub.page_ids == files.page_ids
+    assert qrels_dict(hub) == qrels_dict(files)
+    assert hub.images[2].tobytes() == files.images[2].tobytes()

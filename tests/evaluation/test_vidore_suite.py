@@ -80,3 +80,20 @@ def test_vidore_suite_rows(cache):
 def test_vidore_suite_refuses_bad_depths():
     with pytest.raises(ValueError, match="rerank_depth"):
         ViDoRe(depth=3, rerank_depth=5)
+
+
+def test_dense_page_search_is_cosine_over_page_images(cache):
+    from mmrerank.retrieval.clip import CLIPEncoder
+    from mmrerank.retrieval.page_search import DensePageSearch
+
+    data = SyntheticViDoRe(seed=3, documents=2).load()
+    torch.manual_seed(0)
+    encoder = CLIPEncoder("mmrerank-tiny-resnet").eval()  # batch norm in eval mode, as encode() runs it
+    pages = ViDoReTask(data).corpus
+    run = DensePageSearch(encoder, batch_size=8, progress=False).run(data.queries, pages, 4)
+    with torch.no_grad():
+        images = encoder.encode_images(encoder.image_tensor([data.images[i] for i in range(len(data.page_ids))]))
+        texts = encoder.encode_texts(data.queries.texts)
+    expected = texts @ images.T
+    torch.testing.assert_close(run.scores, expected.gather(1, run.indices), atol=1e-5, rtol=0)
+    torch.testing.assert_close(run.scores[:, 0], expected.max(1).values, atol=1e-5, rtol=0)  # (ties: any order)
