@@ -52,7 +52,7 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     resolve_device(device)  # an unknown device fails here, before anything is built
     suites = [s for s in (image_text if image_text.directions else None, instances, pages, vidore) if s is not None]
     if paper is not None:
-        check_paper(paper, image_text, pages, instances)
+        check_paper(paper, image_text, pages, instances, vidore)
     for suite in {id(s): s for s in (image_text, instances, pages, vidore) if s is not None}.values():
         suite.check()  # every input file and named model, before anything is rendered or trained
     title = ", ".join(s.title() for s in suites)
@@ -92,7 +92,8 @@ FIXED_ROWS = {"t2i": ["first stage"], "i2t": ["first stage"], "pages": ["BM25"],
               "i2i": ["GeM", "SuperGlobal pooling"]}  # the suites' own rows (the first stages; pages: and CLIP)
 
 
-def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instances: Instances | None) -> None:
+def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instances: Instances | None,
+                vidore: ViDoRe | None = None) -> None:
     """Refuse a paper's column whose direction the config does not run or whose measure its rows lack (image-text:
     the config's measures; pages: MMDocIR's `macro/R@k`, `micro/R@k`), and, when every reranker names its rows in
     advance (`RerankerSpec.row_names`), a row the config does not produce.
@@ -103,12 +104,16 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
     suites = {d: image_text for d in image_text.directions}
     suites.update({"pages": pages} if pages is not None else {})
     suites.update({"i2i": instances} if instances is not None else {})
+    suites.update({"vidore": vidore} if vidore is not None else {})
     known_columns = {f"{d}/{m}" for d in image_text.directions for m in image_text.measures}
     known_columns.update(f"pages/{c}" for c in page_columns())
+    if vidore is not None:  # the official measure (nDCG@5 or @10, by version) and the configured ones
+        known_columns.update(f"vidore/{m}" for m in ("nDCG@5", "nDCG@10", *vidore.measures))
     rows: set[str] = set()
     named = True
     for direction, suite in suites.items():
-        rows.update(FIXED_ROWS[direction] + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
+        rows.update(vidore_rows(suite) if direction == "vidore" else
+                    FIXED_ROWS[direction] + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
         for spec in suite.rerankers:
             names = spec.row_names()
             named = named and names is not None
@@ -119,7 +124,7 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
             direction = column.split("/")[0]
             if direction not in suites:
                 problems.append(f"row {row!r}: column {column!r}: this config runs the directions {sorted(suites)}")
-            elif direction in ("t2i", "i2t", "pages") and column not in known_columns:
+            elif direction in ("t2i", "i2t", "pages", "vidore") and column not in known_columns:
                 suite = ("t2i", "i2t") if direction in ("t2i", "i2t") else (direction,)  # the columns of its table
                 known = sorted(c for c in known_columns if c.split("/")[0] in suite)
                 problems.append(f"row {row!r}: column {column!r} is not among {known}")
@@ -127,6 +132,12 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
             problems.append(f"row {row!r} is not among the rows {sorted(rows)}")
     if problems:
         raise ValueError("paper: " + "; ".join(problems))
+
+
+def vidore_rows(vidore: ViDoRe) -> list[str]:
+    """The first-stage rows a `ViDoRe` suite reports."""
+    return [name for name, on in (("BM25", vidore.bm25), ("CLIP", vidore.dense), ("tiny ColBERT", vidore.late))
+            if on]
 
 
 def describe(value: Any) -> Any:

@@ -5,7 +5,8 @@ with row offsets (memory-mapped after `load`, like the EDJE token store), and an
 `score(q, D) = sum_i max_j <q_i, d_j>` queries with the same `Run` that `RetrievalIndex` returns, so rerankers and
 metrics work on it unchanged. Two search modes:
 
-- `"exact"`: every document scored, in blocks of tokens (one matmul and one segment-max per block).
+- `"exact"`: every document scored, in blocks of documents padded to the block's longest (one matmul and one masked
+  max per block).
 - `"candidates"`: each query token's `token_k` nearest document tokens from a `RetrievalIndex` over all tokens
   (the PLAID / ColBERTv2 first step), then exact MaxSim on the union of their documents. For large corpora.
 

@@ -97,3 +97,16 @@ def test_dense_page_search_is_cosine_over_page_images(cache):
     expected = texts @ images.T
     torch.testing.assert_close(run.scores, expected.gather(1, run.indices), atol=1e-5, rtol=0)
     torch.testing.assert_close(run.scores[:, 0], expected.max(1).values, atol=1e-5, rtol=0)  # (ties: any order)
+
+
+def test_paper_rows_are_checked_against_the_vidore_rows():
+    from mmrerank.benchmark import check_paper
+    from mmrerank.evaluation.report import Paper
+    from mmrerank.evaluation.suites import ImageText
+
+    suite = ViDoRe(dense=False)
+    check_paper(Paper("p", {"tiny ColBERT": {"vidore/nDCG@10": 0.5}}), ImageText(directions=[]), None, None, suite)
+    with pytest.raises(ValueError, match="not among the rows"):
+        check_paper(Paper("p", {"CLIP": {"vidore/nDCG@10": 0.5}}), ImageText(directions=[]), None, None, suite)
+    with pytest.raises(ValueError, match="is not among"):
+        check_paper(Paper("p", {"BM25": {"vidore/MAP@3": 0.5}}), ImageText(directions=[]), None, None, suite)
