@@ -34,6 +34,7 @@ META_FILE = "meta.json"
 TOKENS_FILE = "tokens.f16"
 OFFSETS_FILE = "offsets.i64"
 MODES = ("exact", "candidates")
+TOKEN_INDEX_KINDS = ("flat", "ivf", "hnsw")  # RetrievalIndex's kinds (not imported here: faiss only when used)
 
 
 def pad_queries(queries: Sequence[Tensor] | Tensor, dim: int) -> tuple[Tensor, Tensor]:
@@ -119,6 +120,8 @@ class LateInteractionIndex:
         if dim < 1 or pool_factor < 1 or block_tokens < 1 or query_batch < 1:
             raise ValueError(f"dim, pool_factor, block_tokens and query_batch must be positive; got {dim}, "
                              f"{pool_factor}, {block_tokens}, {query_batch}")
+        if token_index not in TOKEN_INDEX_KINDS:
+            raise ValueError(f"unknown token_index {token_index!r}; expected one of {', '.join(TOKEN_INDEX_KINDS)}")
         self.dim, self.pool_factor = dim, pool_factor
         self.device = resolve_device(device)
         self.block_tokens, self.query_batch, self.token_index = block_tokens, query_batch, token_index
@@ -192,6 +195,7 @@ class LateInteractionIndex:
     def score_all(self, queries: Tensor, mask: Tensor) -> Tensor:
         """`[Q, N]` exact MaxSim of padded `[Q, M, d]` queries against every document (in blocks)."""
         offsets = torch.tensor(self._offsets)
+        queries, mask = queries.to(self.device), mask.to(self.device)  # once, not once per block
         return torch.cat([self.score_rows(queries, mask, torch.arange(a, b), offsets) for a, b in self._blocks()], 1)
 
     def score_rows(self, queries: Tensor, mask: Tensor, rows: Tensor, offsets: Tensor | None = None) -> Tensor:

@@ -115,6 +115,8 @@ def test_candidates_mode_scores_only_documents_of_nearest_tokens():
 
 
 def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="token_index"):
+        LateInteractionIndex(8, token_index="lsh")
     index = LateInteractionIndex(8, device="cpu")
     with pytest.raises(RuntimeError, match="empty"):
         index.search([torch.ones(1, 8)], 1)
