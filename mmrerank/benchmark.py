@@ -16,16 +16,17 @@ from typing import Any
 
 from mmrerank.core import distributed
 from mmrerank.evaluation.report import Paper, Report
-from mmrerank.evaluation.suites import ImageText, Instances, Pages, build_first_stage, page_columns
+from mmrerank.evaluation.suites import ImageText, Instances, Pages, ViDoRe, build_first_stage, page_columns
 from mmrerank.fitting import train_missing
-from mmrerank.rerankers import family_rows  # noqa: F401  (configs name the families' specs by short class_path)
+from mmrerank.rerankers import family_rows  # noqa: F401  (configs name the families' rows by short class_path)
 from mmrerank.retrieval.clip import resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
 
 
 def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | None = None, pages: Pages | None = None,
               instances: Instances | None = None, output_dir: str | None = None, device: str = "auto",
-              progress: bool = True, retrain: bool = False, paper: Paper | None = None) -> Report:
+              progress: bool = True, retrain: bool = False, paper: Paper | None = None,
+              vidore: ViDoRe | None = None) -> Report:
     """Run the benchmark and write `report.json`, `report.md` and `success_at_k.png` to `output_dir`.
 
     Args:
@@ -33,6 +34,7 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
         image_text: image-text rows (default: the synthetic test split, first stage only; `directions: []` skips).
         pages: document-page rows (off by default).
         instances: image-to-image rows (off by default).
+        vidore: visual-document retrieval rows over a whole page corpus (off by default; `ViDoRe`).
         output_dir: where the report goes (default `outputs/benchmark/<dataset name>`).
         device: `auto` (GPU when present), `cpu` or `cuda`.
         retrain: train the cached first stage and every reranker's `fit` recipe again, replacing their folders.
@@ -48,20 +50,21 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     first_stage = (first_stage or FirstStage()).trained_on(getattr(dataset, "synthetic", None))
     output_dir = output_dir or f"outputs/benchmark/{dataset.name}"
     resolve_device(device)  # an unknown device fails here, before anything is built
-    suites = [s for s in (image_text if image_text.directions else None, instances, pages) if s is not None]
+    suites = [s for s in (image_text if image_text.directions else None, instances, pages, vidore) if s is not None]
     if paper is not None:
-        check_paper(paper, image_text, pages, instances)
-    for suite in {id(s): s for s in (image_text, instances, pages) if s is not None}.values():
+        check_paper(paper, image_text, pages, instances, vidore)
+    for suite in {id(s): s for s in (image_text, instances, pages, vidore) if s is not None}.values():
         suite.check()  # every input file and named model, before anything is rendered or trained
     title = ", ".join(s.title() for s in suites)
     if image_text.directions or instances is not None:
         title += f": first stage {first_stage.model_name}"
     report = Report(title, config=describe({"first_stage": first_stage, "image_text": image_text, "pages": pages,
-                                            "instances": instances}),
+                                            "instances": instances, "vidore": vidore}),
                     paper=None if paper is None else {"source": paper.source, "rows": paper.rows})
     reranker_specs = [spec for suite in suites for spec in suite.rerankers]
     encoder = None
     if image_text.directions or instances is not None or (pages is not None and pages.dual_encoder) \
+            or (vidore is not None and vidore.dense) \
             or any(spec.fit and spec.fit_reads_first_stage for spec in reranker_specs):
         start = time.perf_counter()
         encoder = build_first_stage(first_stage, progress, retrain)
@@ -73,6 +76,8 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
         instances.run(report, first_stage, device, progress)
     if pages is not None:
         pages.run(report, device, progress, encoder)
+    if vidore is not None:
+        vidore.run(report, device, progress, encoder)
     report.config["output_dir"] = output_dir
     if distributed.is_rank_zero():  # every rank holds the same rows; one writes them
         report.save(output_dir)
@@ -87,7 +92,8 @@ FIXED_ROWS = {"t2i": ["first stage"], "i2t": ["first stage"], "pages": ["BM25"],
               "i2i": ["GeM", "SuperGlobal pooling"]}  # the suites' own rows (the first stages; pages: and CLIP)
 
 
-def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instances: Instances | None) -> None:
+def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instances: Instances | None,
+                vidore: ViDoRe | None = None) -> None:
     """Refuse a paper's column whose direction the config does not run or whose measure its rows lack (image-text:
     the config's measures; pages: MMDocIR's `macro/R@k`, `micro/R@k`), and, when every reranker names its rows in
     advance (`RerankerRows.row_names`), a row the config does not produce.
@@ -98,12 +104,18 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
     suites = {d: image_text for d in image_text.directions}
     suites.update({"pages": pages} if pages is not None else {})
     suites.update({"i2i": instances} if instances is not None else {})
+    suites.update({"vidore": vidore} if vidore is not None else {})
     known_columns = {f"{d}/{m}" for d in image_text.directions for m in image_text.measures}
     known_columns.update(f"pages/{c}" for c in page_columns())
+    if vidore is not None:  # the official measure (nDCG@5 or @10, by version) and the configured ones
+        known_columns.update(f"vidore/{m}" for m in ("nDCG@5", "nDCG@10", *vidore.measures))
     rows: set[str] = set()
     named = True
     for direction, suite in suites.items():
-        rows.update(FIXED_ROWS[direction] + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
+        if direction == "vidore":
+            rows.update(vidore_rows(suite))
+        else:
+            rows.update(FIXED_ROWS[direction] + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
         stages = [s for s in getattr(suite, "first_stages", []) if s != "BM25"] if direction == "pages" else []
         rows.update(stages)  # a VLM first stage's own row, and its rerankers' rows "<row> over <hub id>"
         for spec in suite.rerankers:
@@ -117,7 +129,7 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
             direction = column.split("/")[0]
             if direction not in suites:
                 problems.append(f"row {row!r}: column {column!r}: this config runs the directions {sorted(suites)}")
-            elif direction in ("t2i", "i2t", "pages") and column not in known_columns:
+            elif direction in ("t2i", "i2t", "pages", "vidore") and column not in known_columns:
                 suite = ("t2i", "i2t") if direction in ("t2i", "i2t") else (direction,)  # the columns of its table
                 known = sorted(c for c in known_columns if c.split("/")[0] in suite)
                 problems.append(f"row {row!r}: column {column!r} is not among {known}")
@@ -125,6 +137,12 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
             problems.append(f"row {row!r} is not among the rows {sorted(rows)}")
     if problems:
         raise ValueError("paper: " + "; ".join(problems))
+
+
+def vidore_rows(vidore: ViDoRe) -> list[str]:
+    """The first-stage rows a `ViDoRe` suite reports."""
+    return [name for name, on in (("BM25", vidore.bm25), ("CLIP", vidore.dense), ("tiny ColBERT", vidore.late))
+            if on]
 
 
 def describe(value: Any) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 
 from mmrerank.core.io import atomic_write, atomic_write_json, atomic_write_text
 
-DIRECTIONS = ("t2i", "i2t", "pages", "i2i")  # the first part of every report column
+DIRECTIONS = ("t2i", "i2t", "pages", "i2i", "vidore")  # the first part of every report column
 
 
 @dataclass

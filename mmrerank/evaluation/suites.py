@@ -7,6 +7,8 @@ stage has one), `rerank_depth` how many of its candidates each reranker rescores
 - `ImageText`: t2i / i2t over an image-text dataset (any `ImageTextSource`), first stage a dual encoder.
 - `Pages`: document pages in MMDocIR's form, first stages BM25 over each document's pages and/or VLM embedders.
 - `Instances`: image-to-image under the revisited protocol, first stage GeM / SuperGlobal descriptors.
+- `ViDoRe`: queries against a whole page corpus (ViDoRe's setting), first stages BM25, a dense encoder and a
+  late-interaction encoder, each reranked.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from mmrerank.datasets.mmdocir import MMDocIRDataset, mmdocir_page_metrics
 from mmrerank.datasets.page_sources import PageSource, SyntheticPages
 from mmrerank.datasets.revisited import RevisitedTask
 from mmrerank.datasets.sources import ImageTextSource, Synthetic
+from mmrerank.datasets.synthetic.vidore import SyntheticViDoRe
+from mmrerank.datasets.vidore import ViDoReSource
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate_rows
 from mmrerank.evaluation.report import Report
+from mmrerank.evaluation.vidore_task import ViDoReTask
 from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.rows import RerankContext, RerankerRows
@@ -36,7 +41,9 @@ from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
 from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
 from mmrerank.retrieval.index import retrieve
+from mmrerank.retrieval.page_search import BM25PageSearch, DensePageSearch, LatePageSearch
 from mmrerank.retrieval.pages import bm25_page_scores, clip_page_scores
+from mmrerank.retrieval.tiny_colbert import TinyColBERTConfig, ensure_tiny_colbert
 
 
 def build_first_stage(first_stage: FirstStage, progress: bool = True, retrain: bool = False) -> CLIPEncoder:
@@ -420,3 +427,74 @@ class Instances:
 
 
 
+
+
+@dataclass
+class ViDoRe:
+    """Visual-document retrieval rows: each first stage over the whole page corpus, then each reranker over its top
+    `rerank_depth`, scored by the dataset's official measure (`nDCG@5` v1 / v2, `nDCG@10` v3) and `measures`.
+
+    Attributes:
+        dataset: a `ViDoReSource` by `class_path` (`SyntheticViDoRe`, `ViDoReFiles`, `ViDoReHub`).
+        bm25: row `BM25` over the pages' text (needs it: OCR / markdown).
+        dense: row `CLIP`: the benchmark's first-stage dual encoder over page images.
+        late: row `tiny ColBERT`: the late-interaction encoder trained here (`TinyColBERTConfig`, cached); None: no row.
+        pool_factor: hierarchical token pooling of the late-interaction index (1: none).
+        depth: candidates per first stage; rerank_depth: how many of them the rerankers rescore.
+        batch_size: pairs per reranker batch.
+        page_text: rerankers get each page's text with its image (the trained MLLM page reranker reads OCR).
+        measures: reported beside the official one.
+        rerankers: the families' rows (`MLLMRows`, ...), over every first stage.
+    """
+
+    dataset: ViDoReSource | None = None
+    bm25: bool = True
+    dense: bool = True
+    late: TinyColBERTConfig | None = field(default_factory=TinyColBERTConfig)
+    pool_factor: int = 1
+    depth: int = 100
+    rerank_depth: int = 5
+    batch_size: int = 16
+    page_text: bool = True
+    measures: list[str] = field(default_factory=lambda: ["nDCG@10", "R@1", "R@5", "R@10"])
+    rerankers: list[RerankerRows] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dataset = self.dataset or SyntheticViDoRe()
+        if self.depth < 1 or not 1 <= self.rerank_depth <= self.depth:
+            raise ValueError(f"vidore: need 1 <= rerank_depth <= depth; got {self.rerank_depth}, {self.depth}")
+        for measure in self.measures:
+            parse_measure(measure)  # an unknown measure fails here, before anything is built
+
+    def check(self) -> None:
+        self.dataset.check("vidore.dataset")
+        for spec in self.rerankers:
+            spec.check()
+
+    def title(self) -> str:
+        return f"ViDoRe {self.dataset.name}"
+
+    def first_stages(self, encoder: CLIPEncoder | None, device: str, progress: bool) -> dict[str, object]:
+        """Row name -> a page search (`.run(queries, pages, depth) -> Run`)."""
+        searches: dict[str, object] = {}
+        if self.bm25:
+            searches["BM25"] = BM25PageSearch()
+        if self.dense and encoder is not None:
+            searches["CLIP"] = DensePageSearch(encoder.to(resolve_device(device)), progress=progress)
+        if self.late is not None:
+            searches["tiny ColBERT"] = LatePageSearch(ensure_tiny_colbert(self.late, progress=progress),
+                                                      self.pool_factor, device=device)
+        return searches
+
+    def run(self, report: Report, device: str = "auto", progress: bool = True,
+            encoder: CLIPEncoder | None = None) -> None:
+        data = distributed.on_rank_zero_first(self.dataset.load)
+        task = ViDoReTask(data, self.page_text)
+        for name, search in self.first_stages(encoder, device, progress).items():
+            start = time.perf_counter()
+            run = search.run(data.queries, task.corpus, self.depth)
+            report.timings[f"vidore {name}"] = time.perf_counter() - start
+            context = RerankContext("pages", "vidore", data, self.dataset.describe(), device, progress,
+                                    timings=report.timings, first_stage=name, rerank_depth=self.rerank_depth)
+            evaluate_rows(report, task, run, rows(self.rerankers, context), self.rerank_depth, self.measures,
+                     self.batch_size, progress, first_stage=name)

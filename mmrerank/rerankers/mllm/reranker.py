@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
+from mmrerank.core.resize import VisionResize
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
-from mmrerank.core.resize import VisionResize
 from mmrerank.rerankers.mllm.shared import ImageCache, SharedScorer
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,
