@@ -23,7 +23,7 @@ from mmrerank.rerankers.edje import (
     TokenStoreWriter,
     build_wordpiece_tokenizer,
     footprint,
-    precompute,
+    write_token_store,
 )
 
 CAPTIONS = ["a red cat sleeps on a mat", "two dogs run in the green park", "a bird sits on a wire",
@@ -187,7 +187,7 @@ def test_store_round_trip(tmp_path, dtype):
 
 
 def test_store_reads_are_zero_copy(tmp_path):
-    store = precompute(tmp_path / "s", list(range(6)), rows_of, m=3, d=5, dtype="bfloat16", shard_size=4,
+    store = write_token_store(tmp_path / "s", list(range(6)), rows_of, m=3, d=5, dtype="bfloat16", shard_size=4,
                        progress=False)
     assert isinstance(store.array, np.memmap)
     # The tensor's memory is the map's memory: same address, and numpy agrees they overlap.
@@ -202,7 +202,7 @@ def test_store_reads_are_zero_copy(tmp_path):
 
 
 def test_bytes_per_image_and_overhead(tmp_path):
-    store = precompute(tmp_path / "s", ["a", "b"], lambda i: rows_of(i, 4, 6), m=4, d=6, progress=False)
+    store = write_token_store(tmp_path / "s", ["a", "b"], lambda i: rows_of(i, 4, 6), m=4, d=6, progress=False)
     assert store.bytes_per_image == 4 * 6 * 2 == 48
     assert os.path.getsize(tmp_path / "s" / "tokens.bin") == 2 * 48
     # The paper's configuration; the data file is created sparse, so nothing needs writing to measure it.
@@ -246,7 +246,7 @@ def test_resume_after_exception_skips_finished_shards(tmp_path):
 
     ids = [f"x{i}" for i in range(10)]
     with pytest.raises(RuntimeError, match="killed"):
-        precompute(tmp_path / "s", ids, failing, m=3, d=5, shard_size=3, batch_size=2, progress=False)
+        write_token_store(tmp_path / "s", ids, failing, m=3, d=5, shard_size=3, batch_size=2, progress=False)
     header = json.loads((tmp_path / "s" / "header.json").read_text())
     assert header["shards_done"] == [0, 1] and header["complete"] is False
     with pytest.raises(IncompleteTokenStoreError):
@@ -258,7 +258,7 @@ def test_resume_after_exception_skips_finished_shards(tmp_path):
         calls.append(indices.tolist())
         return rows_of(indices)
 
-    store = precompute(tmp_path / "s", ids, recording, m=3, d=5, shard_size=3, batch_size=2, progress=False)
+    store = write_token_store(tmp_path / "s", ids, recording, m=3, d=5, shard_size=3, batch_size=2, progress=False)
     assert calls == [[6, 7], [8], [9]]  # only shards 2 and 3, in batches that never cross a shard
     assert torch.equal(store.tensor, rows_of(torch.arange(10)).half())
 
@@ -283,7 +283,7 @@ def test_resume_after_hard_kill_in_subprocess(tmp_path):
         seen.extend(indices.tolist())
         return rows_of(indices)
 
-    store = precompute(tmp_path / "s", list(range(8)), recording, m=3, d=5, shard_size=4, progress=False)
+    store = write_token_store(tmp_path / "s", list(range(8)), recording, m=3, d=5, shard_size=4, progress=False)
     assert seen == [4, 5, 6, 7]
     assert torch.equal(store.tensor, rows_of(torch.arange(8)).half())
 
@@ -301,7 +301,7 @@ def test_resume_refuses_a_different_request(tmp_path):
 
 def test_corrupt_store_errors_name_the_file(tmp_path):
     root = tmp_path / "s"
-    precompute(root, list(range(4)), rows_of, m=3, d=5, progress=False)
+    write_token_store(root, list(range(4)), rows_of, m=3, d=5, progress=False)
     data = root / "tokens.bin"
     size = data.stat().st_size
     os.truncate(data, size - 1)
