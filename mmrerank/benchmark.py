@@ -16,7 +16,7 @@ from typing import Any
 
 from mmrerank.core import distributed
 from mmrerank.evaluation.report import Paper, Report
-from mmrerank.evaluation.suites import ImageText, Instances, Pages, ViDoRe, build_first_stage, page_columns
+from mmrerank.evaluation.suites import ImageText, Instances, Pages, ViDoRe, build_first_stage, page_columns, row_over
 from mmrerank.fitting import train_missing
 from mmrerank.rerankers import family_rows  # noqa: F401  (configs name the families' rows by short class_path)
 from mmrerank.retrieval.clip import resolve_device
@@ -64,7 +64,7 @@ def benchmark(first_stage: FirstStage | None = None, image_text: ImageText | Non
     reranker_specs = [spec for suite in suites for spec in suite.rerankers]
     encoder = None
     if image_text.directions or instances is not None or (pages is not None and pages.dual_encoder) \
-            or (vidore is not None and vidore.dense) \
+            or (vidore is not None and "CLIP" in vidore.first_stages) \
             or any(spec.fit and spec.fit_reads_first_stage for spec in reranker_specs):
         start = time.perf_counter()
         encoder = build_first_stage(first_stage, progress, retrain)
@@ -112,17 +112,14 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
     rows: set[str] = set()
     named = True
     for direction, suite in suites.items():
-        if direction == "vidore":
-            rows.update(vidore_rows(suite))
-        else:
-            rows.update(FIXED_ROWS[direction] + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
-        stages = [s for s in getattr(suite, "first_stages", []) if s != "BM25"] if direction == "pages" else []
-        rows.update(stages)  # a VLM first stage's own row, and its rerankers' rows "<row> over <hub id>"
-        for spec in suite.rerankers:
-            names = spec.row_names()
+        rows.update(FIXED_ROWS.get(direction, []) + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
+        stages = getattr(suite, "first_stages", [])
+        rows.update(stages)  # each first stage's own row
+        plain = "BM25" if direction == "pages" else None
+        for family in suite.rerankers:
+            names = family.row_names()
             named = named and names is not None
-            rows.update(names or [])
-            rows.update(f"{name} over {stage}" for name in names or [] for stage in stages)
+            rows.update(row_over(name, stage, plain) for name in names or [] for stage in stages or [None])
     problems = []
     for row, measures in paper.rows.items():
         for column in measures:
@@ -137,12 +134,6 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
             problems.append(f"row {row!r} is not among the rows {sorted(rows)}")
     if problems:
         raise ValueError("paper: " + "; ".join(problems))
-
-
-def vidore_rows(vidore: ViDoRe) -> list[str]:
-    """The first-stage rows a `ViDoRe` suite reports."""
-    return [name for name, on in (("BM25", vidore.bm25), ("CLIP", vidore.dense), ("tiny ColBERT", vidore.late))
-            if on]
 
 
 def describe(value: Any) -> Any:

@@ -52,10 +52,10 @@ def test_benchmark_config_parses(path):
     image_text = config.image_text
     assert image_text.dataset is None or isinstance(image_text.dataset, ImageTextSource)
     assert image_text.depth >= image_text.rerank_depth
-    assert all(isinstance(spec, RerankerRows) for suite in (image_text, config.pages, config.instances)
+    assert all(isinstance(spec, RerankerRows) for suite in (image_text, config.pages, config.instances, config.vidore)
                if suite is not None for spec in suite.rerankers or [])
     if config.paper is not None:  # its rows and columns are ones the config produces
-        check_paper(config.paper, image_text, config.pages, config.instances)
+        check_paper(config.paper, image_text, config.pages, config.instances, config.vidore)
     if path.parent.name == "superglobal":
         assert image_text.directions == [] and isinstance(config.instances.dataset, InstanceSource)
 

@@ -32,7 +32,7 @@ from mmrerank.datasets.synthetic.vidore import SyntheticViDoRe
 from mmrerank.datasets.vidore import ViDoReSource
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate_rows
 from mmrerank.evaluation.report import Report
-from mmrerank.evaluation.vidore_task import ViDoReTask
+from mmrerank.evaluation.vidore_task import ViDoRePages, ViDoReTask
 from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.rows import RerankContext, RerankerRows
@@ -41,7 +41,7 @@ from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
 from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
 from mmrerank.retrieval.index import retrieve
-from mmrerank.retrieval.page_search import BM25PageSearch, DensePageSearch, LatePageSearch
+from mmrerank.retrieval.page_search import BM25PageSearch, DensePageSearch, EmbedderPageSearch
 from mmrerank.retrieval.pages import bm25_page_scores, clip_page_scores
 from mmrerank.retrieval.tiny_colbert import TinyColBERTConfig, ensure_tiny_colbert
 
@@ -111,6 +111,18 @@ def rows(rerankers: list[RerankerRows], context: RerankContext) -> dict[str, Rer
     for family in rerankers:
         out.update(family.rows(context))
     return out
+
+
+def row_over(row: str, first_stage: str, plain: str | None = None) -> str:
+    """A reranker row's name over `first_stage`: as it is when it names that first stage already ("BM25 + MLLM (top
+    5)") or when `first_stage` is the suite's `plain` one (kept as before), else "<row> over <first stage>".
+
+    >>> row_over("jinaai/jina-reranker-m0", "vidore/colqwen2-v1.0-merged")
+    'jinaai/jina-reranker-m0 over vidore/colqwen2-v1.0-merged'
+    >>> row_over("BM25 + MLLM (top 5)", "BM25")
+    'BM25 + MLLM (top 5)'
+    """
+    return row if first_stage == plain or row.startswith(first_stage) else f"{row} over {first_stage}"
 
 
 @dataclass
@@ -317,9 +329,7 @@ class Pages:
             report.timings[f"pages {name}"] = time.perf_counter() - start
             context = RerankContext("pages", "pages", data, {"name": self.title()}, device, progress,
                                     timings=report.timings, first_stage=name, rerank_depth=self.rerank_depth)
-            built = rows(self.rerankers, context)
-            if name != "BM25":  # BM25's rows keep their names; others say what they rerank
-                built = {f"{row} over {name}": reranker for row, reranker in built.items()}
+            built = {row_over(row, name, plain="BM25"): r for row, r in rows(self.rerankers, context).items()}
             evaluate_rows(report, task, run, built, self.rerank_depth, (), self.batch_size, progress, first_stage=name)
 
     def _first_stage_scores(self, name: str, data: MMDocIRDataset, device: str) -> list:
@@ -436,21 +446,28 @@ class ViDoRe:
 
     Attributes:
         dataset: a `ViDoReSource` by `class_path` (`SyntheticViDoRe`, `ViDoReFiles`, `ViDoReHub`).
-        bm25: row `BM25` over the pages' text (needs it: OCR / markdown).
-        dense: row `CLIP`: the benchmark's first-stage dual encoder over page images.
-        late: row `tiny ColBERT`: the late-interaction encoder trained here (`TinyColBERTConfig`, cached); None: no row.
+        first_stages: the first stages, by name, each a row reranked by every reranker: "BM25" (the pages' text:
+            OCR / markdown), "CLIP" (the benchmark's first-stage dual encoder over page images), "tiny ColBERT" (the
+            late-interaction encoder over page text trained here, `tiny_colbert`), or a VLM embedder's hub id
+            (`mmrerank.retrieval.vlm.presets.PRESETS`: DSE-Qwen2, Qwen3-VL-Embedding, ColQwen2 / 2.5, ColPali).
+        tiny_colbert: the tiny ColBERT's recipe (`TinyColBERTConfig`; trained once, cached).
+        embedder_folders: hub id -> local folder holding a copy of it (else the hub is used).
+        embedder_options: options for `load_embedder` (dtype as a string, batch_size, max_tokens_per_batch,
+            attn_implementation, query_instruction, ...), the same for every VLM first stage.
         pool_factor: hierarchical token pooling of the late-interaction index (1: none).
         depth: candidates per first stage; rerank_depth: how many of them the rerankers rescore.
         batch_size: pairs per reranker batch.
-        page_text: rerankers get each page's text with its image (the trained MLLM page reranker reads OCR).
+        page_text: rerankers get each page's text with its image (the trained MLLM page reranker reads OCR);
+            the first stages that read text (BM25, the tiny ColBERT) get it either way.
         measures: reported beside the official one.
         rerankers: the families' rows (`MLLMRows`, ...), over every first stage.
     """
 
     dataset: ViDoReSource | None = None
-    bm25: bool = True
-    dense: bool = True
-    late: TinyColBERTConfig | None = field(default_factory=TinyColBERTConfig)
+    first_stages: list[str] = field(default_factory=lambda: ["BM25", "CLIP", "tiny ColBERT"])
+    tiny_colbert: TinyColBERTConfig = field(default_factory=TinyColBERTConfig)
+    embedder_folders: dict[str, str] = field(default_factory=dict)
+    embedder_options: dict[str, Any] = field(default_factory=dict)
     pool_factor: int = 1
     depth: int = 100
     rerank_depth: int = 5
@@ -459,8 +476,16 @@ class ViDoRe:
     measures: list[str] = field(default_factory=lambda: ["nDCG@10", "R@1", "R@5", "R@10"])
     rerankers: list[RerankerRows] = field(default_factory=list)
 
+    BUILT_IN = ("BM25", "CLIP", "tiny ColBERT")
+
     def __post_init__(self) -> None:
+        from mmrerank.retrieval.vlm.presets import PRESETS
+
         self.dataset = self.dataset or SyntheticViDoRe()
+        unknown = [n for n in self.first_stages if n not in self.BUILT_IN and n not in PRESETS]
+        if unknown or not self.first_stages:
+            raise ValueError(f"vidore.first_stages {self.first_stages}: each must be one of {list(self.BUILT_IN)} "
+                             f"or a VLM embedder's hub id {sorted(PRESETS)}")
         if self.depth < 1 or not 1 <= self.rerank_depth <= self.depth:
             raise ValueError(f"vidore: need 1 <= rerank_depth <= depth; got {self.rerank_depth}, {self.depth}")
         for measure in self.measures:
@@ -468,33 +493,38 @@ class ViDoRe:
 
     def check(self) -> None:
         self.dataset.check("vidore.dataset")
-        for spec in self.rerankers:
-            spec.check()
+        for family in self.rerankers:
+            family.check()
 
     def title(self) -> str:
         return f"ViDoRe {self.dataset.name}"
 
-    def first_stages(self, encoder: CLIPEncoder | None, device: str, progress: bool) -> dict[str, object]:
-        """Row name -> a page search (`.run(queries, pages, depth) -> Run`)."""
-        searches: dict[str, object] = {}
-        if self.bm25:
-            searches["BM25"] = BM25PageSearch()
-        if self.dense and encoder is not None:
-            searches["CLIP"] = DensePageSearch(encoder.to(resolve_device(device)), progress=progress)
-        if self.late is not None:
-            searches["tiny ColBERT"] = LatePageSearch(ensure_tiny_colbert(self.late, progress=progress),
-                                                      self.pool_factor, device=device)
-        return searches
+    def _search(self, name: str, encoder: CLIPEncoder | None, device: str, progress: bool):
+        """The page search of first stage `name` (`.run(queries, pages, depth) -> Run`)."""
+        if name == "BM25":
+            return BM25PageSearch()
+        if name == "CLIP":
+            return DensePageSearch(encoder.to(resolve_device(device)), progress=progress)
+        if name == "tiny ColBERT":
+            return EmbedderPageSearch(ensure_tiny_colbert(self.tiny_colbert, progress=progress), page_text=True,
+                                      pool_factor=self.pool_factor, device=device)
+        from mmrerank.retrieval.vlm.presets import load_embedder
+
+        embedder = load_embedder(self.embedder_folders.get(name, name), preset=name, device=resolve_device(device),
+                                 **self.embedder_options)
+        return EmbedderPageSearch(embedder, pool_factor=self.pool_factor, device=device)
 
     def run(self, report: Report, device: str = "auto", progress: bool = True,
             encoder: CLIPEncoder | None = None) -> None:
         data = distributed.on_rank_zero_first(self.dataset.load)
         task = ViDoReTask(data, self.page_text)
-        for name, search in self.first_stages(encoder, device, progress).items():
+        pages = ViDoRePages(data, text=True)  # the first stages that read text get it whatever the rerankers see
+        for name in self.first_stages:
             start = time.perf_counter()
-            run = search.run(data.queries, task.corpus, self.depth)
+            run = self._search(name, encoder, device, progress).run(data.queries, pages, self.depth)
             report.timings[f"vidore {name}"] = time.perf_counter() - start
             context = RerankContext("pages", "vidore", data, self.dataset.describe(), device, progress,
                                     timings=report.timings, first_stage=name, rerank_depth=self.rerank_depth)
-            evaluate_rows(report, task, run, rows(self.rerankers, context), self.rerank_depth, self.measures,
-                     self.batch_size, progress, first_stage=name)
+            built = {row_over(row, name): reranker for row, reranker in rows(self.rerankers, context).items()}
+            evaluate_rows(report, task, run, built, self.rerank_depth, self.measures, self.batch_size, progress,
+                          first_stage=name)

@@ -3,8 +3,9 @@
 - `BM25PageSearch`: BM25 over the pages' text (OCR / markdown).
 - `DensePageSearch`: any single-vector encoder with `encode(items, batch_size, progress) -> [N, d]` (the tiny CLIP,
   a VLM embedder), through `RetrievalIndex`.
-- `LatePageSearch`: any multi-vector encoder with `encode_queries(texts) -> [m_i, d] list` and
-  `encode_documents(pages) -> [n_i, d] list` (the tiny ColBERT, ColPali / ColQwen2), through `LateInteractionIndex`.
+- `EmbedderPageSearch`: any embedder with `encode_queries(texts)` and `encode_documents(images, texts)` (the VLM
+  embedders of `retrieval.vlm`, the tiny ColBERT), through `RetrievalIndex` (single-vector) or
+  `LateInteractionIndex` (multi-vector).
 
 `pages` is an items sequence whose item i is page i (`ViDoRePages`: a `Page` with `.image` and `.text`), `queries` a
 `Texts`.
@@ -18,7 +19,6 @@ import torch
 
 from mmrerank.core.items import Texts
 from mmrerank.core.run import Run
-from mmrerank.retrieval.late import LateInteractionIndex
 
 
 def _page_texts(pages) -> list[str]:
@@ -77,29 +77,25 @@ class DensePageSearch:
         return retrieve(query_emb, page_emb, queries.ids, list(pages.ids), depth)
 
 
-class LatePageSearch:
-    """A multi-vector encoder; exact (or candidate-generation) MaxSim through a `LateInteractionIndex`.
+class EmbedderPageSearch:
+    """An embedder over the whole page corpus (`embedder_run`): single-vector through a flat `RetrievalIndex`,
+    multi-vector through a `LateInteractionIndex` (exact or candidate-generation MaxSim).
 
     Args:
-        encoder: has `encode_queries(texts)` and `encode_documents(pages)`, each a list of `[n_i, d]` tensors.
-        pool_factor: hierarchical token pooling of the pages' vectors (1: none).
-        mode, token_k: `LateInteractionIndex.search`'s.
-        device: where MaxSim runs.
+        embedder: has `multi_vector`, `encode_queries(texts)` and `encode_documents(images, texts)`.
+        page_text: give it the pages' text too (the tiny ColBERT reads only text; VLM embedders read images and
+            use text only where their authors do).
+        pool_factor, mode, token_k, device: the late-interaction index's.
     """
 
-    def __init__(self, encoder, pool_factor: int = 1, mode: str = "exact", token_k: int = 64,
-                 device: str = "auto") -> None:
-        self.encoder, self.pool_factor, self.mode, self.token_k, self.device = encoder, pool_factor, mode, token_k, \
-            device
-        self.index: LateInteractionIndex | None = None
-
-    def build(self, pages) -> LateInteractionIndex:
-        docs = self.encoder.encode_documents(pages)
-        index = LateInteractionIndex(docs[0].shape[1], self.pool_factor, device=self.device)
-        index.add(docs, list(pages.ids))
-        return index
+    def __init__(self, embedder, page_text: bool = False, pool_factor: int = 1, mode: str = "exact",
+                 token_k: int = 64, device: str = "auto") -> None:
+        self.embedder, self.page_text = embedder, page_text
+        self.index_options = {"pool_factor": pool_factor, "mode": mode, "token_k": token_k, "device": device}
 
     def run(self, queries: Texts, pages, depth: int) -> Run:
-        self.index = self.build(pages)
-        return self.index.search(self.encoder.encode_queries(queries.texts), depth, queries.ids, self.mode,
-                                 self.token_k)
+        from mmrerank.retrieval.vlm.first_stage import embedder_run
+
+        texts = [pages[i].text for i in range(len(pages))] if self.page_text else None
+        return embedder_run(self.embedder, queries.texts, queries.ids, _PageImages(pages), list(pages.ids), depth,
+                            texts, **self.index_options)

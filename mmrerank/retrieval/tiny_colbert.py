@@ -61,6 +61,7 @@ class TinyColBERT(nn.Module):
 
     def __init__(self, config: TinyColBERTConfig | None = None) -> None:
         super().__init__()
+        self.multi_vector = True  # the embedder protocol: lists of [n_i, dim] token vectors
         self.config = config or TinyColBERTConfig()
         torch.manual_seed(self.config.seed)
         c = self.config
@@ -97,9 +98,11 @@ class TinyColBERT(nn.Module):
     def encode_queries(self, texts: Sequence[str]) -> list[Tensor]:
         return self.encode(list(texts))
 
-    def encode_documents(self, pages) -> list[Tensor]:
-        """Pages as `Page` items (their `.text`) or strings."""
-        return self.encode([p if isinstance(p, str) else p.text for p in (pages[i] for i in range(len(pages)))])
+    def encode_documents(self, images, texts: Sequence[str] | None = None) -> list[Tensor]:
+        """The pages' token vectors from their `texts` (the images are not read: this model reads OCR text)."""
+        if texts is None:
+            raise ValueError("the tiny ColBERT reads page text: give encode_documents the pages' texts")
+        return self.encode(list(texts))
 
     def save_pretrained(self, folder: str | Path) -> None:
         from safetensors.torch import save_file

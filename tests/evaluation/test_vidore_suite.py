@@ -12,7 +12,7 @@ from mmrerank.evaluation.report import Report
 from mmrerank.evaluation.suites import ViDoRe
 from mmrerank.evaluation.vidore_task import ViDoReTask
 from mmrerank.retrieval.bm25 import bm25_scores
-from mmrerank.retrieval.page_search import BM25PageSearch, LatePageSearch
+from mmrerank.retrieval.page_search import BM25PageSearch, EmbedderPageSearch
 from mmrerank.retrieval.tiny_colbert import TinyColBERT, TinyColBERTConfig, batch_maxsim, ensure_tiny_colbert
 
 TINY = TinyColBERTConfig(vocab=512, hidden=8, dim=8, steps=3, batch_size=4, train_documents=3)
@@ -50,7 +50,7 @@ def test_bm25_page_search_is_bm25_over_every_page(cache):
 def test_late_page_search_equals_naive_maxsim(cache):
     data = SyntheticViDoRe(seed=3, documents=3).load()
     model = TinyColBERT(TINY)
-    run = LatePageSearch(model, device="cpu").run(data.queries, ViDoReTask(data, True).corpus, 5)
+    run = EmbedderPageSearch(model, page_text=True, device="cpu").run(data.queries, ViDoReTask(data, True).corpus, 5)
     q_ids, q_mask = model.token_ids(data.queries.texts)
     d_ids, d_mask = model.token_ids(data.page_text.texts)
     with torch.no_grad():
@@ -68,7 +68,8 @@ def test_tiny_colbert_trains_once_and_reloads(cache):
 
 
 def test_vidore_suite_rows(cache):
-    suite = ViDoRe(dataset=SyntheticViDoRe(seed=3, documents=3), dense=False, late=TINY, depth=10, rerank_depth=3)
+    suite = ViDoRe(dataset=SyntheticViDoRe(seed=3, documents=3), first_stages=["BM25", "tiny ColBERT"], tiny_colbert=TINY,
+                   depth=10, rerank_depth=3)
     report = Report("t")
     suite.run(report, device="cpu", progress=False)
     assert set(report.rows) == {"BM25", "tiny ColBERT"}
@@ -104,7 +105,7 @@ def test_paper_rows_are_checked_against_the_vidore_rows():
     from mmrerank.evaluation.report import Paper
     from mmrerank.evaluation.suites import ImageText
 
-    suite = ViDoRe(dense=False)
+    suite = ViDoRe(first_stages=["BM25", "tiny ColBERT"])
     check_paper(Paper("p", {"tiny ColBERT": {"vidore/nDCG@10": 0.5}}), ImageText(directions=[]), None, None, suite)
     with pytest.raises(ValueError, match="not among the rows"):
         check_paper(Paper("p", {"CLIP": {"vidore/nDCG@10": 0.5}}), ImageText(directions=[]), None, None, suite)

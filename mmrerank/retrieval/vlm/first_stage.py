@@ -1,8 +1,8 @@
 """A VLM embedder as a first stage: queries against a page / image corpus, as a `Run`.
 
 Single-vector embedders search through the project's `RetrievalIndex` (faiss, inner product on L2-normalised
-vectors); multi-vector (late-interaction) embedders are scored by exact MaxSim in `late_interaction_run`, the one
-place to switch to a late-interaction index.
+vectors); multi-vector (late-interaction) embedders through `LateInteractionIndex` (exact MaxSim, or candidate
+generation for large corpora; optional token pooling).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mmrerank.core.run import PAD, Run
+from mmrerank.core.run import Run
 from mmrerank.retrieval.index import retrieve
+from mmrerank.retrieval.late import LateInteractionIndex
 
 
 def maxsim_scores(queries: Sequence[Tensor], documents: Sequence[Tensor], chunk: int = 64) -> Tensor:
@@ -43,29 +44,18 @@ def maxsim_scores(queries: Sequence[Tensor], documents: Sequence[Tensor], chunk:
     return out
 
 
-def late_interaction_run(query_vecs: Sequence[Tensor], doc_vecs: Sequence[Tensor], query_ids: Sequence[str],
-                         doc_ids: Sequence[str], depth: int) -> Run:
-    """The top `depth` documents per query by exact MaxSim (ties: lower document index first)."""
-    scores = maxsim_scores(query_vecs, doc_vecs)
-    k = min(depth, len(doc_ids))
-    top = torch.sort(scores, dim=1, descending=True, stable=True)
-    indices, values = top.indices[:, :k], top.values[:, :k]
-    if k < depth:  # fewer documents than asked: empty slots
-        indices = torch.cat([indices, torch.full((len(query_ids), depth - k), PAD, dtype=torch.long)], dim=1)
-        values = torch.cat([values, torch.full((len(query_ids), depth - k), -math.inf)], dim=1)
-    return Run(indices, values, list(query_ids), list(doc_ids))
-
-
 def embedder_run(embedder, queries: Sequence[str], query_ids: Sequence[str], images: Sequence[Image.Image],
-                 doc_ids: Sequence[str], depth: int, doc_texts: Sequence[str | None] | None = None) -> Run:
+                 doc_ids: Sequence[str], depth: int, doc_texts: Sequence[str | None] | None = None, *,
+                 pool_factor: int = 1, mode: str = "exact", token_k: int = 64, device: str = "auto") -> Run:
     """Encode the corpus once and the queries once, then search: `RetrievalIndex` for single-vector embedders,
-    exact MaxSim for late interaction.
+    `LateInteractionIndex` for late interaction.
 
     Args:
         embedder: an `Embedder` (`load_embedder`).
         queries, query_ids: the query texts and their ids; images, doc_ids: the corpus pages and their ids.
         depth: candidates per query.
-        doc_texts: the pages' texts, for embedders that read them (Qwen3-VL-Embedding).
+        doc_texts: the pages' texts, for embedders that read them (Qwen3-VL-Embedding, the tiny ColBERT).
+        pool_factor, mode, token_k, device: the late-interaction index's (ignored for single-vector embedders).
     """
     if len(queries) != len(query_ids) or len(images) != len(doc_ids):
         raise ValueError(f"embedder_run: {len(queries)} queries / {len(query_ids)} query ids, "
@@ -75,7 +65,9 @@ def embedder_run(embedder, queries: Sequence[str], query_ids: Sequence[str], ima
     docs = embedder.encode_documents(images, doc_texts)
     qs = embedder.encode_queries(queries)
     if embedder.multi_vector:
-        return late_interaction_run(qs, docs, query_ids, doc_ids, depth)
+        index = LateInteractionIndex(docs[0].shape[-1], pool_factor, device=device)
+        index.add(docs, list(doc_ids))
+        return index.search(qs, depth, list(query_ids), mode, token_k)
     return retrieve(qs, docs, list(query_ids), list(doc_ids), depth)
 
 
