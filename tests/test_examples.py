@@ -17,6 +17,7 @@ DOCUMENTED = {
     "mmrerank.core.deprecation": ["rename_keys", "renamed_arguments"],
     "mmrerank.datasets.page_sources": ["SyntheticPages"],
     "mmrerank.datasets.instance_sources": ["SyntheticInstances"],
+    "mmrerank.evaluation.suites": ["row_over"],
 }
 
 
