@@ -19,9 +19,9 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 from mmrerank.benchmark import benchmark
 from mmrerank.commands import rerank, search
 from mmrerank.core import distributed
+from mmrerank.core.device import resolve_device
 from mmrerank.fitting import MMRerankCLI, packaged_config
 from mmrerank.rerankers.edje.benchmark import precompute
-from mmrerank.retrieval.clip import resolve_device
 
 
 def known_class_paths() -> str:

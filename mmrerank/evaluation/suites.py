@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import torch
 
 from mmrerank.core import distributed
+from mmrerank.core.device import resolve_device
 from mmrerank.core.io import require_path
 from mmrerank.core.items import ImageLoadError, RetrievalTask
+from mmrerank.core.metrics import parse_measure
 from mmrerank.core.run import PAD, Run
 from mmrerank.datasets.mmdocir import MMDocIRDataset, load_mmdocir, mmdocir_page_metrics
 from mmrerank.datasets.revisited import RevisitedTask, load_revisited
@@ -24,12 +26,11 @@ from mmrerank.datasets.synthetic.instances import InstanceConfig, load_instances
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate
 from mmrerank.evaluation.report import Report
-from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.spec import RerankContext, RerankerSpec
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
 from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
-from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
+from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.first_stage import FirstStage
 from mmrerank.retrieval.index import retrieve
 from mmrerank.retrieval.pages import bm25_page_scores, clip_page_scores

@@ -48,12 +48,6 @@ def mixed_precision(device: torch.device) -> str:
         else "32-true"
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class CLIPEncoder(nn.Module):
     """An open_clip model with its image transform and tokenizer.
 

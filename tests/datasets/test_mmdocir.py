@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from mmrerank.core.items import ImageLoadError
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import PAD
 from mmrerank.datasets.mmdocir import load_mmdocir, load_mmdocir_annotations, load_mmdocir_layouts
 from mmrerank.datasets.mmdocir.metrics import _union_area, mmdocir_layout_recall, mmdocir_page_metrics
-from mmrerank.metrics import evaluate
 
 REAL_ANNOTATIONS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mmdocir" / \
     "MMDocIR_annotations.jsonl"

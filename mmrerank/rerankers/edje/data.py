@@ -195,7 +195,7 @@ class EDJEDataModule(L.LightningDataModule):
         self.negatives: dict[str, object] = {}  # split -> HardNegatives
 
     def _groups(self, config) -> RerankGroups:
-        from mmrerank.retrieval.clip import resolve_device
+        from mmrerank.core.device import resolve_device
         from mmrerank.retrieval.negatives import cached_hard_negatives
 
         data = config.load()

@@ -23,13 +23,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mmrerank.core import distributed
+from mmrerank.core.device import resolve_device
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.provenance import images_digest, state_digest
 from mmrerank.rerankers.edje.store import TokenStore, TokenStoreError, TokenStoreLockedError, canonical_dtype
 from mmrerank.rerankers.edje.writer import TokenStoreWriter, precompute
-from mmrerank.retrieval.clip import resolve_device
 
 
 def precompute_images(model: EDJE, images: Items, store_path: str | Path, dtype: str = "bfloat16",

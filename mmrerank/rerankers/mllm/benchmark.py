@@ -91,10 +91,10 @@ class MLLMRows(RerankerSpec):
         return self._reranker
 
     def _build(self, device: str):
+        from mmrerank.core.device import resolve_device
         from mmrerank.rerankers.mllm import MLLMReranker
         from mmrerank.rerankers.mllm.module import load_reranker_checkpoint
         from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
-        from mmrerank.retrieval.clip import resolve_device
 
         if self.checkpoint and Path(self.checkpoint).is_dir():
             return MLLMReranker.from_pretrained(self.checkpoint, device=device, batch_size=self.batch_size)

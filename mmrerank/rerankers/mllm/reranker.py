@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mmrerank.core.device import resolve_device
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
@@ -171,12 +172,6 @@ def _document_text_rule(template, use_ocr: bool | None, max_ocr_chars: int | Non
     return True, None
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -293,7 +288,7 @@ class MLLMReranker(Reranker, nn.Module):
         self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
         self.scoring, self.max_tokens_per_batch = scoring, max_tokens_per_batch
         self.image_cache = ImageCache(image_cache_tokens, image_cache_dir)
-        device = _resolve_device(device)
+        device = resolve_device(device)
         # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
         # change a preset's options for every later load in the process
         self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,

@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from mmrerank.metrics import evaluate
+from mmrerank.core.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
 from mmrerank.rerankers.edje.sweep import (
     EvalTask,
