@@ -8,12 +8,16 @@ come from; `retrain` replaces it.
 
 from __future__ import annotations
 
+import importlib
+import json
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.core import distributed
@@ -46,6 +50,13 @@ class MMRerankCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
             super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
                              subclass_mode_data=True, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning's parse, after `migrate_args`: old flat module arguments still work (with a FutureWarning)
+        and a nested `=null` stays None."""
+        if args is None or isinstance(args, (list, tuple)):
+            args = migrate_args(list(sys.argv[1:] if args is None else args))
+        super().parse_arguments(parser, args)
 
     def before_fit(self) -> None:
         """Re-seed after the caches (`SeedAfterCaches`: same seed, same weights, whichever caches were filled). In a
@@ -117,6 +128,116 @@ def save_estimate(trainer: L.Trainer, model: L.LightningModule) -> tuple[Path, i
     kept = sum(max(c.save_top_k, 1) + bool(c.save_last) for c in trainer.checkpoint_callbacks)
     export = getattr(model.hparams, "export_dir", None)
     return Path(export or trainer.default_root_dir), weights * (bool(export) + 3 * kept)
+
+
+def migrate_args(args: list[str]) -> list[str]:
+    """`mmrerank fit` arguments as this version reads them.
+
+    - A module's 0.1 flat init args (`--model.init_args.lr=...`, or `lr:` in a `--config` file) move to where the
+      module takes them now (`training.lr`), each with a FutureWarning: a module class lists them by a
+      `migrate_flat_args(flat: dict, where: str) -> dict` static method (EDJE's: `edje.module.migrate_flat_args`).
+    - A flag two levels under `init_args` set to null (`--model.init_args.config.num_image_tokens=null`) is passed
+      as `--model.init_args.config={"num_image_tokens": null}`: jsonargparse (4.53) reads the first form's null as
+      the string "None" (an error for an int, silently "None" for a str), the second merges into the config.
+    """
+    out: list[str] = []
+    module, losses = _model_class(args), None
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, value, step = _split_flag(args, i)
+        if flag == "--config" and value is not None:
+            value, found_losses = _migrated_config(value, module)
+            losses = found_losses if found_losses is not None else losses
+            out.append(f"--config={value}")
+        elif flag is not None and value is not None and flag.startswith(MODEL_ARGS):
+            key = flag[len(MODEL_ARGS):]
+            if key == "loss_functions":
+                losses = yaml.safe_load(value)
+            migrate = getattr(module, "migrate_flat_args", None)
+            if migrate is not None and "." not in key and key != "loss_functions":
+                flat = {key: yaml.safe_load(value)}
+                # an old loss flag edits the loss list given so far (by the config file or an earlier flag)
+                moved = migrate({**flat, "loss_functions": losses} if losses else flat, f"--{flag[2:]}")
+                if moved.get("loss_functions") == losses:
+                    moved.pop("loss_functions", None)  # not a loss flag: the list stays as given
+                    flat.pop("loss_functions", None)
+                losses = moved.get("loss_functions", losses)
+                out += [f"{MODEL_ARGS}{k}={json.dumps(v)}" for k, v in moved.items()] if moved != flat \
+                    else [_null_safe(flag, value)]
+            else:
+                out.append(_null_safe(flag, value))
+        elif flag is not None and value is not None:
+            out.append(_null_safe(flag, value))
+        else:
+            out.append(arg)
+        i += step
+    return out
+
+
+MODEL_ARGS = "--model.init_args."
+
+
+def _split_flag(args: list[str], i: int) -> tuple[str | None, str | None, int]:
+    """(flag, value, tokens used) of `--flag=value` or `--flag value` at `args[i]`; (None, None, 1) otherwise."""
+    arg = args[i]
+    if not arg.startswith("--"):
+        return None, None, 1
+    if "=" in arg:
+        flag, value = arg.split("=", 1)
+        return flag, value, 1
+    if i + 1 < len(args) and not args[i + 1].startswith("--"):
+        return arg, args[i + 1], 2
+    return None, None, 1
+
+
+def _null_safe(flag: str, value: str) -> str:
+    """`--a.init_args.b.c=null` -> `--a.init_args.b={"c": null}` (see `migrate_args`); any other flag as given."""
+    head, sep, rest = flag.partition(".init_args.")
+    if sep and "." in rest and yaml.safe_load(value) is None:
+        group, *path = rest.split(".")
+        nested: object = None
+        for key in reversed(path):
+            nested = {key: nested}
+        return f"{head}{sep}{group}={json.dumps(nested)}"
+    return f"{flag}={value}"
+
+
+def _model_class(args: list[str]) -> type | None:
+    """The model class the arguments name (the last `--model=` / `class_path:` found), or None."""
+    path = None
+    for i in range(len(args)):
+        flag, value, _ = _split_flag(args, i)
+        if flag == "--config" and value and Path(packaged_config(value)).is_file():
+            model = (yaml.safe_load(Path(packaged_config(value)).read_text()) or {}).get("model")
+            path = model.get("class_path", path) if isinstance(model, dict) else path
+        elif flag in ("--model", "--model.class_path") and value:
+            path = value
+    if not path or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None  # the parser names the bad class_path
+
+
+def _migrated_config(value: str, module: type | None) -> tuple[str, list | None]:
+    """A `--config` file as given, or (when its model init args hold 0.1 keys) migrated, as YAML text; and the
+    `loss_functions` it sets (None: none)."""
+    path = Path(packaged_config(value))
+    migrate = getattr(module, "migrate_flat_args", None)
+    if not path.is_file():
+        return value, None
+    config = yaml.safe_load(path.read_text()) or {}
+    init = (config.get("model") or {}).get("init_args") if isinstance(config.get("model"), dict) else None
+    if migrate is None or not isinstance(init, dict):
+        return str(path), (init or {}).get("loss_functions") if isinstance(init, dict) else None
+    moved = migrate(init, str(path))
+    if moved == init:
+        return str(path), init.get("loss_functions")
+    config["model"]["init_args"] = moved
+    return yaml.safe_dump(config, sort_keys=False), moved.get("loss_functions")
 
 
 def packaged_config(path: str) -> str:
