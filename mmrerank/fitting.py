@@ -84,12 +84,18 @@ class MMRerankCLI(LightningCLI):
               flush=True)
 
 
+def export_dir(model: L.LightningModule) -> str | None:
+    """Where the module saves its trained model at the end of a fit (`export_dir`, an attribute of the modules
+    that take config objects, else an init argument)."""
+    return getattr(model, "export_dir", None) or getattr(model.hparams, "export_dir", None)
+
+
 def nothing_saved(trainer: L.Trainer, model: L.LightningModule) -> str | None:
     """Why a fit of `max_steps` steps would provably save nothing (no `export_dir`, and no checkpoint callback that
     saves within those steps), or None. A checkpoint that waits for a validation saves nothing when the first
     validation (`val_check_interval` steps) comes after `max_steps`: Lightning does not validate at the stop."""
     steps = trainer.max_steps
-    if getattr(model.hparams, "export_dir", None) or steps is None or steps < 0:
+    if export_dir(model) or steps is None or steps < 0:
         return None
     if not trainer.checkpoint_callbacks:
         return ("no export_dir and checkpointing is off; set --trainer.enable_checkpointing=true or the model's "
@@ -112,7 +118,7 @@ def nothing_saved(trainer: L.Trainer, model: L.LightningModule) -> str | None:
 
 def saved_paths(trainer: L.Trainer, model: L.LightningModule) -> list[Path]:
     """The export folder and the checkpoint files a finished fit wrote."""
-    export = getattr(model.hparams, "export_dir", None)
+    export = export_dir(model)
     out = [Path(export)] if export and Path(export).exists() else []
     for callback in trainer.checkpoint_callbacks:
         for path in (callback.best_model_path, callback.last_model_path):
@@ -126,7 +132,7 @@ def save_estimate(trainer: L.Trainer, model: L.LightningModule) -> tuple[Path, i
     Adam's two moments) per checkpoint file kept (one, or `save_top_k`)."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     kept = sum(max(c.save_top_k, 1) + bool(c.save_last) for c in trainer.checkpoint_callbacks)
-    export = getattr(model.hparams, "export_dir", None)
+    export = export_dir(model)
     return Path(export or trainer.default_root_dir), weights * (bool(export) + 3 * kept)
 
 

@@ -428,14 +428,3 @@ def _check_losses(pairs: Sequence, config: EDJEConfig, training: EDJETraining) -
     attention_for(training.attn_implementation, torch.device("cpu"))  # a misspelt name fails here, not after setup
     return losses
 
-
-def encode_patches(source, images, batch_size: int = 256) -> Tensor:
-    """`[N, P, D]` fp16 patch tokens of every image, in memory (the cache's reference; fits use `_cached_patches`)."""
-    from tqdm.auto import tqdm
-
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="patch tokens", leave=False):
-        rows = [images[i] for i in range(start, min(start + batch_size, len(images)))]
-        out.append(source.encode(rows).half().cpu())
-    return torch.cat(out)
-

@@ -114,8 +114,9 @@ def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path)
         trainer="mmrerank.rerankers.edje.sweep:train_point",
         trainer_args={"candidates": 8, "batch_size": 4, "negatives": 3, "hard": 2, "eval_queries": 12,
                       "synthetic": synthetic, "first_stage": {"checkpoint": str(first_stage)},
-                      "module": {"feature_index": 2, "num_image_tokens": 4, "patch_positions": True,
-                                 "adapter_heads": 2, "adapter_mlp_ratio": 1, "max_text_len": 16, "vocab_size": 200}})
+                      "module": {"config": {"feature_index": 2, "num_image_tokens": 4, "patch_positions": True,
+                                            "adapter_heads": 2, "adapter_mlp_ratio": 1, "max_text_len": 16},
+                                 "training": {"vocab_size": 200}}})
     results = tmp_path / "sweep.jsonl"
     ran = run_sweep(config, results)
     assert len(ran) == 4
