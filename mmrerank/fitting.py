@@ -21,6 +21,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import warn_renamed
 from mmrerank.core.io import (
     CHECKSUMS,
     atomic_write_json,
@@ -161,7 +162,12 @@ def migrate_args(args: list[str]) -> list[str]:
             if key == "loss_functions":
                 losses = yaml.safe_load(value)
             migrate = getattr(module, "migrate_flat_args", None)
-            if migrate is not None and "." not in key and key != "loss_functions":
+            head, _, rest = key.partition(".")
+            renamed = getattr(module, "LEGACY_PATHS", {}).get(head)
+            if rest and renamed:  # a field of a renamed group (`tiny_vocab_pages.seed` -> `tiny.vocab_pages.seed`)
+                warn_renamed(head, renamed, f"--{flag[2:]}")
+                out.append(_null_safe(f"{MODEL_ARGS}{renamed}.{rest}", value))
+            elif migrate is not None and "." not in key and key != "loss_functions":
                 flat = {key: yaml.safe_load(value)}
                 # an old loss flag edits the loss list given so far (by the config file or an earlier flag)
                 moved = migrate({**flat, "loss_functions": losses} if losses else flat, f"--{flag[2:]}")

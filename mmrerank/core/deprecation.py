@@ -39,3 +39,28 @@ def rename_keys(settings: MutableMapping[str, Any], renames: dict[str, str],
         warn_renamed(old, new, where, stacklevel=4)
         settings[new] = settings.pop(old)
     return settings
+
+
+def nest_renamed(flat: MutableMapping[str, Any], paths: dict[str, str], where: str = "") -> dict[str, Any]:
+    """Flat settings of an older release moved to their nested places: `paths` maps an old key to a dotted path
+    (`lr` -> `training.lr`); each old key found warns once (`warn_renamed`). Keys not in `paths` are kept as they
+    are; a group already given as a dict (or a dataclass, read with `asdict`) receives the moved keys.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     nest_renamed({"lr": 0.1, "name": "x"}, {"lr": "training.lr"})
+    {'name': 'x', 'training': {'lr': 0.1}}
+    """
+    from dataclasses import asdict, is_dataclass
+
+    out = {k: v for k, v in flat.items() if k not in paths}
+    for key, path in paths.items():
+        if key not in flat:
+            continue
+        warn_renamed(key, path, where, stacklevel=4)
+        group, name = path.split(".", 1)
+        section = out.get(group) or {}
+        section = asdict(section) if is_dataclass(section) else dict(section)
+        section[name] = flat[key]
+        out[group] = section
+    return out

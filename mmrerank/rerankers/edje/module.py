@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mmrerank.core.deprecation import warn_renamed
+from mmrerank.core.deprecation import nest_renamed, warn_renamed
 from mmrerank.losses import ranking_loss
 from mmrerank.optim import adamw_warmup_cosine
 from mmrerank.rerankers.edje.joint import attention_for
@@ -112,15 +112,7 @@ def legacy_loss_functions(base: list | None, flat: dict[str, Any], where: str = 
 def migrate_flat_args(flat: dict[str, Any], where: str = "EDJEModule") -> dict[str, Any]:
     """0.1's flat `EDJEModule` arguments -> `{config: {...}, training: {...}, loss_functions: [...]}` (new keys
     already there are kept; each old key warns once, naming its new place)."""
-    out = {k: v for k, v in flat.items() if k not in LEGACY_PATHS and k not in LEGACY_LOSS_KEYS}
-    for key, path in LEGACY_PATHS.items():
-        if key in flat:
-            warn_renamed(key, path, where, stacklevel=4)
-            group, name = path.split(".")
-            section = out.setdefault(group, {})
-            section = section if isinstance(section, dict) else asdict(section)
-            section[name] = flat[key]
-            out[group] = section
+    out = nest_renamed({k: v for k, v in flat.items() if k not in LEGACY_LOSS_KEYS}, LEGACY_PATHS, where)
     if any(k in flat for k in LEGACY_LOSS_KEYS):
         out["loss_functions"] = legacy_loss_functions(out.get("loss_functions"), flat, where)
     return out
@@ -191,6 +183,7 @@ class EDJEModule(L.LightningModule):
         self._weights_resolved = False
 
     migrate_flat_args = staticmethod(migrate_flat_args)  # what `mmrerank fit` applies to 0.1 configs and flags
+    LEGACY_PATHS = LEGACY_PATHS
 
     def weight(self, name: str) -> float:
         """The weight of the extra loss `name` (`mlm`, `recovery`, `distill`); 0 when not listed."""

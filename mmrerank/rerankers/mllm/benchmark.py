@@ -64,7 +64,7 @@ class MLLMRows(RerankerSpec):
     def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
         """The model is saved to `export_dir`, its tiny base built beside it (its tokenizer may be trained on the
         recipe's documents, so a base is not shared between recipes)."""
-        return [f"--model.init_args.export_dir={export_dir}",
+        return [f"--model.init_args.training.export_dir={export_dir}",
                 f"--model.init_args.model_name_or_path={Path(export_dir).parent / 'base'}"]
 
     def use_trained(self, export_dir: str) -> None:
