@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -21,7 +22,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.core import distributed
-from mmrerank.core.deprecation import warn_renamed
+from mmrerank.core.deprecation import nest_renamed, warn_renamed
 from mmrerank.core.io import (
     CHECKSUMS,
     atomic_write_json,
@@ -149,12 +150,13 @@ def migrate_args(args: list[str]) -> list[str]:
     """
     out: list[str] = []
     module, losses = _model_class(args), None
+    data, data_moved = _model_class(args, "data"), {}
     i = 0
     while i < len(args):
         arg = args[i]
         flag, value, step = _split_flag(args, i)
         if flag == "--config" and value is not None:
-            value, found_losses = _migrated_config(value, module)
+            value, found_losses = _migrated_config(value, module, data)
             losses = found_losses if found_losses is not None else losses
             out.append(f"--config={value}")
         elif flag is not None and value is not None and flag.startswith(MODEL_ARGS):
@@ -179,15 +181,22 @@ def migrate_args(args: list[str]) -> list[str]:
                     else [_null_safe(flag, value)]
             else:
                 out.append(_null_safe(flag, value))
+        elif flag is not None and value is not None and flag.startswith(DATA_ARGS) \
+                and flag[len(DATA_ARGS):] in getattr(data, "LEGACY_PATHS", {}):
+            # a renamed data-module key: moved into its group, given once at the end
+            flat = {flag[len(DATA_ARGS):]: yaml.safe_load(value)}
+            for group, section in nest_renamed(flat, data.LEGACY_PATHS, f"--{flag[2:]}").items():
+                data_moved.setdefault(group, {}).update(section)
         elif flag is not None and value is not None:
             out.append(_null_safe(flag, value))
         else:
             out.append(arg)
         i += step
-    return out
+    return out + [f"{DATA_ARGS}{group}={json.dumps(section)}" for group, section in data_moved.items()]
 
 
 MODEL_ARGS = "--model.init_args."
+DATA_ARGS = "--data.init_args."
 
 
 def _split_flag(args: list[str], i: int) -> tuple[str | None, str | None, int]:
@@ -215,15 +224,16 @@ def _null_safe(flag: str, value: str) -> str:
     return f"{flag}={value}"
 
 
-def _model_class(args: list[str]) -> type | None:
-    """The model class the arguments name (the last `--model=` / `class_path:` found), or None."""
+def _model_class(args: list[str], part: str = "model") -> type | None:
+    """The class the arguments name for `part` (`model` or `data`: the last `--model=` / `class_path:` found), or
+    None."""
     path = None
     for i in range(len(args)):
         flag, value, _ = _split_flag(args, i)
         if flag == "--config" and value and Path(packaged_config(value)).is_file():
-            model = (yaml.safe_load(Path(packaged_config(value)).read_text()) or {}).get("model")
+            model = (yaml.safe_load(Path(packaged_config(value)).read_text()) or {}).get(part)
             path = model.get("class_path", path) if isinstance(model, dict) else path
-        elif flag in ("--model", "--model.class_path") and value:
+        elif flag in (f"--{part}", f"--{part}.class_path") and value:
             path = value
     if not path or "." not in path:
         return None
@@ -234,22 +244,27 @@ def _model_class(args: list[str]) -> type | None:
         return None  # the parser names the bad class_path
 
 
-def _migrated_config(value: str, module: type | None) -> tuple[str, list | None]:
-    """A `--config` file as given, or (when its model init args hold 0.1 keys) migrated, as YAML text; and the
-    `loss_functions` it sets (None: none)."""
+def _migrated_config(value: str, module: type | None, data: type | None = None) -> tuple[str, list | None]:
+    """A `--config` file as given, or (when its model or data init args hold 0.1 keys) migrated, as YAML text; and
+    the `loss_functions` it sets (None: none)."""
     path = Path(packaged_config(value))
-    migrate = getattr(module, "migrate_flat_args", None)
     if not path.is_file():
         return value, None
     config = yaml.safe_load(path.read_text()) or {}
-    init = (config.get("model") or {}).get("init_args") if isinstance(config.get("model"), dict) else None
-    if migrate is None or not isinstance(init, dict):
-        return str(path), (init or {}).get("loss_functions") if isinstance(init, dict) else None
-    moved = migrate(init, str(path))
-    if moved == init:
-        return str(path), init.get("loss_functions")
-    config["model"]["init_args"] = moved
-    return yaml.safe_dump(config, sort_keys=False), moved.get("loss_functions")
+    changed = False
+    for part, cls in (("model", module), ("data", data)):
+        init = config[part].get("init_args") if isinstance(config.get(part), dict) else None
+        if not isinstance(init, dict):
+            continue
+        migrate = getattr(cls, "migrate_flat_args", None)
+        if migrate is None and set(init) & set(getattr(cls, "LEGACY_PATHS", {})):
+            migrate = partial(nest_renamed, paths=cls.LEGACY_PATHS)
+        moved = migrate(init, where=str(path)) if migrate is not None else init
+        changed |= moved != init
+        config[part]["init_args"] = moved
+    init = config["model"].get("init_args") if isinstance(config.get("model"), dict) else None
+    losses = init.get("loss_functions") if isinstance(init, dict) else None
+    return (yaml.safe_dump(config, sort_keys=False) if changed else str(path)), losses
 
 
 def packaged_config(path: str) -> str:

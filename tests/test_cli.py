@@ -146,7 +146,7 @@ def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
              f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
              "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
              f"--model.init_args.model_name_or_path={tmp_path / 'tiny'}", "--model.init_args.training.warmup_steps=1",
-             f"{data}batch_size=2", f"{data}train_captions=12", f"{data}val_captions=4", f"{data}depth=6",
+             f"{data}batch_size=2", f"{data}captions={{train: 12, val: 4}}", f"{data}depth=6",
              f"{data}image_size=56", f"{data}cache_dir={tmp_path / 'groups'}",
              f"{data}synthetic.root={tiny_config.root}", f"{data}synthetic.seed={tiny_config.seed}",
              f"{data}synthetic.train_images={tiny_config.train_images}",
