@@ -49,11 +49,10 @@ def test_the_check_catches_a_wide_constructor(monkeypatch):
     import types
 
     fake = types.ModuleType("fake_wide")
+    monkeypatch.setitem(sys.modules, "fake_wide", fake)
     exec("class Wide:\n    def __init__(self, " + ", ".join(f"a{i}=0" for i in range(13)) + "):\n        pass\n"
          "import dataclasses\n@dataclasses.dataclass\nclass Config:\n" +
          "".join(f"    f{i}: int = 0\n" for i in range(20)), fake.__dict__)
-    fake.Wide.__module__ = fake.Config.__module__ = "fake_wide"
-    monkeypatch.setitem(sys.modules, "fake_wide", fake)
     assert too_many("fake_wide") == ["fake_wide.Wide (13 params)"]
 
 
