@@ -64,3 +64,19 @@ def nest_renamed(flat: MutableMapping[str, Any], paths: dict[str, str], where: s
         section[name] = flat[key]
         out[group] = section
     return out
+
+
+# Fields of a saved model's config file renamed since an earlier release, by the folder's `model_type`
+# (`rerankers.folders`): old name -> new name. A folder saved before the rename still loads: `migrate_saved_config`
+# moves the field and warns (naming the file), instead of the loader failing on a key it does not know. Each rename
+# of a saved field adds its entry here in the release that makes it, and the entry goes with `REMOVED_IN`.
+SAVED_RENAMES: dict[str, dict[str, str]] = {"mmrerank-edje": {}, "mmrerank-mllm": {}, "mmrerank-clip": {}}
+
+
+def migrate_saved_config(config: MutableMapping[str, Any], model_type: str, where: str) -> dict[str, Any]:
+    """A saved model's config (`config.json` / `reranker.json` as read) with renamed fields under their new names.
+
+    Raises:
+        ValueError: an old and a new name both present (`rename_keys`).
+    """
+    return dict(rename_keys(dict(config), SAVED_RENAMES.get(model_type, {}), where))

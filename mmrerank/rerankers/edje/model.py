@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
+from mmrerank.core.deprecation import migrate_saved_config
 from mmrerank.core.io import atomic_folder, atomic_write_json
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.edje.adapter import OfficialCompressionAdapter, TokenCompressionAdapter
@@ -258,6 +259,7 @@ class EDJE(nn.Module):
         if kind.model_type != folders.EDJE:
             raise ValueError(f"{folder} is not an EDJE folder: it is {kind.description}; {kind.loader_hint()}")
         values = {k: v for k, v in kind.config.items() if k not in ("model_type", "mmrerank_version")}
+        values = migrate_saved_config(values, folders.EDJE, str(folder / "config.json"))
         unknown = sorted(set(values) - {f.name for f in fields(EDJEConfig)})
         if unknown:
             raise ValueError(f"{folder}/config.json has keys {unknown} that this mmrerank's EDJEConfig does not know "

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mmrerank.core.deprecation import migrate_saved_config
 from mmrerank.core.device import resolve_device
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers import folders
@@ -400,6 +401,7 @@ class MLLMReranker(Reranker, nn.Module):
         settings = json.loads((folder / SETTINGS_FILE).read_text())
         for key in ("model_type", "mmrerank_version"):  # what the folder is (`folders.identify`), not a setting
             settings.pop(key, None)
+        settings = migrate_saved_config(settings, folders.MLLM, str(folder / SETTINGS_FILE))
         base = settings.pop("base")
         head_path = folder / HEAD_FILE if settings["head"] else None
         model, adapter = (base, folder) if base else (folder, None)
