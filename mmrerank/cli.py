@@ -78,10 +78,6 @@ def root_cause(err: BaseException) -> BaseException:
     return err
 
 
-def benchmark_parser() -> ArgumentParser:
-    return function_parser(benchmark, "mmrerank benchmark")
-
-
 DEFAULT_BENCHMARK = "benchmark/synthetic.yaml"  # every family on the built-in benchmarks
 
 

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from mmrerank.benchmark import check_paper
-from mmrerank.cli import MMRerankCLI, benchmark_parser, main
+from mmrerank.cli import MMRerankCLI, main
 from mmrerank.datasets import ImageTextSource
 from mmrerank.rerankers import RerankerSpec
+from tests.helpers.parsers import benchmark_parser
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml")

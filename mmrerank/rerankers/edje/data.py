@@ -66,10 +66,6 @@ class RerankGroups(Dataset):
         self._caption_start = torch.searchsorted(dataset.caption_image[order], torch.arange(len(dataset.images) + 1))
         self._captions_by_image = order
 
-    def set_epoch(self, epoch: int) -> None:
-        """The sampling stream's epoch when there is no clock."""
-        self._epoch = epoch
-
     def use_hard(self, active: bool | None) -> None:
         """Force the hard negatives on or off (off: all n negatives are random); None: follow the clock."""
         self._hard = active
