@@ -104,10 +104,13 @@ def check_paper(paper: Paper, image_text: ImageText, pages: Pages | None, instan
     named = True
     for direction, suite in suites.items():
         rows.update(FIXED_ROWS[direction] + (["CLIP"] if direction == "pages" and suite.dual_encoder else []))
+        stages = [s for s in getattr(suite, "first_stages", []) if s != "BM25"] if direction == "pages" else []
+        rows.update(stages)  # a VLM first stage's own row, and its rerankers' rows "<row> over <hub id>"
         for spec in suite.rerankers:
             names = spec.row_names()
             named = named and names is not None
             rows.update(names or [])
+            rows.update(f"{name} over {stage}" for name in names or [] for stage in stages)
     problems = []
     for row, measures in paper.rows.items():
         for column in measures:

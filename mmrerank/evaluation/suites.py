@@ -2,7 +2,7 @@
 its rows and hands everything to the one loop (`evaluate`).
 
 - `ImageText`: t2i / i2t over an image-text dataset (any `ImageTextSource`), first stage a dual encoder.
-- `Pages`: document pages in MMDocIR's form, first stage BM25 over each document's pages.
+- `Pages`: document pages in MMDocIR's form, first stages BM25 over each document's pages and/or VLM embedders.
 - `Instances`: image-to-image under the revisited protocol, first stage GeM / SuperGlobal descriptors.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -250,6 +251,12 @@ class Pages:
             stage of its own (not reranked).
         page_text: rerankers get each page's OCR text with its image; False: the image alone, as the visual-document
             benchmarks (ViDoRe, JinaVDR) give pages to the VLM rerankers (BM25 reads the OCR text either way).
+        first_stages: the first stages, by name, each reranked by every reranker: "BM25", or a VLM embedder's hub
+            id (`mmrerank.retrieval.vlm.presets.PRESETS`: DSE-Qwen2, Qwen3-VL-Embedding, ColQwen2 / 2.5, ColPali).
+            Rows over a VLM first stage are named "<reranker row> over <hub id>".
+        embedder_folders: hub id -> local folder holding a copy of it (else the hub is used).
+        embedder_options: options for `load_embedder` (batch_size, max_tokens_per_batch, attn_implementation, dtype
+            as a string, ...), the same for every VLM first stage.
     """
 
     pages: PagesConfig | None = None
@@ -260,9 +267,17 @@ class Pages:
     rerankers: list[RerankerSpec] = field(default_factory=list)
     dual_encoder: bool = False
     page_text: bool = True
+    first_stages: list[str] = field(default_factory=lambda: ["BM25"])
+    embedder_folders: dict[str, str] = field(default_factory=dict)
+    embedder_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pages = self.pages or PagesConfig(seed=1, documents=100)
+        from mmrerank.retrieval.vlm.presets import PRESETS
+
+        unknown = [name for name in self.first_stages if name != "BM25" and name not in PRESETS]
+        if unknown or not self.first_stages:
+            raise ValueError(f"pages.first_stages {self.first_stages}: each must be 'BM25' or one of {sorted(PRESETS)}")
         if self.annotations and not self.pages_parquet:
             raise ValueError("pages.annotations needs pages.pages_parquet (MMDocIR_pages.parquet)")
         if self.depth < 1:
@@ -300,13 +315,27 @@ class Pages:
             scores = clip_page_scores(data, encoder.to(resolve_device(device)), progress=progress)
             report.timings["pages CLIP"] = time.perf_counter() - start
             evaluate(report, task, data.per_document_run(scores), {}, self.depth, (), first_stage="CLIP")
-        start = time.perf_counter()
-        run = data.per_document_run(bm25_page_scores(data))
-        report.timings["pages BM25"] = time.perf_counter() - start
-        context = RerankContext("pages", "pages", data, {"name": self.title()}, device, progress,
-                                timings=report.timings, first_stage="BM25", depth=self.depth)
-        evaluate(report, task, run, rows(self.rerankers, context), self.depth, (), self.batch_size,
-                 progress, first_stage="BM25")
+        for name in self.first_stages:
+            start = time.perf_counter()
+            run = data.per_document_run(self._first_stage_scores(name, data, device))
+            report.timings[f"pages {name}"] = time.perf_counter() - start
+            context = RerankContext("pages", "pages", data, {"name": self.title()}, device, progress,
+                                    timings=report.timings, first_stage=name, depth=self.depth)
+            built = rows(self.rerankers, context)
+            if name != "BM25":  # BM25's rows keep their names; others say what they rerank
+                built = {f"{row} over {name}": reranker for row, reranker in built.items()}
+            evaluate(report, task, run, built, self.depth, (), self.batch_size, progress, first_stage=name)
+
+    def _first_stage_scores(self, name: str, data: MMDocIRDataset, device: str) -> list:
+        """Per question, its document's pages' scores from the first stage `name` (BM25 or a VLM embedder)."""
+        if name == "BM25":
+            return bm25_page_scores(data)
+        from mmrerank.retrieval.vlm.first_stage import page_scores
+        from mmrerank.retrieval.vlm.presets import load_embedder
+
+        embedder = load_embedder(self.embedder_folders.get(name, name), preset=name, device=resolve_device(device),
+                                 **self.embedder_options)
+        return page_scores(data, embedder)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from mmrerank.core.device import resolve_device
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
-from mmrerank.rerankers.mllm.resize import VisionResize
+from mmrerank.core.resize import VisionResize
 from mmrerank.rerankers.mllm.shared import ImageCache, SharedScorer
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,

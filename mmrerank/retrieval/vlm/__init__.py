@@ -1,0 +1,1 @@
+"""VLM first-stage embedders (single-vector and late-interaction) and their presets."""
