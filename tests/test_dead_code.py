@@ -31,6 +31,10 @@ ENTRY_POINTS = {
     "chat_text": "MLLMReranker.chat_text: the exact prompt a pair becomes, for users checking a template",
     "patch_tokens": "VisionTokenSource.patch_tokens: scripts/bench_edje_throughput.py reads a source's tokens",
     "pretrain_vlm": "rerankers.mllm.vision_pretrain.pretrain_vlm: scripts/pretrain_mllm_vision.py's entry point",
+    # tiny VLM embedders in their real formats, public for offline use (as `build_tiny_vlm`); issue 29's parity
+    # fixtures build them (retrieval/vlm/tiny.py)
+    "build_tiny_dse": "a tiny DSE-Qwen2 embedder folder", "build_tiny_colqwen2": "a tiny ColQwen2 folder",
+    "build_tiny_qwen3_vl_embedding": "a tiny Qwen3-VL-Embedding folder", "build_tiny_colpali": "a tiny ColPali folder",
 }
 
 

@@ -24,9 +24,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from mmrerank.core.deprecation import migrate_saved_config
 from mmrerank.core.device import resolve_device
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
+from mmrerank.core.resize import VisionResize
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.base import Reranker
-from mmrerank.core.resize import VisionResize
 from mmrerank.rerankers.mllm.shared import ImageCache, SharedScorer
 from mmrerank.rerankers.mllm.templates import (
     MONOQWEN_OCR_PREFIX,
