@@ -99,7 +99,6 @@ class MMDocIRAnnotations:
         """The distinct domains, in order of first appearance."""
         return list(dict.fromkeys(d.domain for d in self.documents))
 
-    @property
     def domain_of(self, question_index: int) -> str:
         return self.documents[self.questions[question_index].doc_index].domain
 
