@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Qrels, Run
 from mmrerank.datasets.vidore import ViDoReFiles, qrels_dict
 from mmrerank.evaluation.vidore_task import ViDoReTask
-from mmrerank.metrics import evaluate
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "vidore"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())

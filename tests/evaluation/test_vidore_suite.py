@@ -68,8 +68,8 @@ def test_tiny_colbert_trains_once_and_reloads(cache):
 
 
 def test_vidore_suite_rows(cache):
-    suite = ViDoRe(dataset=SyntheticViDoRe(seed=3, documents=3), first_stages=["BM25", "tiny ColBERT"], tiny_colbert=TINY,
-                   depth=10, rerank_depth=3)
+    suite = ViDoRe(dataset=SyntheticViDoRe(seed=3, documents=3), first_stages=["BM25", "tiny ColBERT"],
+                   tiny_colbert=TINY, depth=10, rerank_depth=3)
     report = Report("t")
     suite.run(report, device="cpu", progress=False)
     assert set(report.rows) == {"BM25", "tiny ColBERT"}
