@@ -270,6 +270,8 @@ def _model_class(args: list[str], part: str = "model") -> type | None:
             path = model.get("class_path", path) if isinstance(model, dict) else path
         elif flag in (f"--{part}", f"--{part}.class_path") and value:
             path = value
+    if path in LIGHTNING_CLASSES:  # a short class_path (`EDJEModule`)
+        path = f"{LIGHTNING_CLASSES[path]}.{path}"
     if not path or "." not in path:
         return None
     module, _, name = path.rpartition(".")
