@@ -254,7 +254,7 @@ def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
     main(["benchmark", "--config", "benchmark/first_stage.yaml", *image_text_args(tiny_config),
           f"--first_stage.checkpoint={trained / 'fs'}",
           "--image_text.rerankers+=EDJERows", f"--image_text.rerankers.model={trained / 'model'}",
-          "--image_text.rerankers.alpha=1.0", f"--image_text.rerankers.store={tmp_path / 'store'}",
+          "--image_text.rerankers.alpha=[1.0]", f"--image_text.rerankers.store={tmp_path / 'store'}",
           "--image_text.depth=20", "--image_text.rerank_depth=5", f"--output_dir={out}", "--progress=false"])
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert set(rows) == {"first stage", "edje", "edje + 1 x first stage"}
