@@ -15,11 +15,11 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from mmrerank.core import distributed
+from mmrerank.core.device import resolve_device
 from mmrerank.evaluation.report import Paper, Report
 from mmrerank.evaluation.suites import ImageText, Instances, Pages, ViDoRe, build_first_stage, page_columns, row_over
 from mmrerank.fitting import train_missing
 from mmrerank.rerankers import family_rows  # noqa: F401  (configs name the families' rows by short class_path)
-from mmrerank.retrieval.clip import resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
 
 

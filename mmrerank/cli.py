@@ -20,9 +20,9 @@ from mmrerank.benchmark import benchmark
 from mmrerank.commands import rerank, search
 from mmrerank.commands.renamed import migrate_argv
 from mmrerank.core import distributed
+from mmrerank.core.device import resolve_device
 from mmrerank.fitting import MMRerankCLI, packaged_config
 from mmrerank.rerankers.edje.benchmark import precompute
-from mmrerank.retrieval.clip import resolve_device
 
 
 def known_class_paths() -> str:
@@ -81,10 +81,6 @@ def root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None:
         err = err.__cause__
     return err
-
-
-def benchmark_parser() -> ArgumentParser:
-    return function_parser(benchmark, "mmrerank benchmark")
 
 
 DEFAULT_BENCHMARK = "benchmark/synthetic.yaml"  # every family on the built-in benchmarks

@@ -8,16 +8,22 @@ come from; `retrain` replaces it.
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
 import shutil
+import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import nest_renamed, warn_renamed
 from mmrerank.core.io import (
     CHECKSUMS,
     atomic_write_json,
@@ -82,6 +88,13 @@ class MMRerankCLI(LightningCLI):
             super().__init__(L.LightningModule, L.LightningDataModule, *args, subclass_mode_model=True,
                              subclass_mode_data=True, **kwargs)
 
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning's parse, after `migrate_args`: old flat module arguments still work (with a FutureWarning)
+        and a nested `=null` stays None."""
+        if args is None or isinstance(args, (list, tuple)):
+            args = migrate_args(list(sys.argv[1:] if args is None else args))
+        super().parse_arguments(parser, args)
+
     def before_fit(self) -> None:
         """Re-seed after the caches (`SeedAfterCaches`: same seed, same weights, whichever caches were filled). In a
         log file (stdout not a terminal) Lightning's bar would show only once, at the end: whole progress lines with
@@ -108,12 +121,18 @@ class MMRerankCLI(LightningCLI):
               flush=True)
 
 
+def export_dir(model: L.LightningModule) -> str | None:
+    """Where the module saves its trained model at the end of a fit (`export_dir`, an attribute of the modules
+    that take config objects, else an init argument)."""
+    return getattr(model, "export_dir", None) or getattr(model.hparams, "export_dir", None)
+
+
 def nothing_saved(trainer: L.Trainer, model: L.LightningModule) -> str | None:
     """Why a fit of `max_steps` steps would provably save nothing (no `export_dir`, and no checkpoint callback that
     saves within those steps), or None. A checkpoint that waits for a validation saves nothing when the first
     validation (`val_check_interval` steps) comes after `max_steps`: Lightning does not validate at the stop."""
     steps = trainer.max_steps
-    if getattr(model.hparams, "export_dir", None) or steps is None or steps < 0:
+    if export_dir(model) or steps is None or steps < 0:
         return None
     if not trainer.checkpoint_callbacks:
         return ("no export_dir and checkpointing is off; set --trainer.enable_checkpointing=true or the model's "
@@ -136,7 +155,7 @@ def nothing_saved(trainer: L.Trainer, model: L.LightningModule) -> str | None:
 
 def saved_paths(trainer: L.Trainer, model: L.LightningModule) -> list[Path]:
     """The export folder and the checkpoint files a finished fit wrote."""
-    export = getattr(model.hparams, "export_dir", None)
+    export = export_dir(model)
     out = [Path(export)] if export and Path(export).exists() else []
     for callback in trainer.checkpoint_callbacks:
         for path in (callback.best_model_path, callback.last_model_path):
@@ -150,8 +169,139 @@ def save_estimate(trainer: L.Trainer, model: L.LightningModule) -> tuple[Path, i
     Adam's two moments) per checkpoint file kept (one, or `save_top_k`)."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     kept = sum(max(c.save_top_k, 1) + bool(c.save_last) for c in trainer.checkpoint_callbacks)
-    export = getattr(model.hparams, "export_dir", None)
+    export = export_dir(model)
     return Path(export or trainer.default_root_dir), weights * (bool(export) + 3 * kept)
+
+
+def migrate_args(args: list[str]) -> list[str]:
+    """`mmrerank fit` arguments as this version reads them.
+
+    - A module's 0.1 flat init args (`--model.init_args.lr=...`, or `lr:` in a `--config` file) move to where the
+      module takes them now (`training.lr`), each with a FutureWarning: a module class lists them by a
+      `migrate_flat_args(flat: dict, where: str) -> dict` static method (EDJE's: `edje.module.migrate_flat_args`).
+    - A flag two levels under `init_args` set to null (`--model.init_args.config.num_image_tokens=null`) is passed
+      as `--model.init_args.config={"num_image_tokens": null}`: jsonargparse (4.53) reads the first form's null as
+      the string "None" (an error for an int, silently "None" for a str), the second merges into the config.
+    """
+    out: list[str] = []
+    module, losses = _model_class(args), None
+    data, data_moved = _model_class(args, "data"), {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        flag, value, step = _split_flag(args, i)
+        if flag == "--config" and value is not None:
+            value, found_losses = _migrated_config(value, module, data)
+            losses = found_losses if found_losses is not None else losses
+            out.append(f"--config={value}")
+        elif flag is not None and value is not None and flag.startswith(MODEL_ARGS):
+            key = flag[len(MODEL_ARGS):]
+            if key == "loss_functions":
+                losses = yaml.safe_load(value)
+            migrate = getattr(module, "migrate_flat_args", None)
+            head, _, rest = key.partition(".")
+            renamed = getattr(module, "LEGACY_PATHS", {}).get(head)
+            if rest and renamed:  # a field of a renamed group (`tiny_vocab_pages.seed` -> `tiny.vocab_pages.seed`)
+                warn_renamed(head, renamed, f"--{flag[2:]}")
+                out.append(_null_safe(f"{MODEL_ARGS}{renamed}.{rest}", value))
+            elif migrate is not None and "." not in key and key != "loss_functions":
+                flat = {key: yaml.safe_load(value)}
+                # an old loss flag edits the loss list given so far (by the config file or an earlier flag)
+                moved = migrate({**flat, "loss_functions": losses} if losses else flat, f"--{flag[2:]}")
+                if moved.get("loss_functions") == losses:
+                    moved.pop("loss_functions", None)  # not a loss flag: the list stays as given
+                    flat.pop("loss_functions", None)
+                losses = moved.get("loss_functions", losses)
+                out += [f"{MODEL_ARGS}{k}={json.dumps(v)}" for k, v in moved.items()] if moved != flat \
+                    else [_null_safe(flag, value)]
+            else:
+                out.append(_null_safe(flag, value))
+        elif flag is not None and value is not None and flag.startswith(DATA_ARGS) \
+                and flag[len(DATA_ARGS):] in getattr(data, "LEGACY_PATHS", {}):
+            # a renamed data-module key: moved into its group, given once at the end
+            flat = {flag[len(DATA_ARGS):]: yaml.safe_load(value)}
+            for group, section in nest_renamed(flat, data.LEGACY_PATHS, f"--{flag[2:]}").items():
+                data_moved.setdefault(group, {}).update(section)
+        elif flag is not None and value is not None:
+            out.append(_null_safe(flag, value))
+        else:
+            out.append(arg)
+        i += step
+    return out + [f"{DATA_ARGS}{group}={json.dumps(section)}" for group, section in data_moved.items()]
+
+
+MODEL_ARGS = "--model.init_args."
+DATA_ARGS = "--data.init_args."
+
+
+def _split_flag(args: list[str], i: int) -> tuple[str | None, str | None, int]:
+    """(flag, value, tokens used) of `--flag=value` or `--flag value` at `args[i]`; (None, None, 1) otherwise."""
+    arg = args[i]
+    if not arg.startswith("--"):
+        return None, None, 1
+    if "=" in arg:
+        flag, value = arg.split("=", 1)
+        return flag, value, 1
+    if i + 1 < len(args) and not args[i + 1].startswith("--"):
+        return arg, args[i + 1], 2
+    return None, None, 1
+
+
+def _null_safe(flag: str, value: str) -> str:
+    """`--a.init_args.b.c=null` -> `--a.init_args.b={"c": null}` (see `migrate_args`); any other flag as given."""
+    head, sep, rest = flag.partition(".init_args.")
+    if sep and "." in rest and yaml.safe_load(value) is None:
+        group, *path = rest.split(".")
+        nested: object = None
+        for key in reversed(path):
+            nested = {key: nested}
+        return f"{head}{sep}{group}={json.dumps(nested)}"
+    return f"{flag}={value}"
+
+
+def _model_class(args: list[str], part: str = "model") -> type | None:
+    """The class the arguments name for `part` (`model` or `data`: the last `--model=` / `class_path:` found), or
+    None."""
+    path = None
+    for i in range(len(args)):
+        flag, value, _ = _split_flag(args, i)
+        if flag == "--config" and value and Path(packaged_config(value)).is_file():
+            model = (yaml.safe_load(Path(packaged_config(value)).read_text()) or {}).get(part)
+            path = model.get("class_path", path) if isinstance(model, dict) else path
+        elif flag in (f"--{part}", f"--{part}.class_path") and value:
+            path = value
+    if path in LIGHTNING_CLASSES:  # a short class_path (`EDJEModule`)
+        path = f"{LIGHTNING_CLASSES[path]}.{path}"
+    if not path or "." not in path:
+        return None
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None  # the parser names the bad class_path
+
+
+def _migrated_config(value: str, module: type | None, data: type | None = None) -> tuple[str, list | None]:
+    """A `--config` file as given, or (when its model or data init args hold 0.1 keys) migrated, as YAML text; and
+    the `loss_functions` it sets (None: none)."""
+    path = Path(packaged_config(value))
+    if not path.is_file():
+        return value, None
+    config = yaml.safe_load(path.read_text()) or {}
+    changed = False
+    for part, cls in (("model", module), ("data", data)):
+        init = config[part].get("init_args") if isinstance(config.get(part), dict) else None
+        if not isinstance(init, dict):
+            continue
+        migrate = getattr(cls, "migrate_flat_args", None)
+        if migrate is None and set(init) & set(getattr(cls, "LEGACY_PATHS", {})):
+            migrate = partial(nest_renamed, paths=cls.LEGACY_PATHS)
+        moved = migrate(init, where=str(path)) if migrate is not None else init
+        changed |= moved != init
+        config[part]["init_args"] = moved
+    init = config["model"].get("init_args") if isinstance(config.get("model"), dict) else None
+    losses = init.get("loss_functions") if isinstance(init, dict) else None
+    return (yaml.safe_dump(config, sort_keys=False) if changed else str(path)), losses
 
 
 def packaged_config(path: str) -> str:

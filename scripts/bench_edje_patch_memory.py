@@ -64,7 +64,8 @@ def run_phase(args: argparse.Namespace) -> dict:
     from mmrerank.datasets.sources import Synthetic
     from mmrerank.datasets.synthetic import SyntheticConfig
     from mmrerank.rerankers.edje.data import EDJEDataModule
-    from mmrerank.rerankers.edje.module import EDJEModule
+    from mmrerank.rerankers.edje.model import EDJEConfig
+    from mmrerank.rerankers.edje.module import EDJEModule, EDJETraining
     from mmrerank.retrieval.first_stage import FirstStage
 
     work = Path(args.work)
@@ -82,9 +83,10 @@ def run_phase(args: argparse.Namespace) -> dict:
 
     module_class = InMemory if args.phase == "in-memory" else EDJEModule
     torch.manual_seed(0)
-    module = module_class(vision=f"hf:{work / 'tower'}", num_image_tokens=16, adapter_heads=4, adapter_mlp_ratio=2,
-                          joint={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                 "intermediate_size": 128}, vocab_size=300, lr=1e-3, warmup_steps=1)
+    config = EDJEConfig(vision=f"hf:{work / 'tower'}", num_image_tokens=16, adapter_heads=4, adapter_mlp_ratio=2,
+                        joint={"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                               "intermediate_size": 128})
+    module = module_class(config, training=EDJETraining(vocab_size=300, lr=1e-3, warmup_steps=1))
     trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, default_root_dir=str(work / "trainer"))

@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 
 import torch
 
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Run
 from mmrerank.datasets import Synthetic
-from mmrerank.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEReranker, precompute_images
 from mmrerank.rerankers.fusion import Fused, Memoized
 from mmrerank.retrieval.first_stage import FirstStage

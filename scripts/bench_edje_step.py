@@ -44,7 +44,7 @@ from common import cpu_model  # scripts/common.py (scripts/ is on sys.path)
 
 from mmrerank.datasets.synthetic.scenes import caption_scene, sample_scene
 from mmrerank.rerankers.edje.model import EDJEConfig
-from mmrerank.rerankers.edje.module import EDJEModule
+from mmrerank.rerankers.edje.module import EDJEModule, EDJETraining
 from mmrerank.rerankers.edje.text import FirstStageText
 
 CONFIG = "configs/edje/synthetic.yaml"
@@ -75,9 +75,10 @@ def build_module() -> EDJEModule:
     from mmrerank.rerankers.edje.joint import SPECIAL_TOKENS, build_wordpiece_tokenizer
 
     with open(CONFIG) as f:
-        args = yaml.safe_load(f)["model"]["init_args"]
-    module = EDJEModule(joint=args["joint"], text=args["text"], patch_positions=args["patch_positions"],
-                        num_image_tokens=None, feature_index=3, lr=0.002, warmup_steps=50)
+        args = yaml.safe_load(f)["model"]["init_args"]["config"]
+    module = EDJEModule(EDJEConfig(joint=args["joint"], text=args["text"], patch_positions=args["patch_positions"],
+                                   num_image_tokens=None, feature_index=3),
+                        training=EDJETraining(lr=0.002, warmup_steps=50))
     config = EDJEConfig(vision=args["vision"], patch_dim=PATCH_DIM, num_patches=PATCHES, num_image_tokens=None,
                         feature_index=3, patch_positions=True, joint=dict(args["joint"]), text=args["text"])
     module._build(config, build_wordpiece_tokenizer([], vocab_size=len(SPECIAL_TOKENS)))

@@ -1,4 +1,4 @@
-"""Time `mmrerank.metrics.evaluate` against `ir_measures.calc_aggregate` on a large random run.
+"""Time `mmrerank.core.metrics.evaluate` against `ir_measures.calc_aggregate` on a large random run.
 
 The run has `--queries` rows of `--depth` candidates drawn from a corpus of `--docs`, with distinct scores per row
 (so trec_eval's doc-id tie-break never matters), and graded qrels (0-3) over both retrieved and unretrieved docs.
@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 
 import torch
 
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Qrels, Run
-from mmrerank.metrics import evaluate
 
 MEASURES = ["nDCG@10", "R@10", "Success@1", "RR@10", "AP@100", "P@5"]
 

@@ -23,7 +23,7 @@ from mmrerank.evaluation import Report, evaluate_rows
 from mmrerank.evaluation.suites import PageTask
 from mmrerank.rerankers.fusion import Fused, Memoized
 from mmrerank.rerankers.mllm.data import PageGroupsDataModule
-from mmrerank.rerankers.mllm.module import MLLMRerankerModule, page_text
+from mmrerank.rerankers.mllm.module import MLLMRerankerModule, MLLMSettings, MLLMTraining, TinyVLM, page_text
 from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
 from mmrerank.retrieval.pages import bm25_page_scores
 
@@ -57,9 +57,9 @@ def train(args: argparse.Namespace, loss: str, report: Report) -> MLLMRerankerMo
     if args.vocab:
         ensure_tiny_vlm(model, hidden=args.hidden, layers=args.layers, vocab_size=args.vocab,
                         corpus=page_text(PagesConfig(seed=0, documents=args.train_docs)))
-    module = MLLMRerankerModule(str(model), build_tiny=True, tiny_hidden=args.hidden, tiny_layers=args.layers,
-                                loss=loss, use_ocr=True, lr=args.lr, schedule=args.schedule,
-                                warmup_steps=args.warmup)
+    module = MLLMRerankerModule(str(model), MLLMSettings(use_ocr=True), [(loss, 1.0)],
+                                MLLMTraining(lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup),
+                                tiny=TinyVLM(build=True, hidden=args.hidden, layers=args.layers))
     trainer = L.Trainer(max_steps=args.steps, accelerator="cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0)

@@ -85,7 +85,8 @@ class Probe:
         self.dm = EDJEDataModule(n=args.negatives, hard=args.hard, pool=args.pool)
         self.dm.setup("fit")
         self.train, self.val = self.dm.splits["train"], self.dm.splits["val"]
-        module = EDJEModule(feature_index=args.feature_index)  # for its vision source and on-disk patch-token cache
+        # for its vision source and on-disk patch-token cache
+        module = EDJEModule(EDJEConfig(feature_index=args.feature_index))
         source = module._vision_source()
         inputs = self.dm.edje_inputs()
         self.patches = {s: module._cached_patches(source, inputs.images[s], inputs.image_keys[s])[:]
@@ -101,7 +102,7 @@ class Probe:
                  "intermediate_size": 512, "initializer_range": 0.088, "hidden_dropout_prob": 0.0,
                  "attention_probs_dropout_prob": 0.0}
         _, p, d = self.patches["train"].shape
-        config = EDJEConfig(vision=module.hparams.vision, patch_dim=d, num_patches=p, num_image_tokens=16,
+        config = EDJEConfig(vision=module.config.vision, patch_dim=d, num_patches=p, num_image_tokens=16,
                             adapter_heads=4, adapter_mlp_ratio=4, patch_positions=True, joint=joint, max_text_len=32)
         self.model = EDJE(config, tokenizer)
         self.model.set_patch_statistics(self.patches["train"][:4096])

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from mmrerank.benchmark import check_paper
-from mmrerank.cli import MMRerankCLI, benchmark_parser, main
+from mmrerank.cli import MMRerankCLI, main
 from mmrerank.datasets import ImageTextSource, InstanceSource
 from mmrerank.rerankers import RerankerRows
+from tests.helpers.parsers import benchmark_parser
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml")
@@ -145,8 +146,8 @@ def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
     run_cli(["fit", "--config", str(CONFIGS / "mllm" / "synthetic_images.yaml"),
              f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
              "--trainer.val_check_interval=2", "--trainer.enable_progress_bar=false",
-             f"--model.init_args.model_name_or_path={tmp_path / 'tiny'}", "--model.init_args.warmup_steps=1",
-             f"{data}batch_size=2", f"{data}train_captions=12", f"{data}val_captions=4", f"{data}depth=6",
+             f"--model.init_args.model_name_or_path={tmp_path / 'tiny'}", "--model.init_args.training.warmup_steps=1",
+             f"{data}batch_size=2", f"{data}captions={{train: 12, val: 4}}", f"{data}depth=6",
              f"{data}image_size=56", f"{data}cache_dir={tmp_path / 'groups'}",
              f"{data}synthetic.root={tiny_config.root}", f"{data}synthetic.seed={tiny_config.seed}",
              f"{data}synthetic.train_images={tiny_config.train_images}",
@@ -155,7 +156,7 @@ def test_fit_mllm_on_synthetic_images(tiny_config, tmp_path):
              f"{data}first_stage.save_to={tmp_path / 'fs'}", f"{data}first_stage.train_steps=2",
              f"{data}first_stage.batch_size=8", "--trainer.callbacks.every_n_train_steps=1"], cwd=tmp_path)
     checkpoint = last_checkpoint(tmp_path, "synthetic-images")
-    assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["schedule"] == "cosine"
+    assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"]["training"]["schedule"] == "cosine"
     assert {p.name.split("-")[0] for p in (tmp_path / "groups").glob("*.json")} == {"train", "val"}
 
 

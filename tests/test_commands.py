@@ -15,8 +15,8 @@ from PIL import Image
 
 from mmrerank.cli import SUBCOMMANDS, main
 from mmrerank.commands.rerank import rerank
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Run
-from mmrerank.metrics import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE = "tests.helpers.oracle.QrelsOracle"

@@ -13,7 +13,7 @@ DOCUMENTED = {
     "mmrerank.rerankers.presets": ["load_reranker", "list_presets"],
     "mmrerank.rerankers.base": ["Reranker.rank", "Reranker.rerank"],
     "mmrerank.retrieval.index": ["RetrievalIndex"],
-    "mmrerank.metrics": ["evaluate"],
+    "mmrerank.core.metrics": ["evaluate"],
     "mmrerank.core.deprecation": ["rename_keys", "renamed_arguments"],
     "mmrerank.datasets.page_sources": ["SyntheticPages"],
     "mmrerank.datasets.instance_sources": ["SyntheticInstances"],

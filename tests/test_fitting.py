@@ -43,3 +43,56 @@ def test_a_recipe_that_reads_no_first_stage_is_not_keyed_by_it(tmp_path, monkeyp
     config.write_text("trainer: {max_steps: 5}\n")
     spec = MLLMRows(fit=FitRecipe(str(config)))
     assert trained_folder(spec, FirstStage()) == trained_folder(spec, FirstStage(train_steps=7))
+
+
+EDJE_RECIPE = EDJERows(fit=FitRecipe("edje/synthetic.yaml"))
+
+
+def recipe_args(family: str, spec) -> list[str]:
+    """The arguments `fitting.fit` gives `mmrerank fit` for the default benchmark's `family` recipe (no training)."""
+    import yaml
+
+    config = yaml.safe_load((CONFIG_DIR / "benchmark" / "synthetic.yaml").read_text())
+    suite = config["image_text"] if family == "edje" else config["pages"]
+    fit = suite["rerankers"][0]["init_args"]["fit"]
+    return ["--config", packaged_config(fit["config"]), *fit["args"], *spec.fit_args("/tmp/out/model", "/tmp/fs")]
+
+
+def parse_only(args: list[str]):
+    from mmrerank.fitting import MMRerankCLI
+
+    class ParseOnly(MMRerankCLI):
+        def instantiate_classes(self) -> None:
+            pass
+
+    return ParseOnly(args=args, run=False).config
+
+
+def test_default_benchmark_edje_recipe_parses_with_nested_null():
+    """configs/benchmark/synthetic.yaml's EDJE fit args, as `fit` passes them: the nested `=null` stays None."""
+    init = parse_only(recipe_args("edje", EDJE_RECIPE)).model.init_args
+    assert init.config.num_image_tokens is None and init.config.feature_index == 3
+    assert init.config.vision_checkpoint == init.config.text_checkpoint == "/tmp/fs"
+    assert init.training.lr == 0.002 and init.training.warmup_steps == 50
+    assert init.training.export_dir == "/tmp/out/model"
+
+
+def test_default_benchmark_mllm_recipe_parses():
+    from mmrerank.rerankers.mllm.benchmark import MLLMRows
+
+    config = parse_only(recipe_args("mllm", MLLMRows()))
+    init = config.model.init_args
+    assert init.tiny.build and init.tiny.vocab_pages.seed == 0 and init.tiny.vocab_pages.documents == 600
+    assert init.training.lr == 0.002 and init.training.export_dir == "/tmp/out/model"
+
+
+def test_old_flags_appended_to_a_recipe_still_parse():
+    """What a user's (or an older test's) flat flags on top of the new-shape recipe give: the same settings."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        init = parse_only([*recipe_args("edje", EDJE_RECIPE), "--model.init_args.warmup_steps=1",
+                           "--model.init_args.num_image_tokens=null"]).model.init_args
+    assert init.training.warmup_steps == 1 and init.training.lr == 0.002 and init.config.num_image_tokens is None
+    assert init.training.export_dir == "/tmp/out/model"

@@ -134,7 +134,8 @@ def test_one_name_for_each_function():
     from mmrerank.rerankers.mllm.module import MLLMRerankerModule
     from mmrerank.retrieval.index import RetrievalIndex
 
-    assert mmrerank.evaluate.__module__ == "mmrerank.metrics" and "evaluate" not in loop.__dict__.get("__all__", [])
+    assert mmrerank.evaluate.__module__ == "mmrerank.core.metrics"
+    assert "evaluate" not in loop.__dict__.get("__all__", [])
     assert loop.evaluate.__wrapped__ is loop.evaluate_rows  # the old loop name: an alias that warns
     assert writer.precompute.__wrapped__ is writer.write_token_store
     assert "store_dtype" in parameters(precompute) and "dtype" not in parameters(precompute)

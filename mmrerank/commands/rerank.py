@@ -23,12 +23,12 @@ from mmrerank.core import distributed
 from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.io import atomic_write_json
 from mmrerank.core.items import Items, RetrievalTask
+from mmrerank.core.metrics import evaluate, parse_measure
 from mmrerank.core.progress import format_seconds, on_terminal
 from mmrerank.core.run import Qrels, Run, id_rows
 from mmrerank.datasets.files import read_items
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, FIRST_STAGE
 from mmrerank.evaluation.report import Report
-from mmrerank.metrics import evaluate, parse_measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.fusion import NORMALIZATIONS, Fused
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from mmrerank.commands.rerank import score_table
 from mmrerank.core import distributed
+from mmrerank.core.device import resolve_device
 from mmrerank.core.io import atomic_folder, atomic_write_json
+from mmrerank.core.metrics import evaluate as evaluate_run
+from mmrerank.core.metrics import parse_measure
 from mmrerank.core.run import Qrels, Run
 from mmrerank.datasets.files import read_items
 from mmrerank.evaluation.loop import DEFAULT_MEASURES
-from mmrerank.metrics import evaluate as evaluate_run
-from mmrerank.metrics import parse_measure
-from mmrerank.retrieval.clip import resolve_device
 from mmrerank.retrieval.first_stage import FirstStage
 from mmrerank.retrieval.index import KINDS, RetrievalIndex
 

@@ -85,3 +85,42 @@ def renamed_function(function: Callable, old: str) -> Callable:
     wrapper.__name__ = wrapper.__qualname__ = old.rsplit(".", 1)[-1]
     wrapper.__doc__ = f"Deprecated name of `{new}` (removed in mmrerank {REMOVED_IN})."
     return wrapper
+def nest_renamed(flat: MutableMapping[str, Any], paths: dict[str, str], where: str = "") -> dict[str, Any]:
+    """Flat settings of an older release moved to their nested places: `paths` maps an old key to a dotted path
+    (`lr` -> `training.lr`); each old key found warns once (`warn_renamed`). Keys not in `paths` are kept as they
+    are; a group already given as a dict (or a dataclass, read with `asdict`) receives the moved keys.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True):
+    ...     nest_renamed({"lr": 0.1, "name": "x"}, {"lr": "training.lr"})
+    {'name': 'x', 'training': {'lr': 0.1}}
+    """
+    from dataclasses import asdict, is_dataclass
+
+    out = {k: v for k, v in flat.items() if k not in paths}
+    for key, path in paths.items():
+        if key not in flat:
+            continue
+        warn_renamed(key, path, where, stacklevel=4)
+        group, name = path.split(".", 1)
+        section = out.get(group) or {}
+        section = asdict(section) if is_dataclass(section) else dict(section)
+        section[name] = flat[key]
+        out[group] = section
+    return out
+
+
+# Fields of a saved model's config file renamed since an earlier release, by the folder's `model_type`
+# (`rerankers.folders`): old name -> new name. A folder saved before the rename still loads: `migrate_saved_config`
+# moves the field and warns (naming the file), instead of the loader failing on a key it does not know. Each rename
+# of a saved field adds its entry here in the release that makes it, and the entry goes with `REMOVED_IN`.
+SAVED_RENAMES: dict[str, dict[str, str]] = {"mmrerank-edje": {}, "mmrerank-mllm": {}, "mmrerank-clip": {}}
+
+
+def migrate_saved_config(config: MutableMapping[str, Any], model_type: str, where: str) -> dict[str, Any]:
+    """A saved model's config (`config.json` / `reranker.json` as read) with renamed fields under their new names.
+
+    Raises:
+        ValueError: an old and a new name both present (`rename_keys`).
+    """
+    return dict(rename_keys(dict(config), SAVED_RENAMES.get(model_type, {}), where))

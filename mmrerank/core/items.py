@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Qrels, Run
-from mmrerank.metrics import evaluate
 
 
 class ImageLoadError(OSError):

@@ -15,7 +15,6 @@ import math
 import os
 import pickle
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 _PLAIN_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex: raw bytes and nothing else
@@ -242,6 +241,3 @@ def safe_unpickle(path_or_bytes: str | os.PathLike | bytes | bytearray | memoryv
         return SafeUnpickler(f, encoding=encoding).load()
 
 
-def load_pickle(path: str | os.PathLike) -> Any:
-    """`safe_unpickle` of a file path."""
-    return safe_unpickle(Path(path))

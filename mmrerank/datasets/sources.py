@@ -12,7 +12,6 @@ the benchmark or the training code names the datasets.
 
 from __future__ import annotations
 
-import copy
 from abc import ABC, abstractmethod
 from dataclasses import asdict, is_dataclass
 from typing import Any
@@ -40,12 +39,6 @@ class ImageTextSource(ABC):
     @abstractmethod
     def load(self) -> ImageTextDataset:
         """The split's images, captions and judgements."""
-
-    def with_split(self, split: str) -> ImageTextSource:
-        """The same dataset, another split."""
-        other = copy.copy(self)
-        ImageTextSource.__init__(other, split)
-        return other
 
     def describe(self) -> dict[str, Any]:
         """Everything that identifies the data (reports and cache keys)."""

@@ -28,11 +28,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from mmrerank.core.io import require_path
 from mmrerank.core.items import ImageFiles, Texts
-from mmrerank.core.run import Qrels, Run
+from mmrerank.core.run import Qrels
 
 VERSIONS = (1, 2, 3)
 MAIN_MEASURE = {1: "nDCG@5", 2: "nDCG@5", 3: "nDCG@10"}
@@ -249,18 +248,3 @@ class ViDoReHub(ViDoReSource):
             return dataset_from_v1(self._table(None), self.name, self.repo_id)
         tables = {name: self._table(name) for name in TABLES}
         return dataset_from_beir(tables, self.name, self.version, self.repo_id, self.language)
-
-
-def qrels_dict(dataset: ViDoReDataset) -> dict[str, dict[str, int]]:
-    """`{query_id: {page_id: grade}}` (the form the authors' evaluators take)."""
-    q = dataset.qrels
-    out: dict[str, dict[str, int]] = {}
-    for qi, di, g in zip(q.query_index.tolist(), q.doc_index.tolist(), q.grade.tolist()):
-        out.setdefault(q.query_ids[qi], {})[q.doc_ids[di]] = g
-    return out
-
-
-def run_from_scores(dataset: ViDoReDataset, scores: torch.Tensor, depth: int) -> Run:
-    """A `[Q, depth]` run from dense `[Q, N]` scores (query rows and page columns in the dataset's order)."""
-    top = torch.sort(scores, dim=1, descending=True, stable=True)
-    return Run(top.indices[:, :depth], top.values[:, :depth], dataset.queries.ids, dataset.page_ids)

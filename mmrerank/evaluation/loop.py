@@ -17,7 +17,7 @@ from mmrerank.core.deprecation import renamed_arguments, renamed_function
 from mmrerank.core.items import RetrievalTask
 from mmrerank.core.run import PAD, Run
 from mmrerank.evaluation.report import Report
-from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.base import ListwiseReranker, Reranker
 
 DEFAULT_MEASURES = ("Success@1", "Success@5", "Success@10", "nDCG@10")
 FIRST_STAGE = "first stage"
@@ -28,11 +28,11 @@ def rerank_sharded(reranker: Reranker, run: Run, task: RetrievalTask, rerank_dep
     """`reranker.rerank` with the queries split over distributed ranks (a block of rows each), then gathered.
 
     A reranker reads query row `i` of the run as the task's query `i`, so each rank reranks the whole run with the
-    other ranks' rows emptied (all `PAD`: nothing to score there) and keeps its own rows. A reranker that
-    overrides `rerank` (whole shortlists from its own per-row data, as SuperGlobal) runs whole on every rank.
+    other ranks' rows emptied (all `PAD`: nothing to score there) and keeps its own rows. A
+    `ListwiseReranker` (whole shortlists from its own per-row data, as SuperGlobal) runs whole on every rank.
     """
     _, size = distributed.world()
-    if size == 1 or type(reranker).rerank is not Reranker.rerank:
+    if size == 1 or isinstance(reranker, ListwiseReranker):
         return reranker.rerank(run, task, rerank_depth, batch_size, progress)
     mine = distributed.block(len(run))
     others = torch.ones(len(run), 1, dtype=torch.bool, device=run.indices.device)

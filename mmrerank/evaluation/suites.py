@@ -20,8 +20,10 @@ from typing import Any
 import torch
 
 from mmrerank.core import distributed
+from mmrerank.core.device import resolve_device
 from mmrerank.core.io import require_path
 from mmrerank.core.items import ImageLoadError, RetrievalTask
+from mmrerank.core.metrics import parse_measure
 from mmrerank.core.run import PAD, Run
 from mmrerank.datasets.instance_sources import InstanceSource, SyntheticInstances
 from mmrerank.datasets.mmdocir import MMDocIRDataset, mmdocir_page_metrics
@@ -33,12 +35,11 @@ from mmrerank.datasets.vidore import ViDoReSource
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate_rows
 from mmrerank.evaluation.report import Report
 from mmrerank.evaluation.vidore_task import ViDoRePages, ViDoReTask
-from mmrerank.metrics import parse_measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.rows import RerankContext, RerankerRows
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
 from mmrerank.rerankers.superglobal.reranker import SuperGlobalRows
-from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
+from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.first_stage import FirstStage
 from mmrerank.retrieval.index import retrieve
 from mmrerank.retrieval.page_search import BM25PageSearch, DensePageSearch, EmbedderPageSearch

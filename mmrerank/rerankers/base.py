@@ -208,6 +208,29 @@ class Reranker(ABC):
         return new_scores
 
 
+
+class ListwiseReranker(Reranker):
+    """A reranker that reorders whole shortlists at once (SuperGlobal) instead of scoring pairs one by one.
+
+    It implements `rerank` itself from its own per-row data; there is no pair score, so `score` (and with it
+    `rank`) raises. The evaluation loop runs such a reranker whole on every distributed rank rather than splitting
+    its queries (`evaluation.loop.rerank_sharded`), as one query's new order may depend on the other rows it holds.
+    """
+
+    def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
+        raise TypeError(f"{type(self).__name__} reorders whole shortlists; it scores no pairs: call `rerank` "
+                        "with a Run")
+
+    @abstractmethod
+    def rerank(self, run: Run, task: RetrievalTask, rerank_depth: int, batch_size: int = 256, progress: bool = True,
+               nonfinite: str = "error") -> Run:
+        """The run with each query's top `rerank_depth` reordered, the rest in first-stage order below (`[Q, K]`).
+
+        `batch_size` and `nonfinite` are accepted for `Reranker.rerank`'s signature; a listwise reranker gives
+        ranks, not pair scores, so it has no non-finite score to handle.
+        """
+
+
 def _nonfinite_message(run: Run, head: Tensor, scores: Tensor, bad: Tensor) -> str:
     """Names the first few (query id, candidate id, score) with a non-finite reranker score."""
     rows, cols = bad.nonzero(as_tuple=True)

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from mmrerank.core.device import resolve_device
 from mmrerank.rerankers.base import Reranker
-from mmrerank.retrieval.clip import CLIPEncoder, resolve_device
+from mmrerank.retrieval.clip import CLIPEncoder
 
 
 class DualEncoderReranker(Reranker):

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from mmrerank.core import distributed
+from mmrerank.core.deprecation import migrate_saved_config
 from mmrerank.core.items import Items
 from mmrerank.retrieval.words import WordTokenizer
 
@@ -46,12 +47,6 @@ def mixed_precision(device: torch.device) -> str:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "bf16-mixed" if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
         else "32-true"
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class CLIPEncoder(nn.Module):
@@ -150,7 +145,8 @@ class CLIPEncoder(nn.Module):
         if path.is_dir():
             import json
 
-            config = json.loads((path / "config.json").read_text())
+            config = migrate_saved_config(json.loads((path / "config.json").read_text()), "mmrerank-clip",
+                                          str(path / "config.json"))
             encoder = cls(config["model_name"])
             if config.get("words", None) != getattr(encoder.tokenizer, "words", None):
                 raise ValueError(f"{path} was trained with a different word vocabulary than {encoder.model_name!r} "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import lightning as L
 
+from mmrerank.core.device import resolve_device
 from mmrerank.core.io import (
     CHECKSUMS,
     atomic_folder,
@@ -26,7 +27,7 @@ from mmrerank.core.io import (
 )
 from mmrerank.core.progress import ProgressLines, on_terminal
 from mmrerank.datasets.synthetic import SyntheticConfig
-from mmrerank.retrieval.clip import CLIPEncoder, mixed_precision, resolve_device
+from mmrerank.retrieval.clip import CLIPEncoder, mixed_precision
 
 
 @dataclass

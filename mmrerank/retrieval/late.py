@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mmrerank.core.device import resolve_device
 from mmrerank.core.io import atomic_folder
 from mmrerank.core.run import PAD, Run
-from mmrerank.retrieval.clip import resolve_device
 from mmrerank.retrieval.pooling import pool_documents
 
 FORMAT = "mmrerank.LateInteractionIndex/1"

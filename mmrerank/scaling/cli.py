@@ -64,12 +64,14 @@ def run_sweep_command(args: argparse.Namespace) -> None:
             print(line)
         return
     if args.workers != 1 and args.point is None:
-        from mmrerank.scaling.grid import run_workers
+        from mmrerank.scaling.runner import run_workers
 
         ran = run_workers(args.config, config, args.workers, args.results)
         print(f"Trained {len(ran)} grid point(s).")
         return
-    ran = run_sweep(config, args.results, only=args.point)
+    from mmrerank.scaling.runner import trainer_for
+
+    ran = run_sweep(config, args.results, trainer_for(config.trainer), only=args.point)
     print(f"Trained {len(ran)} grid point(s): {', '.join(ran) or 'none left'}.")
 
 

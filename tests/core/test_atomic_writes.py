@@ -17,7 +17,7 @@ from mmrerank.core.io import atomic_folder, atomic_path, atomic_write_json, atom
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
 from mmrerank.rerankers.mllm import MLLMReranker
 from mmrerank.rerankers.mllm import tiny as tiny_module
-from mmrerank.rerankers.mllm.module import MLLMRerankerModule
+from mmrerank.rerankers.mllm.module import MLLMRerankerModule, MLLMSettings, TinyVLM
 from mmrerank.rerankers.mllm.tiny import TINY_MARKER, build_tiny_vlm, ensure_tiny_vlm
 
 
@@ -210,7 +210,8 @@ def _half_built(tiny: Path, where: Path) -> Path:
 
 def test_a_half_built_tiny_folder_is_rebuilt(tiny, tmp_path):
     folder = _half_built(tiny, tmp_path / "tiny")
-    module = MLLMRerankerModule(str(folder), build_tiny=True)  # the old code took the folder as built, then failed
+    # the old code took the folder as built, then failed
+    module = MLLMRerankerModule(str(folder), tiny=TinyVLM(build=True))
     assert (folder / TINY_MARKER).is_file()
     fresh = MLLMReranker(tiny, device="cpu")
     torch.testing.assert_close(module.reranker.score(QUERIES, _images()), fresh.score(QUERIES, _images()))
@@ -245,7 +246,7 @@ def test_interrupted_tiny_rebuild_keeps_the_old_folder(tiny, tmp_path, monkeypat
 
 
 def test_interrupted_save_pretrained_keeps_the_previous_save(tiny, tmp_path, monkeypatch):
-    module = MLLMRerankerModule(str(tiny), head="mlp")
+    module = MLLMRerankerModule(str(tiny), MLLMSettings(head="mlp"))
     saved = module.save_pretrained(tmp_path / "saved")
     expected = MLLMReranker.from_pretrained(saved, device="cpu").score(QUERIES, _images())
     before = _digests(saved)

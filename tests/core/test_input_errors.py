@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Qrels, Run
 from mmrerank.datasets.loaders import load_captions_table, load_hub_coco, load_karpathy_json
 from mmrerank.datasets.synthetic import SyntheticConfig, load_synthetic
-from mmrerank.metrics import evaluate
 from mmrerank.retrieval.index import RetrievalIndex
 from mmrerank.scaling.grid import SweepConfig, load_sweep_config
 

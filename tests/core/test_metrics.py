@@ -1,4 +1,4 @@
-"""Tests for `mmrerank.metrics`: against ir-measures on tie-free random runs, and against naive per-query loops
+"""Tests for `mmrerank.core.metrics`: against ir-measures on tie-free random runs, and against naive per-query loops
 (the reference for tied scores, where trec_eval breaks ties by doc id and we by column)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
+from mmrerank.core.metrics import evaluate, parse_measure, per_query
 from mmrerank.core.run import PAD, Qrels, Run
-from mmrerank.metrics import evaluate, parse_measure, per_query
 
 SHARED = ["nDCG@1", "nDCG@5", "nDCG@10", "nDCG@50", "nDCG", "R@1", "R@5", "R@50", "Success@1", "Success@5",
           "Success@50", "RR@3", "RR@50", "RR", "AP@5", "AP@50", "AP", "P@1", "P@5", "P@50"]

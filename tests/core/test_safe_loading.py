@@ -16,7 +16,13 @@ from PIL import Image
 
 from mmrerank.datasets.revisited import load_revisited
 from mmrerank.rerankers.mllm import MLLMReranker, build_tiny_vlm
-from mmrerank.rerankers.mllm.module import MLLMRerankerModule, collate_groups, load_reranker_checkpoint
+from mmrerank.rerankers.mllm.module import (
+    MLLMRerankerModule,
+    MLLMSettings,
+    MLLMTraining,
+    collate_groups,
+    load_reranker_checkpoint,
+)
 from mmrerank.retrieval.clip import load_state_dict
 from mmrerank.retrieval.negatives import HardNegatives
 
@@ -132,8 +138,8 @@ def test_mllm_checkpoint_round_trip(tiny_folder, tmp_path):
     images = [Image.new("RGB", (60, 60), (40 * i, 90, 200 - 40 * i)) for i in range(4)]
     groups = [("red cat", images[:2]), ("blue dog", images[2:])]
     torch.manual_seed(0)
-    module = MLLMRerankerModule(str(tiny_folder), loss="contrastive", head="mlp", schedule="cosine", warmup_steps=1,
-                                lr=1e-2)
+    module = MLLMRerankerModule(str(tiny_folder), MLLMSettings(head="mlp"), [("contrastive", 1.0)],
+                                MLLMTraining(schedule="cosine", warmup_steps=1, lr=1e-2))
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False, default_root_dir=tmp_path,
                         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last", every_n_train_steps=1)])

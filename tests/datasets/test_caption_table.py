@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mmrerank.datasets import CaptionTable
+from tests.helpers.sources import other_split
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +47,7 @@ def test_imagefolder_ids_are_file_names_and_a_caption_a_string(tmp_path):
         ("query-0", "a cat on a mat"), ("query-1", "a dog"), ("query-2", "two dots")]
     # one split, the one asked for at construction: another is refused, naming it and the fix
     with pytest.raises(ValueError, match=r"has one split, 'test'.*no split 'train'.*its own table"):
-        CaptionTable(str(folder), split="test").with_split("train").load()
+        other_split(CaptionTable(str(folder), split="test"), "train").load()
 
 
 def test_parquet_columns_caption_lists_and_split_column(tmp_path):
@@ -59,7 +60,7 @@ def test_parquet_columns_caption_lists_and_split_column(tmp_path):
     source = CaptionTable(str(tmp_path / "all.parquet"), split="train", image_column="file", caption_column="alt")
     train = source.load()
     assert train.images.ids == ["p0", "p1"] and train.captions.texts == ["zero", "one", "uno"]
-    assert source.with_split("val").load().images.ids == ["p2"]  # 'val' finds 'validation'
+    assert other_split(source, "val").load().images.ids == ["p2"]  # 'val' finds 'validation'
     keyed = CaptionTable(str(tmp_path / "all.parquet"), split="test", image_column="file", caption_column="alt",
                          id_column="key").load()
     assert keyed.images.ids == ["k3"] and keyed.captions.ids == ["k3#0"]

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from mmrerank.core.items import ImageLoadError
-from mmrerank.core.pickles import load_pickle, safe_unpickle
+from mmrerank.core.pickles import safe_unpickle
 from mmrerank.core.run import PAD, Run
 from mmrerank.datasets.revisited import (
     load_revisited,
@@ -355,7 +355,7 @@ def test_accepts_arrays_pickled_by_numpy_1(tmp_path):
     assert b"cnumpy.core.multiarray\n_reconstruct\n" in data
     path = tmp_path / "old.pkl"
     path.write_bytes(data)
-    assert load_pickle(path).tolist() == [1.5, 2.5]
+    assert safe_unpickle(path).tolist() == [1.5, 2.5]
 
 
 def test_safe_unpickle_missing_file(tmp_path):

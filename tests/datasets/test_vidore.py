@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Qrels, Run
-from mmrerank.datasets.vidore import ViDoReFiles, qrels_dict
+from mmrerank.datasets.vidore import ViDoReFiles
 from mmrerank.evaluation.vidore_task import ViDoReTask
-from mmrerank.metrics import evaluate
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "vidore"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -34,7 +34,7 @@ def test_v1_loader_builds_the_qrels_vidore_benchmark_builds():
     assert data.queries.texts == case["queries"]  # deduplicated in first-seen order, the query-less row dropped
     assert sorted(data.page_ids) == sorted({f for r in case["results"].values() for f in r})  # pages by filename
     by_text = dict(zip(data.queries.ids, data.queries.texts))
-    assert {by_text[q]: docs for q, docs in qrels_dict(data).items()} == case["qrels"]
+    assert {by_text[q]: docs for q, docs in data.qrels.to_dict().items()} == case["qrels"]
     assert data.main_measure == "nDCG@5"
     assert data.images[0].size == (4, 4)
 
@@ -74,7 +74,7 @@ def test_beir_layout_with_languages(tmp_path, version, sep):
                              "score": [1, 2, 1, 2]}), tmp_path / "qrels" / "test-0.parquet")
     data = ViDoReFiles(str(tmp_path), version=version, language="english").load()
     assert data.queries.ids == ["1", "3"] and data.languages == ["english", "english"]
-    assert qrels_dict(data) == {"1": {"10": 1}, "3": {"10": 1, "11": 2}}
+    assert data.qrels.to_dict() == {"1": {"10": 1}, "3": {"10": 1, "11": 2}}
     assert data.page_text.texts == ["x", ""]
     assert data.main_measure == ("nDCG@5" if version == 2 else "nDCG@10")
     with pytest.raises(ValueError, match="no query in language 'german'"):
@@ -106,5 +106,5 @@ def test_hub_source_reads_what_load_dataset_returns(monkeypatch):
     hub = ViDoReHub("vidore/tiny", version=1, revision="abc").load()
     files = ViDoReFiles(str(FIXTURES / "v1.parquet"), version=1).load()
     assert hub.queries == files.queries and hub.page_ids == files.page_ids
-    assert qrels_dict(hub) == qrels_dict(files)
+    assert hub.qrels.to_dict() == files.qrels.to_dict()
     assert hub.images[2].tobytes() == files.images[2].tobytes()

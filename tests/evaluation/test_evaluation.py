@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from mmrerank.core.items import RetrievalTask, Texts
+from mmrerank.core.metrics import evaluate as measure
 from mmrerank.core.run import PAD
 from mmrerank.evaluation import FIRST_STAGE, Report, evaluate_rows
-from mmrerank.metrics import evaluate as measure
 from mmrerank.rerankers.base import Reranker
 from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.index import retrieve

@@ -11,13 +11,13 @@ import yaml
 
 from mmrerank import benchmark as benchmark_module
 from mmrerank.benchmark import benchmark
-from mmrerank.cli import benchmark_parser
 from mmrerank.datasets import SyntheticPages
 from mmrerank.evaluation.report import Paper, Report
 from mmrerank.evaluation.suites import ImageText, Pages
 from mmrerank.rerankers.presets import PresetRows
 from mmrerank.rerankers.rows import RerankerRows
 from mmrerank.retrieval.first_stage import FirstStage
+from tests.helpers.parsers import benchmark_parser
 
 BLIP_ROW = "Salesforce/blip-itm-base-coco (LAVIS ITM + ITC)"
 

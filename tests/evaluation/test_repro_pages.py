@@ -12,7 +12,6 @@ import yaml
 pytest.importorskip("bm25s")
 
 from mmrerank.benchmark import benchmark  # noqa: E402
-from mmrerank.cli import benchmark_parser  # noqa: E402
 from mmrerank.datasets import SyntheticPages  # noqa: E402
 from mmrerank.datasets.synthetic.pages import PagesConfig  # noqa: E402
 from mmrerank.evaluation import Report, evaluate_rows  # noqa: E402
@@ -24,6 +23,7 @@ from mmrerank.rerankers.mllm.tiny_presets import build_tiny_jina, build_tiny_qwe
 from mmrerank.rerankers.presets import load_reranker  # noqa: E402
 from mmrerank.retrieval.first_stage import FirstStage  # noqa: E402
 from mmrerank.retrieval.pages import bm25_page_scores  # noqa: E402
+from tests.helpers.parsers import benchmark_parser  # noqa: E402
 
 REPRO = Path(__file__).resolve().parents[2] / "configs" / "repro"
 TINY = PagesConfig(seed=6, documents=3, pages=(4, 6), questions=2)

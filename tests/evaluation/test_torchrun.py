@@ -73,7 +73,7 @@ def commands(synthetic, model: Path, root: Path) -> list[list[str]]:
                  f"--first_stage.save_to={root / 'fs'}", "--first_stage.train_steps=2",
                  "--first_stage.batch_size=8", "--image_text.depth=20", "--image_text.rerank_depth=5",
                  "--image_text.rerankers+=EDJERows", f"--image_text.rerankers.model={model}",
-                 "--image_text.rerankers.alpha=1.0", f"--image_text.rerankers.store={root / 'bench-store'}",
+                 "--image_text.rerankers.alpha=[1.0]", f"--image_text.rerankers.store={root / 'bench-store'}",
                  f"--image_text.rerankers.shard_size={SHARD}", f"--output_dir={root / 'report'}", "--progress=false"]
     return [precompute, benchmark]
 

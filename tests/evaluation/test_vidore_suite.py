@@ -7,7 +7,6 @@ import torch
 
 from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
 from mmrerank.datasets.synthetic.vidore import SyntheticViDoRe
-from mmrerank.datasets.vidore import qrels_dict
 from mmrerank.evaluation.report import Report
 from mmrerank.evaluation.suites import ViDoRe
 from mmrerank.evaluation.vidore_task import ViDoReTask
@@ -32,7 +31,7 @@ def test_synthetic_vidore_keeps_the_pages_gold(cache):
         doc = json.loads(line)
         for q in doc["questions"]:
             gold[str(len(gold))] = {str(doc["page_indices"][0] + q["page_id"][0]): 1}
-    assert qrels_dict(data) == gold
+    assert data.qrels.to_dict() == gold
     assert data.version == 3 and data.main_measure == "nDCG@10" and data.languages[0] == "english"
     assert len(data.page_ids) == len(data.page_text) and data.images[0].size == (256, 320)
 
@@ -68,8 +67,8 @@ def test_tiny_colbert_trains_once_and_reloads(cache):
 
 
 def test_vidore_suite_rows(cache):
-    suite = ViDoRe(dataset=SyntheticViDoRe(seed=3, documents=3), first_stages=["BM25", "tiny ColBERT"], tiny_colbert=TINY,
-                   depth=10, rerank_depth=3)
+    suite = ViDoRe(dataset=SyntheticViDoRe(seed=3, documents=3), first_stages=["BM25", "tiny ColBERT"],
+                   tiny_colbert=TINY, depth=10, rerank_depth=3)
     report = Report("t")
     suite.run(report, device="cpu", progress=False)
     assert set(report.rows) == {"BM25", "tiny ColBERT"}

@@ -66,7 +66,8 @@ class FakeCLI:
 
     def __init__(self, args: list[str], announce_saved: bool = True) -> None:
         type(self).calls += 1
-        (export,) = [a.split("=", 1)[1] for a in args if a.startswith("--model.init_args.export_dir=")]
+        flags = ("--model.init_args.export_dir=", "--model.init_args.training.export_dir=")
+        (export,) = [a.split("=", 1)[1] for a in args if a.startswith(flags)]
         Path(export).mkdir(parents=True)
         import torch
 

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from mmrerank.core.items import RetrievalTask, Texts
+from mmrerank.core.metrics import evaluate
 from mmrerank.core.run import Qrels, Run
-from mmrerank.metrics import evaluate
 from mmrerank.rerankers.base import Reranker
 
 N_QUERIES, N_DOCS, DEPTH = 32, 48, 10

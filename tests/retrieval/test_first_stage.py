@@ -11,6 +11,7 @@ from mmrerank.datasets import COCO, CaptionTable, Flickr30k, ImageTextSource, Ka
 from mmrerank.datasets.synthetic import SyntheticConfig
 from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.first_stage import FirstStage
+from tests.helpers.sources import other_split
 
 
 def test_default_folder_is_under_the_cache_and_keyed_by_the_training(tmp_path, monkeypatch):
@@ -68,7 +69,7 @@ def test_sources_resolve_by_short_class_path_and_describe_themselves():
         assert type(source) is cls and source.split == "val"
         described = source.describe()
         assert described["class"] == name and described["split"] == "val" and described["name"] == source.name
-    other = Synthetic("test", SyntheticConfig(seed=1)).with_split("train")
+    other = other_split(Synthetic("test", SyntheticConfig(seed=1)), "train")
     assert other.split == "train" and other.synthetic.seed == 1
     assert Flickr30k().revision == "refs/convert/parquet"
 

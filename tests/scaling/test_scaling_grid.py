@@ -17,7 +17,6 @@ from mmrerank.scaling.grid import (
     finished_points,
     grid_points,
     load_sweep_config,
-    resolve_trainer,
     run_sweep,
 )
 from mmrerank.scaling.results import Evaluation, append_evaluation, metric_kind, read_evaluations
@@ -145,7 +144,10 @@ def test_example_sweep_configs_parse(name):
     config = load_sweep_config(CONFIGS / name)
     assert len(config.sizes) >= 5 and config.losses == ["pointwise", "pairwise", "listwise"]
     assert len({p.key for p in grid_points(config)}) == len(grid_points(config))
-    assert resolve_trainer(config.trainer).__name__ == "train_point"
+    from mmrerank.rerankers.edje.sweep import train_point
+    from mmrerank.scaling.runner import trainer_for
+
+    assert trainer_for(config.trainer) is train_point
     for point in grid_points(config):
         SweepArgs.from_point(point)  # every trainer argument is known
         joint_config(point.size.dims)
@@ -253,7 +255,7 @@ class SlowFirstFailing(FakeProcess):
 
 @pytest.mark.parametrize("resumed", [False, True])
 def test_only_a_new_sweep_runs_its_first_point_alone(tmp_path, monkeypatch, resumed):
-    from mmrerank.scaling import grid
+    from mmrerank.scaling import runner as grid  # the workers moved to the application layer
 
     FakeProcess.running, FakeProcess.peaks = [], {}
     monkeypatch.setattr(grid.subprocess, "Popen", FakeProcess)
@@ -268,7 +270,7 @@ def test_only_a_new_sweep_runs_its_first_point_alone(tmp_path, monkeypatch, resu
 
 
 def test_workers_name_failed_points_in_grid_order_however_they_end(tmp_path, monkeypatch):
-    from mmrerank.scaling import grid
+    from mmrerank.scaling import runner as grid  # the workers moved to the application layer
 
     FakeProcess.running, FakeProcess.peaks = [], {}
     monkeypatch.setattr(grid.subprocess, "Popen", SlowFirstFailing)

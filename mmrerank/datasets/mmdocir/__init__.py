@@ -18,7 +18,7 @@ The evaluation set has 313 documents, 1,658 questions, 2,107 gold page labels an
 
 Each question is ranked only against the pages of its own document. `MMDocIRDataset` keeps every page of every
 document in one corpus (page ids `f"{doc_name}#{page}"`), gives each question its document's rows as candidates,
-and builds a `Run` whose row q holds exactly q's document's pages, so the generic metrics in `mmrerank.metrics`
+and builds a `Run` whose row q holds exactly q's document's pages, so the generic metrics in `mmrerank.core.metrics`
 apply; `mmdocir_page_metrics` and `mmdocir_layout_recall` (in `metrics`) compute the benchmark's own numbers as its
 official evaluation code does.
 

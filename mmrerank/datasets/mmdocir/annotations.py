@@ -99,14 +99,6 @@ class MMDocIRAnnotations:
         """The distinct domains, in order of first appearance."""
         return list(dict.fromkeys(d.domain for d in self.documents))
 
-    @property
-    def num_gold_pages(self) -> int:
-        return sum(len(q.gold_pages) for q in self.questions)
-
-    @property
-    def num_gold_layouts(self) -> int:
-        return sum(len(q.gold_layouts) for q in self.questions)
-
     def domain_of(self, question_index: int) -> str:
         return self.documents[self.questions[question_index].doc_index].domain
 

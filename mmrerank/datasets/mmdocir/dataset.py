@@ -65,9 +65,6 @@ class MMDocIRDataset:
         d = self.annotations.questions[question_index].doc_index
         return range(int(self.doc_offsets[d]), int(self.doc_offsets[d + 1]))
 
-    def candidate_ids(self, question_index: int) -> list[str]:
-        return [self.page_ids[i] for i in self.candidates(question_index)]
-
     def domain(self, question_index: int) -> str:
         return self.annotations.domain_of(question_index)
 

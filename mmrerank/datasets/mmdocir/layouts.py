@@ -81,9 +81,6 @@ class MMDocIRLayouts:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def of_document(self, doc_index: int) -> range:
-        return range(int(self.doc_offsets[doc_index]), int(self.doc_offsets[doc_index + 1]))
-
     def box(self, row: int) -> LayoutBox:
         return LayoutBox(int(self.page[row]), tuple(self.bbox[row].tolist()))  # type: ignore[arg-type]
 

@@ -7,7 +7,7 @@ ranks only its own document's pages (or layouts), and the numbers are reported p
 the domain means) and `micro` (the mean over questions).
 
 These functions take per-question records (plain dicts, lists of floats) rather than a `Run`, because the
-benchmark's definitions differ from the trec_eval ones of `mmrerank.metrics` in three places:
+benchmark's definitions differ from the trec_eval ones of `mmrerank.core.metrics` in three places:
 
 - precision@k divides by the number of pages ranked, min(k, pages of the document), not by k;
 - MAP@k divides by the gold pages retrieved in the top k, not by all gold pages;

@@ -26,7 +26,7 @@ Scores (`revisited_map`), in percent, as follows:
   left out (NaN per query). In ROxford5k and RParis6k every query has positives under medium and hard, but under
   easy some may have none, so the easy means can be over fewer than 70 queries (`num_queries` says how many).
 
-`revisited_qrels` gives the positives as `Qrels` for the generic metrics of `mmrerank.metrics`, which have no
+`revisited_qrels` gives the positives as `Qrels` for the generic metrics of `mmrerank.core.metrics`, which have no
 notion of an ignored image: there junk counts as non-relevant, so those numbers are not the benchmark's. Report
 `revisited_map`.
 """

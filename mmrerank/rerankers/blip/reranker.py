@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from mmrerank.core.device import resolve_device
 from mmrerank.core.items import RetrievalTask
 from mmrerank.rerankers.base import Reranker
 
@@ -68,12 +69,6 @@ def pre_caption(caption: str, max_words: int = LAVIS_MAX_WORDS) -> str:
     caption = re.sub(r"\s{2,}", " ", caption).rstrip("\n").strip(" ")
     words = caption.split(" ")
     return " ".join(words[:max_words]) if len(words) > max_words else caption
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def split_pairs(queries: Sequence[Any], candidates: Sequence[Any]) -> tuple[list[str], list[Image.Image]]:

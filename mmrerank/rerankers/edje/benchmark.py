@@ -60,8 +60,9 @@ class EDJERows(RerankerRows):
 
     def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
         model = "--model.init_args."
-        return [f"{model}export_dir={export_dir}", f"{model}vision_checkpoint={first_stage}",
-                f"{model}text_checkpoint={first_stage}", f"--data.init_args.first_stage.checkpoint={first_stage}"]
+        return [f"{model}training.export_dir={export_dir}",
+                f"{model}config.vision_checkpoint={first_stage}", f"{model}config.text_checkpoint={first_stage}",
+                f"--data.init_args.first_stage.checkpoint={first_stage}"]
 
     def use_trained(self, export_dir: str) -> None:
         self.model, self._built = export_dir, None

@@ -66,10 +66,6 @@ class RerankGroups(Dataset):
         self._caption_start = torch.searchsorted(dataset.caption_image[order], torch.arange(len(dataset.images) + 1))
         self._captions_by_image = order
 
-    def set_epoch(self, epoch: int) -> None:
-        """The sampling stream's epoch when there is no clock."""
-        self._epoch = epoch
-
     def use_hard(self, active: bool | None) -> None:
         """Force the hard negatives on or off (off: all n negatives are random); None: follow the clock."""
         self._hard = active
@@ -195,7 +191,7 @@ class EDJEDataModule(L.LightningDataModule):
         self.negatives: dict[str, object] = {}  # split -> HardNegatives
 
     def _groups(self, config) -> RerankGroups:
-        from mmrerank.retrieval.clip import resolve_device
+        from mmrerank.core.device import resolve_device
         from mmrerank.retrieval.negatives import cached_hard_negatives
 
         data = config.load()

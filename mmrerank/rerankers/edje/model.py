@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoTokenizer, BertConfig, PreTrainedTokenizerFast
 
+from mmrerank.core.deprecation import migrate_saved_config
 from mmrerank.core.io import atomic_folder, atomic_write_json
 from mmrerank.rerankers import folders
 from mmrerank.rerankers.edje.adapter import OfficialCompressionAdapter, TokenCompressionAdapter
@@ -50,7 +51,8 @@ class EDJEConfig:
         vision: the frozen vision source (`VisionTokenSource` name, e.g. `first_stage:mmrerank-tiny-resnet` or
             `hf:google/siglip2-large-patch16-384`).
         vision_checkpoint, vision_pretrained, feature_index, image_size: passed to `VisionTokenSource`.
-        patch_dim, num_patches: D and P of the vision source's tokens.
+        patch_dim, num_patches: D and P of the vision source's tokens (None in a training config: `EDJEModule`
+            reads them off the vision source in `setup`; a built `EDJE` needs both).
         num_image_tokens: m, stored tokens per image; None = no compression (all P patches, projected).
         adapter_heads, adapter_mlp_ratio: the adapter's attention heads and MLP width multiple.
         adapter: the adapter's layout: `mmrerank` (`TokenCompressionAdapter`) or `official` (the authors',
@@ -69,9 +71,9 @@ class EDJEConfig:
             `open_clip` (the released checkpoint's, as its authors' datasets clean every caption).
     """
 
-    vision: str
-    patch_dim: int
-    num_patches: int
+    vision: str = "first_stage:mmrerank-tiny-resnet"
+    patch_dim: int | None = None
+    num_patches: int | None = None
     num_image_tokens: int | None = 64
     vision_checkpoint: str | None = None
     vision_pretrained: str | bool | None = None
@@ -136,6 +138,9 @@ class EDJE(nn.Module):
 
     def __init__(self, config: EDJEConfig, tokenizer: PreTrainedTokenizerFast, load_text_weights: bool = True):
         super().__init__()
+        if config.patch_dim is None or config.num_patches is None:
+            raise ValueError("EDJEConfig.patch_dim and num_patches must be set to build an EDJE (EDJEModule fills them "
+                             "from the vision source)")
         self.config, self.tokenizer = config, tokenizer
         joint = dict(config.joint)
         # A saved pretrained encoder records its (possibly longer) position table; rebuild it at that size.
@@ -254,6 +259,7 @@ class EDJE(nn.Module):
         if kind.model_type != folders.EDJE:
             raise ValueError(f"{folder} is not an EDJE folder: it is {kind.description}; {kind.loader_hint()}")
         values = {k: v for k, v in kind.config.items() if k not in ("model_type", "mmrerank_version")}
+        values = migrate_saved_config(values, folders.EDJE, str(folder / "config.json"))
         unknown = sorted(set(values) - {f.name for f in fields(EDJEConfig)})
         if unknown:
             raise ValueError(f"{folder}/config.json has keys {unknown} that this mmrerank's EDJEConfig does not know "

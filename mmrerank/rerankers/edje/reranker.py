@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from mmrerank.core import distributed
 from mmrerank.core.deprecation import renamed_arguments
+from mmrerank.core.device import resolve_device
 from mmrerank.core.items import Items, RetrievalTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.edje.model import EDJE
 from mmrerank.rerankers.edje.provenance import images_digest, state_digest
 from mmrerank.rerankers.edje.store import TokenStore, TokenStoreError, TokenStoreLockedError, canonical_dtype
 from mmrerank.rerankers.edje.writer import TokenStoreWriter, write_token_store
-from mmrerank.retrieval.clip import resolve_device
 
 
 @renamed_arguments(dtype="store_dtype")

@@ -215,10 +215,6 @@ class TokenStore:
         self.tensor = torch.from_numpy(self.array).view(self.dtype)  # zero-copy: shares the map's memory
 
     @property
-    def num_tokens(self) -> int:
-        return self.shape[1]
-
-    @property
     def dim(self) -> int:
         return self.shape[2]
 

@@ -50,7 +50,8 @@ class SweepArgs:
         synthetic: `SyntheticConfig` arguments of the benchmark (default: the built-in one).
         first_stage: `FirstStage` arguments of the retriever that gives the candidates and hard negatives
             (its checkpoint is also the default frozen vision source's weights).
-        module: further `EDJEModule` arguments shared by every size (vision source, m, text length, ...).
+        module: `EDJEModule` settings shared by every size: `{config: {...}, training: {...}}` (vision source, m,
+            text length, ...; see `point_module_args`).
     """
 
     candidates: int = 16
@@ -238,6 +239,25 @@ class EvaluateAt(L.Callback):
                          params=non_embedding_params(module.model), final=not self.pending)
 
 
+def point_module_args(point: GridPoint, args: SweepArgs, weights: str) -> tuple:
+    """`EDJEModule`'s (config, loss_functions, training) for a grid point: the sweep's shared `module` settings
+    (`{config: {...}, training: {...}, loss_functions: [...]}`; 0.1's flat keys migrate with a FutureWarning), the
+    size's joint encoder and lr, the point's ranking loss (the extra losses kept), nothing exported. `weights`: the
+    first stage's folder, which the frozen vision and text sides read unless the settings name others."""
+    from mmrerank.rerankers.edje.model import EDJEConfig
+    from mmrerank.rerankers.edje.module import ITM_LOSSES, EDJETraining, migrate_flat_args
+
+    shared = migrate_flat_args(dict(args.module), "the sweep's trainer_args.module")
+    config = {"vision_checkpoint": weights, **shared.get("config", {})}
+    if str(config.get("text", "words")).startswith("first_stage:"):
+        config.setdefault("text_checkpoint", weights)
+    config["joint"] = joint_config(point.size.dims)
+    extra = [(n, w) for n, w in shared.get("loss_functions", []) if n not in ITM_LOSSES]
+    training = {**shared.get("training", {}), "lr": float(point.size.dims.get("lr", args.lr)),
+                "warmup_steps": args.warmup_steps, "export_dir": None}
+    return EDJEConfig(**config), [(point.loss, 1.0), *extra], EDJETraining(**training)
+
+
 def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     """Train and evaluate one grid point (see the module docstring); the sweep runner's trainer."""
     from mmrerank.rerankers.edje.data import EDJEDataModule
@@ -251,14 +271,8 @@ def train_point(point: GridPoint, on_eval: EvalRecorder) -> None:
     data = EDJEDataModule(train=args.dataset("train"), val=args.dataset(args.eval_split), first_stage=retriever,
                           n=args.negatives, hard=args.hard, batch_size=args.batch_size, seed=point.seed,
                           curriculum_steps=args.curriculum_steps, twins=args.twins)
-    weights = str(retriever.folder())  # the first stage's own weights: the frozen vision and text sides read them
-    sides = {"vision_checkpoint": weights}
-    if str(args.module.get("text", "words")).startswith("first_stage:"):
-        sides["text_checkpoint"] = weights
-    settings = {**sides, **args.module, "joint": joint_config(point.size.dims),
-                "loss": point.loss, "lr": float(point.size.dims.get("lr", args.lr)),
-                "warmup_steps": args.warmup_steps, "export_dir": None}
-    module = EDJEModule(**settings)  # its setup reads the patch tokens from the on-disk cache after the first point
+    module = EDJEModule(*point_module_args(point, args, str(retriever.folder())))
+    # its setup reads the patch tokens from the on-disk cache after the first point
     evaluate = EvaluateAt(point, on_eval, task, args.batch_size, args.alpha)
     trainer = L.Trainer(max_steps=steps, accelerator="auto", devices=1, precision=args.precision, deterministic=True,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,

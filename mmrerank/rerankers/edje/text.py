@@ -44,7 +44,7 @@ class FirstStageText(nn.Module):
         checkpoint: first-stage weights (`CLIPEncoder.save_weights` or a Lightning checkpoint); None keeps the init
             (when the weights come from a saved EDJE folder instead).
         pretrained: an open_clip pretrained tag, as for `CLIPEncoder`.
-        trainable: fine-tune the tower (at the learning rate `EDJEModule.text_lr_scale` sets); False freezes it.
+        trainable: fine-tune the tower (at the learning rate `EDJETraining.text_lr_scale` sets); False freezes it.
     """
 
     def __init__(self, model_name: str, width: int, checkpoint: str | None = None, pretrained: str | None = None,

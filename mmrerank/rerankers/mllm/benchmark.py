@@ -64,7 +64,7 @@ class MLLMRows(RerankerRows):
     def fit_args(self, export_dir: str, first_stage: str) -> list[str]:
         """The model is saved to `export_dir`, its tiny base built beside it (its tokenizer may be trained on the
         recipe's documents, so a base is not shared between recipes)."""
-        return [f"--model.init_args.export_dir={export_dir}",
+        return [f"--model.init_args.training.export_dir={export_dir}",
                 f"--model.init_args.model_name_or_path={Path(export_dir).parent / 'base'}"]
 
     def use_trained(self, export_dir: str) -> None:
@@ -92,10 +92,10 @@ class MLLMRows(RerankerRows):
         return self._reranker
 
     def _build(self, device: str):
+        from mmrerank.core.device import resolve_device
         from mmrerank.rerankers.mllm import MLLMReranker
         from mmrerank.rerankers.mllm.module import load_reranker_checkpoint
         from mmrerank.rerankers.mllm.tiny import ensure_tiny_vlm
-        from mmrerank.retrieval.clip import resolve_device
 
         if self.model and Path(self.model).is_dir():
             return MLLMReranker.from_pretrained(self.model, device=device, batch_size=self.batch_size)

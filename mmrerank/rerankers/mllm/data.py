@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from mmrerank.core.deprecation import nest_renamed
 from mmrerank.core.io import atomic_write_json, cache_root, key_digest
 from mmrerank.core.validation import batches_per_epoch, fit_val_check_interval
 from mmrerank.datasets.imagetext import ImageTextDataset
@@ -140,6 +141,9 @@ class ImageGroups(Dataset):
         return self.data.captions[caption], [self._image(r) for r in rows]
 
 
+DEFAULT_CAPTIONS = {"train": 4000, "val": 400}  # queries per split of `ImageGroupsDataModule`
+
+
 class ImageGroupsDataModule(GroupsDataModule):
     """Groups of (caption, its image + first-stage hard negatives) from an image-text dataset: the built-in synthetic
     benchmark, or any `ImageTextSource` given as `train` / `val` (COCO, Flickr30k, Karpathy, a `CaptionTable`).
@@ -154,27 +158,36 @@ class ImageGroupsDataModule(GroupsDataModule):
             when its checkpoint does not exist, as in `mmrerank benchmark`).
         negatives: hard negatives per caption.
         depth: first-stage candidates the negatives come from.
-        train_captions, val_captions: captions drawn (seeded) from each split's captions as queries.
+        captions: split -> captions drawn (seeded) from its captions as queries (`train`, `val`; a split not named
+            keeps its default, `DEFAULT_CAPTIONS`).
         image_size: see `ImageGroups`.
         batch_size: groups per batch.
         seed: seeds the choice of captions.
         cache_dir: where the mined groups go (default `$MMRERANK_CACHE/image-groups`).
         train, val: the splits to train and validate on instead of the synthetic benchmark's (both or neither);
             give `first_stage` a `checkpoint` then, or the default first stage is trained on the synthetic data.
+        **legacy: 0.1's `train_captions` / `val_captions` (now `captions`), with a FutureWarning.
     """
 
+    LEGACY_PATHS = {"train_captions": "captions.train", "val_captions": "captions.val"}
+
     def __init__(self, synthetic: SyntheticConfig | None = None, first_stage: FirstStage | None = None,
-                 negatives: int = 3, depth: int = 16, train_captions: int = 4000, val_captions: int = 400,
+                 negatives: int = 3, depth: int = 16, captions: dict[str, int] | None = None,
                  image_size: int | None = 112, batch_size: int = 4, num_workers: int = 0, seed: int = 0,
                  cache_dir: str | None = None, train: ImageTextSource | None = None,
-                 val: ImageTextSource | None = None) -> None:
+                 val: ImageTextSource | None = None, **legacy: int) -> None:
         super().__init__()
+        captions = {**(captions or {}), **nest_renamed(legacy, self.LEGACY_PATHS, "ImageGroupsDataModule").pop(
+            "captions", {})}
+        if set(legacy) - set(self.LEGACY_PATHS) or set(captions) - set(DEFAULT_CAPTIONS):
+            raise TypeError(f"ImageGroupsDataModule: unknown arguments {sorted(set(legacy) - set(self.LEGACY_PATHS))}"
+                            f" or caption splits {sorted(set(captions) - set(DEFAULT_CAPTIONS))}")
         if negatives < 1 or depth <= negatives:
             raise ValueError(f"need 1 <= negatives < depth, got negatives={negatives}, depth={depth}")
         self.synthetic = synthetic or SyntheticConfig()
         self.first_stage = (first_stage or FirstStage()).trained_on(self.synthetic)
         self.negatives, self.depth, self.image_size, self.seed = negatives, depth, image_size, seed
-        self.counts = {"train": train_captions, "val": val_captions}
+        self.counts = {**DEFAULT_CAPTIONS, **captions}
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "image-groups"
         if (train is None) != (val is None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,6 +21,8 @@ from PIL import Image
 from torch import Tensor, nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mmrerank.core.deprecation import migrate_saved_config
+from mmrerank.core.device import resolve_device
 from mmrerank.core.io import atomic_folder, atomic_write, atomic_write_json
 from mmrerank.core.resize import VisionResize
 from mmrerank.rerankers import folders
@@ -171,12 +173,6 @@ def _document_text_rule(template, use_ocr: bool | None, max_ocr_chars: int | Non
     return True, None
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -184,6 +180,40 @@ def _resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtyp
         # bf16 is what Qwen2-VL is trained in; on CPU fp32 is both faster and exact.
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, dtype)
+
+
+@dataclass
+class MLLMRerankerConfig:
+    """How an `MLLMReranker` is built and scores (every field is described in `MLLMReranker`'s Args); given as one
+    object, or field by field as keyword arguments of `MLLMReranker`, as sentence-transformers takes
+    `model_kwargs` / `processor_kwargs`."""
+
+    adapter: str | Path | None = None
+    prompt: str = DEFAULT_PROMPT
+    labels: Sequence[str] = ("True", "False")
+    score: str = "logprob"
+    use_ocr: bool | None = None
+    head: str | None = None
+    head_path: str | Path | None = None
+    batch_size: int = 8
+    device: str | torch.device = "auto"
+    dtype: str | torch.dtype = "auto"
+    processor_name_or_path: str | Path | None = None
+    processor_kwargs: dict | None = None
+    merge_adapter: bool = True
+    ocr_prefix: str = DEFAULT_OCR_PREFIX
+    max_ocr_chars: int | None = None
+    template: str = "monoqwen"
+    instruction: str | None = None
+    score_token_id: int | None = None
+    head_offset: float = 0.0
+    head_prefix: str | None = None
+    vision_resize: dict[str, int | None] | None = None
+    scoring: str = "shared"
+    max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH
+    image_cache_tokens: int | None = DEFAULT_IMAGE_CACHE_TOKENS
+    image_cache_dir: str | Path | None = None
+    attn_implementation: str = "sdpa"
 
 
 class MLLMReranker(Reranker, nn.Module):
@@ -211,6 +241,8 @@ class MLLMReranker(Reranker, nn.Module):
 
     Args:
         model_name_or_path: a Qwen-VL-family checkpoint (e.g. `Qwen/Qwen2-VL-2B-Instruct`) or a local folder.
+        config: an `MLLMRerankerConfig` holding the settings below; keyword arguments (`**settings`, each one of
+            its fields) override it field by field.
         adapter: a peft LoRA adapter (path or hub name, e.g. `lightonai/MonoQwen2-VL-v0.1`) applied to the model;
             keys saved in older transformers layouts are converted (`weights.load_lora`).
         prompt: the `monoqwen` template's user text after the image; must contain `{query}`.
@@ -258,18 +290,18 @@ class MLLMReranker(Reranker, nn.Module):
             the flash-attn package).
     """
 
-    def __init__(self, model_name_or_path: str | Path, adapter: str | Path | None = None, prompt: str = DEFAULT_PROMPT,
-                 labels: Sequence[str] = ("True", "False"), score: str = "logprob", use_ocr: bool | None = None,
-                 head: str | None = None, head_path: str | Path | None = None, batch_size: int = 8,
-                 device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-                 processor_name_or_path: str | Path | None = None, processor_kwargs: dict | None = None,
-                 merge_adapter: bool = True, ocr_prefix: str = DEFAULT_OCR_PREFIX, max_ocr_chars: int | None = None,
-                 template: str = "monoqwen", instruction: str | None = None, score_token_id: int | None = None,
-                 head_offset: float = 0.0, head_prefix: str | None = None,
-                 vision_resize: dict[str, int | None] | None = None, scoring: str = "shared",
-                 max_tokens_per_batch: int | None = DEFAULT_MAX_TOKENS_PER_BATCH,
-                 image_cache_tokens: int | None = DEFAULT_IMAGE_CACHE_TOKENS,
-                 image_cache_dir: str | Path | None = None, attn_implementation: str = "sdpa") -> None:
+    def __init__(self, model_name_or_path: str | Path, config: MLLMRerankerConfig | None = None,
+                 **settings: Any) -> None:
+        c = replace(config or MLLMRerankerConfig(), **settings)  # an unknown setting: TypeError naming it
+        adapter, prompt, labels, score, use_ocr, head = c.adapter, c.prompt, c.labels, c.score, c.use_ocr, c.head
+        head_path, batch_size, device, dtype = c.head_path, c.batch_size, c.device, c.dtype
+        processor_name_or_path, processor_kwargs, merge_adapter = c.processor_name_or_path, c.processor_kwargs, \
+            c.merge_adapter
+        ocr_prefix, max_ocr_chars, template, instruction = c.ocr_prefix, c.max_ocr_chars, c.template, c.instruction
+        score_token_id, head_offset, head_prefix = c.score_token_id, c.head_offset, c.head_prefix
+        vision_resize, scoring, max_tokens_per_batch = c.vision_resize, c.scoring, c.max_tokens_per_batch
+        image_cache_tokens, image_cache_dir, attn_implementation = c.image_cache_tokens, c.image_cache_dir, \
+            c.attn_implementation
         super().__init__()
         if score not in SCORE_MODES:
             raise ValueError(f"score must be one of {SCORE_MODES}, got {score!r}")
@@ -293,7 +325,7 @@ class MLLMReranker(Reranker, nn.Module):
         self.vision_resize = VisionResize(**vision_resize) if vision_resize is not None else None
         self.scoring, self.max_tokens_per_batch = scoring, max_tokens_per_batch
         self.image_cache = ImageCache(image_cache_tokens, image_cache_dir)
-        device = _resolve_device(device)
+        device = resolve_device(device)
         # a copy: transformers updates a `size` dict argument in place with the folder's own limits, which would
         # change a preset's options for every later load in the process
         self.processor = AutoProcessor.from_pretrained(processor_name_or_path or model_name_or_path,
@@ -369,6 +401,7 @@ class MLLMReranker(Reranker, nn.Module):
         settings = json.loads((folder / SETTINGS_FILE).read_text())
         for key in ("model_type", "mmrerank_version"):  # what the folder is (`folders.identify`), not a setting
             settings.pop(key, None)
+        settings = migrate_saved_config(settings, folders.MLLM, str(folder / SETTINGS_FILE))
         base = settings.pop("base")
         head_path = folder / HEAD_FILE if settings["head"] else None
         model, adapter = (base, folder) if base else (folder, None)

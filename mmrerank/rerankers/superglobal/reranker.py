@@ -1,14 +1,12 @@
 """SuperGlobal's reranking as a `Reranker`: the refinement reorders each query's shortlist of a first-stage run.
 
 It refines descriptors of whole shortlists at once (query expansion and database-side aggregation over the
-top-M), so it overrides `rerank` rather than scoring pairs one by one.
+top-M), so it is a `ListwiseReranker`: it implements `rerank` rather than scoring pairs one by one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,12 +14,12 @@ from torch import Tensor
 from mmrerank.core.deprecation import renamed_arguments
 from mmrerank.core.items import RetrievalTask
 from mmrerank.core.run import PAD, Run
-from mmrerank.rerankers.base import Reranker
+from mmrerank.rerankers.base import ListwiseReranker, Reranker
 from mmrerank.rerankers.rows import RerankContext, RerankerRows
 from mmrerank.rerankers.superglobal.rerank import rerank_candidates
 
 
-class SuperGlobalReranker(Reranker):
+class SuperGlobalReranker(ListwiseReranker):
     """Reorders the top `rerank_depth` of a run over `database` descriptors (the run's corpus rows index them).
 
     Args:
@@ -32,12 +30,9 @@ class SuperGlobalReranker(Reranker):
     def __init__(self, queries: Tensor, database: Tensor, k: int = 9, beta: float = 0.15) -> None:
         self.queries, self.database, self.k, self.beta = queries, database, k, beta
 
-    def score(self, queries: Sequence[Any], candidates: Sequence[Any]) -> Tensor:
-        raise TypeError("SuperGlobal reorders whole shortlists from descriptors; rerank a Run (`rerank`) instead")
-
     @renamed_arguments(depth="rerank_depth")
-    def rerank(self, run: Run, task: RetrievalTask, rerank_depth: int, batch_size: int = 256,
-               progress: bool = True) -> Run:
+    def rerank(self, run: Run, task: RetrievalTask, rerank_depth: int, batch_size: int = 256, progress: bool = True,
+               nonfinite: str = "error") -> Run:
         """The run with each query's top `rerank_depth` reordered; the rest keep their first-stage order below."""
         run = run.sorted()
         head, tail = run.indices[:, :rerank_depth], run.indices[:, rerank_depth:]

@@ -9,12 +9,12 @@ import pytest
 import yaml
 
 from mmrerank.benchmark import benchmark, check_paper
-from mmrerank.cli import benchmark_parser
 from mmrerank.datasets import Synthetic
 from mmrerank.evaluation.report import Paper
 from mmrerank.evaluation.suites import ImageText
 from mmrerank.rerankers.presets import PresetRows
 from mmrerank.retrieval.first_stage import FirstStage
+from tests.helpers.parsers import benchmark_parser
 
 REPRO = Path(__file__).resolve().parents[3] / "configs" / "repro"
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "parity" / "blip_itm_hf" / "model"

@@ -19,11 +19,19 @@ from mmrerank.datasets.sources import Synthetic
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
 from mmrerank.rerankers.edje import patches as P
 from mmrerank.rerankers.edje.data import EDJEDataModule
-from mmrerank.rerankers.edje.module import EDJEModule, encode_patches
+from mmrerank.rerankers.edje.module import EDJEModule, EDJETraining
 from mmrerank.rerankers.edje.vision import VisionTokenSource
 from mmrerank.rerankers.edje.writer import TokenStoreWriter
 from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.first_stage import FirstStage
+
+
+def encode_patches(source, images, batch_size: int = 256) -> torch.Tensor:
+    """`[N, P, D]` fp16 patch tokens of every image, in memory: the reference the on-disk cache is checked against
+    (the naive path a fit does not take)."""
+    rows = range(len(images))
+    return torch.cat([source.encode([images[i] for i in rows[s:s + batch_size]]).half().cpu()
+                      for s in range(0, len(images), batch_size)])
 
 TINY_JOINT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -223,7 +231,8 @@ def test_a_fit_reads_at_most_its_batch_and_scores_as_in_memory(weights, tiny_con
                           first_stage=FirstStage(checkpoint=str(first_stage)), n=3, hard=2, pool=4, mined=8,
                           batch_size=4)
     torch.manual_seed(0)
-    module = EDJEModule(**vision, feature_index=2, num_image_tokens=4, joint=TINY_JOINT, vocab_size=200)
+    module = EDJEModule(EDJEConfig(**vision, feature_index=2, num_image_tokens=4, joint=TINY_JOINT),
+                        training=EDJETraining(vocab_size=200))
     trainer = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1,
                         val_check_interval=2, num_sanity_val_steps=0, default_root_dir=tmp_path)

@@ -12,7 +12,7 @@ from transformers import BertConfig
 
 from mmrerank.datasets.synthetic.scenes import caption_scene, sample_scene
 from mmrerank.rerankers.edje.joint import JointEncoder, attention_for
-from mmrerank.rerankers.edje.module import EDJEModule
+from mmrerank.rerankers.edje.module import EDJEModule, EDJETraining
 from mmrerank.rerankers.edje.text import FirstStageText
 
 TOKENS = dict(cls_token_id=2, sep_token_id=3)
@@ -91,7 +91,7 @@ def test_attention_names_are_checked_before_building():
     with pytest.raises(ValueError, match="attn_implementation must be one of"):
         JointEncoder(joint_config(), num_image_tokens=4, attn_implementation="fast")
     with pytest.raises(ValueError, match="attn_implementation must be one of"):
-        EDJEModule(attn_implementation="flash")
+        EDJEModule(training=EDJETraining(attn_implementation="flash"))
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_length_buckets_give_the_same_scores_and_gradients():
     for name in whole[1]:
         torch.testing.assert_close(bucketed[1][name], whole[1][name], rtol=1e-5, atol=1e-5, msg=name)
     with pytest.raises(ValueError, match="length_buckets must be >= 1"):
-        EDJEModule(length_buckets=0)
+        EDJEModule(training=EDJETraining(length_buckets=0))
 
 
 def test_text_cache_is_bounded(side):

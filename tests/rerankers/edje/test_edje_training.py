@@ -169,17 +169,18 @@ def trained(request, tiny_config, tmp_path_factory, bert_folder):
             *synthetic_args(f"data.init_args.{split}.init_args", tiny_config))]
     joint = TINY_JOINT
     if request.param == "first_stage":
-        text = [f"--model.init_args.text_checkpoint={first_stage}"]
+        text = [f"--model.init_args.config.text_checkpoint={first_stage}"]
     elif request.param == "words":
-        text = ["--model.init_args.text=words", "--model.init_args.mlm_weight=0.5",
-                "--model.init_args.recovery_weight=0.5"]
+        text = ["--model.init_args.config.text=words",
+                "--model.init_args.loss_functions=[[listwise, 1.0], [mlm, 0.5], [recovery, 0.5]]"]
     else:
         joint = json.dumps({"name": str(bert_folder)})
-        text = ["--model.init_args.text=words", f"--model.init_args.tokenizer={bert_folder}"]
+        text = ["--model.init_args.config.text=words", f"--model.init_args.training.tokenizer={bert_folder}"]
     main(["fit", "--config", CONFIG, f"--trainer.default_root_dir={root}", "--trainer.max_steps=4",
           "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-          f"--model.init_args.vision_checkpoint={first_stage}", f"--model.init_args.joint={joint}",
-          "--model.init_args.num_image_tokens=4", *text, f"--model.init_args.export_dir={root / 'model'}",
+          f"--model.init_args.config.vision_checkpoint={first_stage}", f"--model.init_args.config.joint={joint}",
+          "--model.init_args.config.num_image_tokens=4", *text,
+          f"--model.init_args.training.export_dir={root / 'model'}",
           "--data.init_args.batch_size=4", "--data.init_args.n=3", "--data.init_args.hard=2",
           "--data.init_args.pool=4", "--data.init_args.mined=8",
           f"--data.init_args.first_stage.checkpoint={first_stage}", *syn])
@@ -253,7 +254,7 @@ def test_benchmark_reports_edje_rows(trained, tiny_config, tmp_path):
     main(["benchmark", "--config", "benchmark/first_stage.yaml", *image_text_args(tiny_config),
           f"--first_stage.checkpoint={trained / 'fs'}",
           "--image_text.rerankers+=EDJERows", f"--image_text.rerankers.model={trained / 'model'}",
-          "--image_text.rerankers.alpha=1.0", f"--image_text.rerankers.store={tmp_path / 'store'}",
+          "--image_text.rerankers.alpha=[1.0]", f"--image_text.rerankers.store={tmp_path / 'store'}",
           "--image_text.depth=20", "--image_text.rerank_depth=5", f"--output_dir={out}", "--progress=false"])
     rows = json.loads((out / "report.json").read_text())["rows"]
     assert set(rows) == {"first stage", "edje", "edje + 1 x first stage"}

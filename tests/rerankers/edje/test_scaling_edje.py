@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from mmrerank.metrics import evaluate
+from mmrerank.core.metrics import evaluate
 from mmrerank.rerankers.edje import EDJE, EDJEConfig, build_wordpiece_tokenizer
 from mmrerank.rerankers.edje.sweep import (
     EvalTask,
@@ -21,6 +21,7 @@ from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.scaling.cli import main as scaling_main
 from mmrerank.scaling.grid import ModelSize, SweepConfig, run_sweep
 from mmrerank.scaling.results import read_evaluations
+from mmrerank.scaling.runner import trainer_for
 
 pytestmark = pytest.mark.slow  # end to end: trains models
 
@@ -111,13 +112,14 @@ def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path)
         sizes=[ModelSize("s1", 1, {"hidden": 16, "layers": 1, "heads": 2}),
                ModelSize("s2", 1, {"hidden": 32, "layers": 2, "heads": 2})],
         budgets=[16, 32], losses=["listwise"], eval_fractions=[0.5, 1.0],
-        trainer="mmrerank.rerankers.edje.sweep:train_point",
+        trainer="edje",
         trainer_args={"candidates": 8, "batch_size": 4, "negatives": 3, "hard": 2, "eval_queries": 12,
                       "synthetic": synthetic, "first_stage": {"checkpoint": str(first_stage)},
-                      "module": {"feature_index": 2, "num_image_tokens": 4, "patch_positions": True,
-                                 "adapter_heads": 2, "adapter_mlp_ratio": 1, "max_text_len": 16, "vocab_size": 200}})
+                      "module": {"config": {"feature_index": 2, "num_image_tokens": 4, "patch_positions": True,
+                                            "adapter_heads": 2, "adapter_mlp_ratio": 1, "max_text_len": 16},
+                                 "training": {"vocab_size": 200}}})
     results = tmp_path / "sweep.jsonl"
-    ran = run_sweep(config, results)
+    ran = run_sweep(config, results, trainer_for(config.trainer))
     assert len(ran) == 4
     lines = read_evaluations(results)
     assert len(lines) == 2 * 2 * 2  # sizes x budgets x checkpoints (half the budget, all of it)
@@ -132,7 +134,7 @@ def test_smoke_sweep_trains_evaluates_resumes_and_reports(tiny_config, tmp_path)
     assert all(set(e.references) == {"first stage", "alone"} for e in lines)
     assert len({json.dumps(e.references["first stage"], sort_keys=True) for e in lines}) == 1
     assert all(e.metrics == e.references["alone"] for e in lines)  # alpha 0: the recorded metrics are the logit's
-    assert run_sweep(config, results) == []  # resume: every point is finished
+    assert run_sweep(config, results, trainer_for(config.trainer)) == []  # resume: every point is finished
 
     out = tmp_path / "report"
     scaling_main(["fit", "--results", str(results), "--output-dir", str(out), "--resamples", "20",

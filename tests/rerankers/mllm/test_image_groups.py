@@ -60,8 +60,8 @@ def test_bad_settings_raise(tiny_config):
 
 def test_groups_are_mined_once_then_cached(tiny_config, tmp_path, monkeypatch):
     first_stage = FirstStage(save_to=str(tmp_path / "fs"), train_steps=2, batch_size=8)
-    module = ImageGroupsDataModule(tiny_config, first_stage, negatives=2, depth=6, train_captions=12,
-                                   val_captions=6, image_size=56, cache_dir=str(tmp_path / "cache"))
+    module = ImageGroupsDataModule(tiny_config, first_stage, negatives=2, depth=6,
+                                   captions={"train": 12, "val": 6}, image_size=56, cache_dir=str(tmp_path / "cache"))
     groups = module.groups("val")
     assert len(groups) > 0 and all(len(g) == 4 for g in groups.groups)
     caption, images = groups[0]

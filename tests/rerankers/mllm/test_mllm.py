@@ -13,7 +13,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmrerank.losses import listwise_softmax
 from mmrerank.rerankers.mllm import MLLMReranker, Page, PairOutput, as_page, build_tiny_vlm, resolve_label_ids
-from mmrerank.rerankers.mllm.module import MLLMRerankerModule, collate_groups, sft_loss
+from mmrerank.rerankers.mllm.module import LoraSettings, MLLMRerankerModule, MLLMTraining, collate_groups, sft_loss
 
 QUERIES = ["red cat", "a much longer query about the blue tower next to the green bridge", "dog",
            "the chart lists revenue"]
@@ -143,14 +143,14 @@ def test_sft_and_contrastive_losses_by_hand():
                 - math.log(math.exp(-1.0) / (math.exp(-1.0) + math.exp(0.0)))) / 2
     module = MLLMRerankerModule.__new__(MLLMRerankerModule)  # only loss_from is exercised: no model needed
     L.LightningModule.__init__(module)
-    module.save_hyperparameters({"loss": "contrastive", "temperature": 1.0})
+    module.losses, module.training_settings = [("contrastive", 1.0)], MLLMTraining(temperature=1.0)
     out = PairOutput(logits, None, torch.zeros(4, 1))
     assert module.loss_from(out, labels).item() == pytest.approx(hand_nce, abs=1e-6)
     assert listwise_softmax(logits[:, 0].view(2, 2), labels).item() == pytest.approx(hand_nce, abs=1e-6)
-    module.hparams.loss = "sft"
+    module.losses = [("sft", 1.0)]
     assert module.loss_from(out, labels).item() == pytest.approx(hand_sft, abs=1e-6)
     # RankNet: softplus(-(s_pos - s_neg)) averaged over the two pairs.
-    module.hparams.loss = "pairwise"
+    module.losses = [("pairwise", 1.0)]
     hand_ranknet = (math.log1p(math.exp(-(2.0 - 0.5))) + math.log1p(math.exp(-(-1.0 - 0.0)))) / 2
     assert module.loss_from(out, labels).item() == pytest.approx(hand_ranknet, abs=1e-6)
 
@@ -169,7 +169,8 @@ def test_sft_steps_reduce_loss(tiny_folder, images, lora_r):
     torch.manual_seed(0)
     groups = [(QUERIES[0], [images[0], images[1]]), (QUERIES[2], [images[2], images[3]])]
     batch = collate_groups(groups)
-    module = MLLMRerankerModule(str(tiny_folder), loss="sft", lora_r=lora_r, lr=1e-2 if lora_r else 1e-3)
+    module = MLLMRerankerModule(str(tiny_folder), loss_functions=[("sft", 1.0)], lora=LoraSettings(r=lora_r),
+                                training=MLLMTraining(lr=1e-2 if lora_r else 1e-3))
     if lora_r:
         trainable = {n for n, p in module.named_parameters() if p.requires_grad}
         assert trainable and all("lora_" in n for n in trainable)
@@ -190,7 +191,7 @@ def test_sft_steps_reduce_loss(tiny_folder, images, lora_r):
 
 def test_lora_adapter_saves_and_loads(tiny_folder, images, tmp_path):
     """A LoRA adapter saved by the module loads through `MLLMReranker(adapter=...)` and gives the same scores."""
-    module = MLLMRerankerModule(str(tiny_folder), lora_r=4)
+    module = MLLMRerankerModule(str(tiny_folder), lora=LoraSettings(r=4))
     with torch.no_grad():  # LoRA's B starts at zero (a no-op); make the adapter change the model
         for name, p in module.named_parameters():
             if "lora_B" in name:
@@ -229,8 +230,8 @@ def test_logit_score_and_loss_dependent_scoring(reranker, tiny_folder, images):
     with pytest.raises(ValueError, match="score must be one of"):
         MLLMReranker(tiny_folder, score="prob", device="cpu")
     # a module scores with what its loss trains: the label softmax after SFT, the raw positive logit otherwise
-    assert MLLMRerankerModule(str(tiny_folder), loss="sft").reranker.score_mode == "logprob"
-    assert MLLMRerankerModule(str(tiny_folder), loss="contrastive").reranker.score_mode == "logit"
+    assert MLLMRerankerModule(str(tiny_folder), loss_functions=[("sft", 1.0)]).reranker.score_mode == "logprob"
+    assert MLLMRerankerModule(str(tiny_folder), loss_functions=[("contrastive", 1.0)]).reranker.score_mode == "logit"
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -242,7 +243,8 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(warm[3:], warm[4:])) and warm[15] == pytest.approx(0.0)
     assert [lr_factor(s, 0, 10, "constant") for s in (0, 5, 20)] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match="schedule must be one of"):
-        MLLMRerankerModule.__init__(MLLMRerankerModule.__new__(MLLMRerankerModule), "unused", schedule="linear")
+        MLLMRerankerModule.__init__(MLLMRerankerModule.__new__(MLLMRerankerModule), "unused",
+                                    training=MLLMTraining(schedule="linear"))
 
 
 def test_tokenizer_corpus_gives_its_words_tokens():

@@ -18,7 +18,7 @@ from PIL import Image
 from mmrerank.datasets import CaptionTable, Karpathy
 from mmrerank.rerankers.mllm import MLLMReranker, build_tiny_vlm
 from mmrerank.rerankers.mllm.data import ImageGroupsDataModule
-from mmrerank.rerankers.mllm.module import MLLMRerankerModule
+from mmrerank.rerankers.mllm.module import MLLMRerankerModule, MLLMTraining
 from mmrerank.rerankers.presets import load_reranker
 from mmrerank.retrieval.clip import CLIPEncoder
 from mmrerank.retrieval.first_stage import FirstStage
@@ -61,8 +61,8 @@ def test_mllm_fits_on_own_data_and_loads(layout, tmp_path):
                                  image_size=56, batch_size=2, cache_dir=str(tmp_path / "groups"), **sources)
     groups = data.groups("train")
     assert groups.data.images.ids[:2] == ["red0", "green0"] and len(groups) == 8  # the table's images, by file name
-    module = MLLMRerankerModule(str(build_tiny_vlm(tmp_path / "tiny", seed=0)), loss="sft",
-                                export_dir=str(tmp_path / "export"))
+    module = MLLMRerankerModule(str(build_tiny_vlm(tmp_path / "tiny", seed=0)), loss_functions=[("sft", 1.0)],
+                                training=MLLMTraining(export_dir=str(tmp_path / "export")))
     trainer = L.Trainer(max_steps=2, val_check_interval=500, limit_val_batches=1, accelerator="cpu", logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.warns(UserWarning, match="val_check_interval=500 is more than the 4 training batches"):

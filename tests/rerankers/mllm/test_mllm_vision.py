@@ -153,7 +153,7 @@ def test_pretrained_tower_separates_colours(pretrained, tmp_path, train_split):
 def test_saved_folder_round_trips_through_the_reranker_module(pretrained, train_split):
     folder, _ = pretrained
     saved = load_file(str(folder / "model.safetensors"))
-    module = MLLMRerankerModule(str(folder), loss="sft")
+    module = MLLMRerankerModule(str(folder), loss_functions=[("sft", 1.0)])
     visual = module.reranker.model.model.visual.state_dict()
     names = [k for k in saved if ".visual." in k or k.startswith("visual.")]
     assert names
