@@ -44,7 +44,7 @@ class TinyDenseVLMConfig:
     layers: int = 2
     vocab_size: int = 4000
     max_pixels: int = 64 * 64
-    steps: int = 300
+    steps: int = 400
     batch_size: int = 16
     lr: float = 3e-3
     temperature: float = 0.05
