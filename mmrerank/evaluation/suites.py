@@ -339,9 +339,6 @@ class Pages:
         if name == "BM25":
             return bm25_page_scores(data)
         from mmrerank.retrieval.vlm.first_stage import page_scores
-        if name == "tiny Qwen3-VL-Embedding":  # reads each page's image and its text, as Qwen3-VL-Embedding can
-            embedder = ensure_tiny_dense_vlm(self.tiny_dense_vlm, progress=progress, device=resolve_device(device))
-            return EmbedderPageSearch(embedder, page_text=True)
         from mmrerank.retrieval.vlm.presets import load_embedder
 
         embedder = load_embedder(self.embedder_folders.get(name, name), preset=name, device=resolve_device(device),
