@@ -45,6 +45,7 @@ from mmrerank.retrieval.index import retrieve
 from mmrerank.retrieval.page_search import BM25PageSearch, DensePageSearch, EmbedderPageSearch
 from mmrerank.retrieval.pages import bm25_page_scores, clip_page_scores
 from mmrerank.retrieval.tiny_colbert import TinyColBERTConfig, ensure_tiny_colbert
+from mmrerank.retrieval.vlm.train_tiny import TinyDenseVLMConfig, ensure_tiny_dense_vlm
 
 
 def build_first_stage(first_stage: FirstStage, progress: bool = True, retrain: bool = False) -> CLIPEncoder:
@@ -449,9 +450,11 @@ class ViDoRe:
         dataset: a `ViDoReSource` by `class_path` (`SyntheticViDoRe`, `ViDoReFiles`, `ViDoReHub`).
         first_stages: the first stages, by name, each a row reranked by every reranker: "BM25" (the pages' text:
             OCR / markdown), "CLIP" (the benchmark's first-stage dual encoder over page images), "tiny ColBERT" (the
-            late-interaction encoder over page text trained here, `tiny_colbert`), or a VLM embedder's hub id
+            late-interaction encoder over page text trained here, `tiny_colbert`), "tiny Qwen3-VL-Embedding" (a
+            dense Qwen3-VL-Embedding trained here over page image + text, `tiny_dense_vlm`), or a VLM embedder's hub id
             (`mmrerank.retrieval.vlm.presets.PRESETS`: DSE-Qwen2, Qwen3-VL-Embedding, ColQwen2 / 2.5, ColPali).
         tiny_colbert: the tiny ColBERT's recipe (`TinyColBERTConfig`; trained once, cached).
+        tiny_dense_vlm: the tiny dense Qwen3-VL-Embedding's recipe (`TinyDenseVLMConfig`; trained once, cached).
         embedder_folders: hub id -> local folder holding a copy of it (else the hub is used).
         embedder_options: options for `load_embedder` (dtype as a string, batch_size, max_tokens_per_batch,
             attn_implementation, query_instruction, ...), the same for every VLM first stage.
@@ -459,7 +462,7 @@ class ViDoRe:
         depth: candidates per first stage; rerank_depth: how many of them the rerankers rescore.
         batch_size: pairs per reranker batch.
         page_text: rerankers get each page's text with its image (the trained MLLM page reranker reads OCR);
-            the first stages that read text (BM25, the tiny ColBERT) get it either way.
+            the first stages that read text (BM25, the tiny ColBERT, the tiny Qwen3-VL-Embedding) get it either way.
         measures: reported beside the official one.
         rerankers: the families' rows (`MLLMRows`, ...), over every first stage.
     """
@@ -467,6 +470,7 @@ class ViDoRe:
     dataset: ViDoReSource | None = None
     first_stages: list[str] = field(default_factory=lambda: ["BM25", "CLIP", "tiny ColBERT"])
     tiny_colbert: TinyColBERTConfig = field(default_factory=TinyColBERTConfig)
+    tiny_dense_vlm: TinyDenseVLMConfig = field(default_factory=TinyDenseVLMConfig)
     embedder_folders: dict[str, str] = field(default_factory=dict)
     embedder_options: dict[str, Any] = field(default_factory=dict)
     pool_factor: int = 1
@@ -477,7 +481,7 @@ class ViDoRe:
     measures: list[str] = field(default_factory=lambda: ["nDCG@10", "R@1", "R@5", "R@10"])
     rerankers: list[RerankerRows] = field(default_factory=list)
 
-    BUILT_IN = ("BM25", "CLIP", "tiny ColBERT")
+    BUILT_IN = ("BM25", "CLIP", "tiny ColBERT", "tiny Qwen3-VL-Embedding")
 
     def __post_init__(self) -> None:
         from mmrerank.retrieval.vlm.presets import PRESETS
@@ -509,6 +513,9 @@ class ViDoRe:
         if name == "tiny ColBERT":
             return EmbedderPageSearch(ensure_tiny_colbert(self.tiny_colbert, progress=progress), page_text=True,
                                       pool_factor=self.pool_factor, device=device)
+        if name == "tiny Qwen3-VL-Embedding":  # reads each page's image and its text, as Qwen3-VL-Embedding can
+            embedder = ensure_tiny_dense_vlm(self.tiny_dense_vlm, progress=progress, device=resolve_device(device))
+            return EmbedderPageSearch(embedder, page_text=True)
         from mmrerank.retrieval.vlm.presets import load_embedder
 
         embedder = load_embedder(self.embedder_folders.get(name, name), preset=name, device=resolve_device(device),

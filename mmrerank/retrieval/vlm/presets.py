@@ -91,7 +91,8 @@ def load_embedder(name_or_path: str | Path, preset: str | None = None, device: s
         device, dtype: where and in what precision the model runs.
         attn_implementation: "sdpa" (default), "eager" or "flash_attention_2" (GPU, fp16/bf16).
         batch_size, max_tokens_per_batch: rows and padded tokens per forward pass (inputs bucketed by length).
-        options: family options: `dim` (DSE, Qwen3-VL: Matryoshka cut), `query_instruction` (Qwen3-VL),
+        options: family options: `dim` (DSE, Qwen3-VL: Matryoshka cut), `query_instruction`, `min_pixels`,
+            `max_pixels` (Qwen3-VL: the pages' resize limits),
             `query_attention` (ColPali: 'bidirectional' or 'causal', see `ColVisionEmbedder`).
 
     Raises:
@@ -121,8 +122,8 @@ def load_embedder(name_or_path: str | Path, preset: str | None = None, device: s
 
         model = Qwen3VLForConditionalGeneration.from_pretrained(folder, **common).to(device)
         processor = AutoProcessor.from_pretrained(folder, padding_side="right")
-        return Qwen3VLEmbedder(model, processor, query_instruction=options.get("query_instruction"),
-                               dim=options.get("dim"), **sizes)
+        qwen3 = {k: options[k] for k in ("query_instruction", "dim", "min_pixels", "max_pixels") if k in options}
+        return Qwen3VLEmbedder(model, processor, **qwen3, **sizes)
     if family in ("colqwen2", "colqwen2_5"):
         from transformers import Qwen2_5_VLModel, Qwen2VLModel
 

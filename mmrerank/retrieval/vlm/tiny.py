@@ -10,6 +10,7 @@ late-interaction models the projection saved as `custom_text_proj.*` beside the 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -60,19 +61,20 @@ QWEN3_VL_CHAT_TEMPLATE = (
 )
 
 
-def _bpe(specials: list[str], vocab_size: int) -> Tokenizer:
+def _bpe(specials: list[str], vocab_size: int, corpus: Sequence[str] = ()) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_SENTENCES * 5, trainer=trainer)
+    tok.train_from_iterator(_SENTENCES * 5 + list(corpus), trainer=trainer)
     return tok
 
 
-def qwen_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """A byte-level BPE with Qwen's special tokens (pad `<|endoftext|>`, eos `<|im_end|>`), left padding."""
-    return PreTrainedTokenizerFast(tokenizer_object=_bpe(QWEN_SPECIALS, vocab_size), eos_token="<|im_end|>",
+def qwen_tokenizer(vocab_size: int = 400, corpus: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """A byte-level BPE with Qwen's special tokens (pad `<|endoftext|>`, eos `<|im_end|>`), left padding; trained on
+    a few fixed sentences plus `corpus` (a model trained here gets whole-word tokens for its pages' words)."""
+    return PreTrainedTokenizerFast(tokenizer_object=_bpe(QWEN_SPECIALS, vocab_size, corpus), eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", padding_side="left")
 
 
@@ -202,12 +204,14 @@ def build_tiny_colqwen2(folder: str | Path, seed: int = 0, hidden: int = 64, lay
     return _save(folder, backbone, processor, _projection(hidden, seed))
 
 
-def build_tiny_qwen3_vl_embedding(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+def build_tiny_qwen3_vl_embedding(folder: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2,
+                                  corpus: Sequence[str] = (), vocab_size: int = 400) -> Path:
     """A tiny Qwen3-VL-Embedding: a `Qwen3VLConfig` model whose weights hold `model.*` (the authors'
-    `Qwen3VLForEmbedding` wraps a `Qwen3VLModel` as `self.model`) and tied embeddings (no `lm_head` saved)."""
+    `Qwen3VLForEmbedding` wraps a `Qwen3VLModel` as `self.model`) and tied embeddings (no `lm_head` saved).
+    `corpus` and `vocab_size`: the tokenizer's training text beyond its fixed sentences, and its size."""
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-    tokenizer = qwen_tokenizer()
+    tokenizer = qwen_tokenizer(vocab_size, corpus)
     tokenizer.padding_side = "right"  # the authors load the processor with padding_side='right'
     head_dim = hidden // 4
     rope = _mrope(head_dim, rope_theta=5_000_000.0, mrope_interleaved=True)
