@@ -116,7 +116,7 @@ def test_every_packaged_recipe_is_on_the_current_shape():
                 if fit:
                     recipes.append((path.name, ["--config", packaged_config(fit["config"]), *fit.get("args", [])]))
     assert {name for name, _ in recipes} >= {"synthetic.yaml", "vidore_synthetic.yaml"}
-    for name, args in recipes:
+    for _, args in recipes:
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
             migrate_args(args)  # raises on an old key (name in the message)

@@ -33,8 +33,9 @@ from mmrerank.datasets.sources import ImageTextSource, Synthetic
 from mmrerank.datasets.synthetic.vidore import SyntheticViDoRe
 from mmrerank.datasets.vidore import ViDoReSource
 from mmrerank.evaluation.loop import DEFAULT_MEASURES, evaluate_rows
+from mmrerank.evaluation.page_items import PageItems
 from mmrerank.evaluation.report import Report
-from mmrerank.evaluation.vidore_task import ViDoRePages, ViDoReTask
+from mmrerank.evaluation.vidore_task import ViDoReTask
 from mmrerank.rerankers.base import Reranker
 from mmrerank.rerankers.rows import RerankContext, RerankerRows
 from mmrerank.rerankers.superglobal.extractor import PoolingConfig, SuperGlobalExtractor
@@ -196,29 +197,6 @@ class ImageText:
                      self.batch_size, progress)
 
 
-class PageItems:
-    """A document-page corpus as reranker items: item i is page i's `Page` (its image and, with `text`, its OCR
-    text)."""
-
-    modality = "page"
-
-    def __init__(self, dataset: MMDocIRDataset, text: bool = True) -> None:
-        self.dataset, self.text = dataset, text
-
-    @property
-    def ids(self) -> list[str]:
-        return self.dataset.page_ids
-
-    def __len__(self) -> int:
-        return len(self.dataset.page_ids)
-
-    def __getitem__(self, i: int):
-        from mmrerank.rerankers.mllm import Page
-
-        has_text = self.text and self.dataset.ocr_text is not None
-        return Page(self.dataset.images[i], self.dataset.ocr_text[i] if has_text else "")
-
-
 PAGE_KS = (1, 3, 5)  # MMDocIR's page-level recall@k
 
 
@@ -232,7 +210,8 @@ class PageTask(RetrievalTask):
     questions): the columns `page_columns(ks)`."""
 
     def __init__(self, dataset: MMDocIRDataset, ks: tuple[int, ...] = PAGE_KS, page_text: bool = True) -> None:
-        super().__init__("pages", dataset.questions, PageItems(dataset, page_text), dataset.qrels)
+        pages = PageItems(dataset.page_ids, dataset.images, dataset.ocr_text if page_text else None)
+        super().__init__("pages", dataset.questions, pages, dataset.qrels)
         self.dataset, self.ks = dataset, ks
 
     def page_scores(self, run: Run) -> list[torch.Tensor]:
@@ -526,7 +505,7 @@ class ViDoRe:
             encoder: CLIPEncoder | None = None) -> None:
         data = distributed.on_rank_zero_first(self.dataset.load)
         task = ViDoReTask(data, self.page_text)
-        pages = ViDoRePages(data, text=True)  # the first stages that read text get it whatever the rerankers see
+        pages = PageItems(data.page_ids, data.images, data.page_text)  # text-reading first stages get it either way
         for name in self.first_stages:
             start = time.perf_counter()
             run = self._search(name, encoder, device, progress).run(data.queries, pages, self.depth)

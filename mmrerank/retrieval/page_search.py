@@ -7,8 +7,8 @@
   embedders of `retrieval.vlm`, the tiny ColBERT), through `RetrievalIndex` (single-vector) or
   `LateInteractionIndex` (multi-vector).
 
-`pages` is an items sequence whose item i is page i (`ViDoRePages`: a `Page` with `.image` and `.text`), `queries` a
-`Texts`.
+`pages` is an items sequence whose item i is page i (a `Page` with `.image` and `.text`, as the benchmark's
+`PageItems`), `queries` a `Texts`.
 """
 
 from __future__ import annotations
