@@ -40,3 +40,17 @@ def clip_page_scores(dataset: MMDocIRDataset, encoder, batch_size: int = 64, pro
     question_emb = encoder.encode(dataset.questions, batch_size, progress).cpu()  # [Q, e]
     return [page_emb[dataset.candidates(q).start:dataset.candidates(q).stop] @ question_emb[q]
             for q in range(len(dataset.questions))]
+
+
+def page_training_data(seed: int, documents: int) -> tuple[MMDocIRDataset, list[int], list[list[int]]]:
+    """The synthetic pages of `seed` (rendered once, cached) for training a page first stage: the dataset, each
+    question's (first) gold page row and its document's page rows (the hard negatives a batch brings with it)."""
+    from mmrerank.datasets.page_sources import SyntheticPages
+
+    data = SyntheticPages(seed=seed, documents=documents).load()
+    gold, doc_pages = [], []
+    for q, question in enumerate(data.annotations.questions):
+        rows = data.candidates(q)
+        gold.append(rows.start + question.gold_pages[0])
+        doc_pages.append(list(rows))
+    return data, gold, doc_pages

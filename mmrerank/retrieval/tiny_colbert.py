@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmrerank.core.io import cache_root, generate_folder_once, key_digest
+from mmrerank.retrieval.pages import page_training_data
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 WORD = re.compile(r"[a-z0-9]+")
@@ -131,28 +132,10 @@ def batch_maxsim(q: Tensor, q_mask: Tensor, d: Tensor, d_mask: Tensor) -> Tensor
     return (sim.amax(-1) * q_mask[:, None, :]).sum(-1)
 
 
-def _training_data(config: TinyColBERTConfig) -> tuple[list[str], list[int], list[list[int]], list[str]]:
-    """Questions, their gold page rows, each question's document's page rows, and every page's OCR text."""
-    import pyarrow.parquet as pq
-
-    from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-
-    folder = ensure_pages(PagesConfig(seed=config.train_seed, documents=config.train_documents))
-    texts = pq.read_table(folder / "MMDocIR_pages.parquet", columns=["ocr_text"]).column(0).to_pylist()
-    questions, gold, doc_pages = [], [], []
-    for line in (folder / "MMDocIR_annotations.jsonl").read_text().splitlines():
-        doc = json.loads(line)
-        first, last = doc["page_indices"]
-        for q in doc["questions"]:
-            questions.append(q["Q"])
-            gold.append(first + q["page_id"][0])
-            doc_pages.append(list(range(first, last + 1)))
-    return questions, gold, doc_pages, texts
-
-
 def train_tiny_colbert(config: TinyColBERTConfig, progress: bool = False) -> TinyColBERT:
     """Train on the synthetic pages of `config.train_seed` (see the module)."""
-    questions, gold, doc_pages, texts = _training_data(config)
+    data, gold, doc_pages = page_training_data(config.train_seed, config.train_documents)
+    questions, texts = data.questions.texts, data.ocr_text.texts
     model = TinyColBERT(config)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from mmrerank.datasets.synthetic.vidore import SyntheticViDoRe
+from mmrerank.retrieval.pages import page_training_data
 from mmrerank.retrieval.vlm.base import last_token
 from mmrerank.retrieval.vlm.tiny import build_tiny_qwen3_vl_embedding
-from mmrerank.retrieval.vlm.train_tiny import (
-    TinyDenseVLMConfig,
-    _training_data,
-    ensure_tiny_dense_vlm,
-    load_tiny_dense_vlm,
-)
+from mmrerank.retrieval.vlm.train_tiny import TinyDenseVLMConfig, ensure_tiny_dense_vlm, load_tiny_dense_vlm
+
+
+def _training_texts(config: TinyDenseVLMConfig) -> list[str]:
+    return page_training_data(config.train_seed, config.train_documents)[0].ocr_text.texts
+
 
 # Small enough for a test (about half a minute on one thread), large enough to learn the task well above chance.
 TINY = TinyDenseVLMConfig(hidden=32, vocab_size=1000, steps=80, train_documents=30, lr=5e-3)
@@ -37,7 +38,7 @@ def test_training_beats_the_untrained_model_on_unseen_documents(trained, tmp_pat
     _, embedder = trained
     data = SyntheticViDoRe(seed=3, documents=4).load()  # seed 3: not the training pages (seed 0)
     untrained = load_tiny_dense_vlm(build_tiny_qwen3_vl_embedding(
-        tmp_path / "untrained", TINY.seed, TINY.hidden, TINY.layers, _training_data(TINY)["texts"],
+        tmp_path / "untrained", TINY.seed, TINY.hidden, TINY.layers, _training_texts(TINY),
         TINY.vocab_size), TINY)
     chance = (len(data.page_ids) + 1) / 2
     before, after = _gold_ranks(untrained, data).float().mean(), _gold_ranks(embedder, data).float().mean()
@@ -67,7 +68,7 @@ def test_saved_folder_is_the_hub_format_and_reloads_the_same_vectors(trained):
 
 def test_tokenizer_holds_the_training_pages_words(trained):
     _, embedder = trained
-    word = _training_data(TINY)["texts"][0].split(":")[0]  # the first document's entity name
+    word = _training_texts(TINY)[0].split(":")[0]  # the first document's entity name
     assert len(embedder.tokenizer.tokenize(word)) == 1, word
 
 

@@ -13,7 +13,6 @@ The result is saved in the hub format and loaded back through `load_embedder(fol
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrerank.core.io import cache_root, generate_folder_once, key_digest
+from mmrerank.retrieval.pages import page_training_data
 
 PRESET = "Qwen/Qwen3-VL-Embedding-2B"
 TRAINING_FILE = "training.json"
@@ -57,28 +57,6 @@ class TinyDenseVLMConfig:
     seed: int = 0
 
 
-def _training_data(config: TinyDenseVLMConfig) -> dict:
-    """The training pages (images as PIL, OCR texts), questions, their gold page rows and their document's rows."""
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    from mmrerank.datasets.synthetic.pages import PagesConfig, ensure_pages
-
-    folder = ensure_pages(PagesConfig(seed=config.train_seed, documents=config.train_documents))
-    table = pq.read_table(folder / "MMDocIR_pages.parquet", columns=["image_binary", "ocr_text"])
-    images = [Image.open(io.BytesIO(b)) for b in table.column("image_binary").to_pylist()]
-    data = {"images": images, "texts": table.column("ocr_text").to_pylist(), "questions": [], "gold": [],
-            "doc_pages": []}
-    for line in (folder / "MMDocIR_annotations.jsonl").read_text().splitlines():
-        doc = json.loads(line)
-        first, last = doc["page_indices"]
-        for q in doc["questions"]:
-            data["questions"].append(q["Q"])
-            data["gold"].append(first + q["page_id"][0])
-            data["doc_pages"].append(list(range(first, last + 1)))
-    return data
-
-
 def load_tiny_dense_vlm(folder: str | Path, config: TinyDenseVLMConfig, device: str = "cpu", **options):
     """The embedder saved in `folder`, through the user's path (`load_embedder` with the Qwen3-VL preset)."""
     from mmrerank.retrieval.vlm.presets import load_embedder
@@ -99,12 +77,12 @@ def train_tiny_dense_vlm(folder: Path, config: TinyDenseVLMConfig, progress: boo
     from mmrerank.retrieval.vlm.tiny import _save, build_tiny_qwen3_vl_embedding
 
     start = time.perf_counter()
-    data = _training_data(config)
-    build_tiny_qwen3_vl_embedding(folder, config.seed, config.hidden, config.layers, data["texts"],
-                                  config.vocab_size)
+    data, gold, doc_pages = page_training_data(config.train_seed, config.train_documents)
+    texts = data.ocr_text.texts
+    build_tiny_qwen3_vl_embedding(folder, config.seed, config.hidden, config.layers, texts, config.vocab_size)
     embedder = load_tiny_dense_vlm(folder, config)
-    queries = [embedder._query_inputs(q) for q in data["questions"]]  # processed once: the processor is slow
-    pages = [embedder._document_inputs(image, text) for image, text in zip(data["images"], data["texts"])]
+    queries = [embedder._query_inputs(q) for q in data.questions.texts]  # processed once: the processor is slow
+    pages = [embedder._document_inputs(data.images[i], text) for i, text in enumerate(texts)]
     model = embedder.model.train()
     torch.manual_seed(config.seed)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -112,10 +90,10 @@ def train_tiny_dense_vlm(folder: Path, config: TinyDenseVLMConfig, progress: boo
     losses = []
     for step in range(config.steps):
         batch = torch.randperm(len(queries), generator=gen)[: config.batch_size].tolist()
-        rows = sorted({p for i in batch for p in data["doc_pages"][i]})
+        rows = sorted({p for i in batch for p in doc_pages[i]})
         q = _encode_batch(embedder, [queries[i] for i in batch])  # [B, h]
         d = _encode_batch(embedder, [pages[p] for p in rows])  # [P, h]
-        target = torch.tensor([rows.index(data["gold"][i]) for i in batch])
+        target = torch.tensor([rows.index(gold[i]) for i in batch])
         loss = F.cross_entropy(q @ d.T / config.temperature, target)
         opt.zero_grad()
         loss.backward()
