@@ -16,7 +16,7 @@ from mmrerank.benchmark import check_paper
 from mmrerank.cli import MMRerankCLI, main
 from mmrerank.datasets import ImageTextSource, InstanceSource
 from mmrerank.rerankers import RerankerRows
-from tests.helpers.parsers import benchmark_parser
+from tests.helpers.parsers import ParseOnly, benchmark_parser
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TRAINING = sorted(p for p in CONFIGS.rglob("*.yaml")
@@ -27,13 +27,6 @@ BENCHMARKS = sorted([*(CONFIGS / "benchmark").glob("*.yaml"), *(CONFIGS / "super
 
 def test_configs_exist():
     assert TRAINING and BENCHMARKS
-
-
-class ParseOnly(MMRerankCLI):
-    """Parses and type-checks a config (class paths, init args) without building anything."""
-
-    def instantiate_classes(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("path", TRAINING, ids=lambda p: str(p.relative_to(CONFIGS)))

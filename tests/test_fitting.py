@@ -59,11 +59,7 @@ def recipe_args(family: str, spec) -> list[str]:
 
 
 def parse_only(args: list[str]):
-    from mmrerank.fitting import MMRerankCLI
-
-    class ParseOnly(MMRerankCLI):
-        def instantiate_classes(self) -> None:
-            pass
+    from tests.helpers.parsers import ParseOnly
 
     return ParseOnly(args=args, run=False).config
 

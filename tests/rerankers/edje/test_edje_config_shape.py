@@ -10,17 +10,13 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from mmrerank.fitting import CONFIG_DIR, MMRerankCLI, migrate_args
+from mmrerank.fitting import CONFIG_DIR, migrate_args
 from mmrerank.rerankers.edje import module as edje_module
 from mmrerank.rerankers.edje.model import EDJEConfig
 from mmrerank.rerankers.edje.module import EDJEModule, EDJETraining
+from tests.helpers.parsers import ParseOnly
 
 CONFIG = CONFIG_DIR / "edje" / "synthetic.yaml"
-
-
-class ParseOnly(MMRerankCLI):
-    def instantiate_classes(self) -> None:
-        pass
 
 
 def parsed(*args: str):
