@@ -7,8 +7,8 @@
   embedders of `retrieval.vlm`, the tiny ColBERT), through `RetrievalIndex` (single-vector) or
   `LateInteractionIndex` (multi-vector).
 
-`pages` is an items sequence whose item i is page i (a `Page` with `.image` and `.text`, as the benchmark's
-`PageItems`), `queries` a `Texts`.
+`pages` is the benchmark's `PageItems` (`ids`, lazily decoded `images`, `texts` or None), `queries` a `Texts`. The
+searches read the columns they need, so a text search decodes no image.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mmrerank.core.run import Run
 
 
 def _page_texts(pages) -> list[str]:
-    texts = [pages[i].text for i in range(len(pages))]
+    texts = list(pages.texts or [])
     if not any(texts):
         raise ValueError("BM25 over pages needs their text (OCR / markdown); these pages have none")
     return texts
@@ -44,21 +44,6 @@ class BM25PageSearch:
         return Run(top.indices[:, :depth], top.values[:, :depth], queries.ids, list(pages.ids))
 
 
-class _PageImages:
-    """The pages' images as image items (what a dual encoder's `encode` takes)."""
-
-    modality = "image"
-
-    def __init__(self, pages) -> None:
-        self.pages = pages
-
-    def __len__(self) -> int:
-        return len(self.pages)
-
-    def __getitem__(self, i: int):
-        return self.pages[i].image
-
-
 class DensePageSearch:
     """A single-vector encoder over page images; cosine similarity through a flat `RetrievalIndex`.
 
@@ -72,7 +57,7 @@ class DensePageSearch:
     def run(self, queries: Texts, pages, depth: int) -> Run:
         from mmrerank.retrieval.index import retrieve
 
-        page_emb = self.encoder.encode(_PageImages(pages), self.batch_size, self.progress).cpu()
+        page_emb = self.encoder.encode(pages.images, self.batch_size, self.progress).cpu()
         query_emb = self.encoder.encode(queries, self.batch_size, self.progress).cpu()
         return retrieve(query_emb, page_emb, queries.ids, list(pages.ids), depth)
 
@@ -96,6 +81,6 @@ class EmbedderPageSearch:
     def run(self, queries: Texts, pages, depth: int) -> Run:
         from mmrerank.retrieval.vlm.first_stage import embedder_run
 
-        texts = [pages[i].text for i in range(len(pages))] if self.page_text else None
-        return embedder_run(self.embedder, queries.texts, queries.ids, _PageImages(pages), list(pages.ids), depth,
-                            texts, **self.index_options)
+        texts = None if not self.page_text else pages.texts if pages.texts is not None else [""] * len(pages)
+        return embedder_run(self.embedder, queries.texts, queries.ids, pages.images, list(pages.ids), depth, texts,
+                            **self.index_options)
