@@ -92,6 +92,21 @@ def maxsim_padded(queries: Tensor, mask: Tensor, docs: Tensor, doc_mask: Tensor)
     return (best.view(q, m, b) * mask.unsqueeze(-1)).sum(1)
 
 
+def maxsim_scores(queries: Sequence[Tensor], documents: Sequence[Tensor]) -> Tensor:
+    """`[Q, N]` exact MaxSim of `Q` query tensors `[m_i, d]` against `N` documents `[n_j, d]` held in memory (a few
+    documents: the index scores a corpus in blocks), through `maxsim_padded`."""
+    if not len(queries) or not len(documents):
+        return torch.zeros(len(queries), len(documents))
+    return maxsim_padded(*_padded(queries), *_padded(documents))
+
+
+def _padded(vectors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """`[B, L, d]` float32 (zero-padded) and its `[B, L]` bool mask of real rows."""
+    lengths = torch.tensor([v.shape[0] for v in vectors])
+    padded = torch.nn.utils.rnn.pad_sequence([v.detach().float().cpu() for v in vectors], batch_first=True)
+    return padded, torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+
+
 def _stable_top(scores: Tensor, depth: int) -> tuple[Tensor, Tensor]:
     """Top `depth` columns of `[Q, N]` by score; equal scores keep the lower column first (as `Run.sorted`)."""
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :depth]

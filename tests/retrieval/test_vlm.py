@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mmrerank.retrieval.late import maxsim_scores
 from mmrerank.retrieval.vlm.base import collate, length_batches
-from mmrerank.retrieval.vlm.first_stage import embedder_run, maxsim_scores, page_scores
+from mmrerank.retrieval.vlm.first_stage import embedder_run, page_scores
 from mmrerank.retrieval.vlm.presets import PRESETS, load_embedder
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "vlm_parity"
@@ -121,7 +122,7 @@ def test_maxsim_matches_a_naive_loop():
     gen = torch.Generator().manual_seed(0)
     queries = [torch.randn(n, 8, generator=gen) for n in (3, 5)]
     docs = [torch.randn(n, 8, generator=gen) for n in (4, 1, 7, 2, 6)]
-    got = maxsim_scores(queries, docs, chunk=2)
+    got = maxsim_scores(queries, docs)
     want = torch.tensor([[_naive_maxsim(q, d) for d in docs] for q in queries])
     assert torch.allclose(got, want, atol=1e-5)
 

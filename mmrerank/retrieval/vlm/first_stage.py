@@ -7,41 +7,14 @@ generation for large corpora; optional token pooling).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import torch
 from PIL import Image
 from torch import Tensor
 
 from mmrerank.core.run import Run
 from mmrerank.retrieval.index import retrieve
-from mmrerank.retrieval.late import LateInteractionIndex
-
-
-def maxsim_scores(queries: Sequence[Tensor], documents: Sequence[Tensor], chunk: int = 64) -> Tensor:
-    """`[Q, N]` exact late-interaction scores: per query token its best document token's dot product, summed.
-
-    Queries are padded with zero rows (which add 0 to the sum); documents are taken `chunk` at a time, padded with
-    `-inf` rows (never a maximum), so memory stays at `Q x chunk x n_q x n_d`.
-
-    Args:
-        queries: Q tensors `[n_i, d]`; documents: N tensors `[m_j, d]`.
-    """
-    if not queries or not documents:
-        return torch.zeros(len(queries), len(documents))
-    q = torch.nn.utils.rnn.pad_sequence([x.float() for x in queries], batch_first=True)  # [Q, n, d]
-    out = torch.empty(len(queries), len(documents))
-    for start in range(0, len(documents), chunk):
-        part = documents[start:start + chunk]
-        width = max(x.shape[0] for x in part)
-        d = torch.full((len(part), width, q.shape[2]), -math.inf)
-        for j, x in enumerate(part):
-            d[j, :x.shape[0]] = x.float()
-        sims = torch.einsum("qnd,bmd->qbnm", q, d.nan_to_num(neginf=0.0))
-        sims = sims.masked_fill(torch.isinf(d[:, :, 0])[None, :, None, :], -math.inf)  # padded document tokens
-        out[:, start:start + len(part)] = sims.max(dim=3).values.sum(dim=2)
-    return out
+from mmrerank.retrieval.late import LateInteractionIndex, maxsim_scores
 
 
 def embedder_run(embedder, queries: Sequence[str], query_ids: Sequence[str], images: Sequence[Image.Image],
